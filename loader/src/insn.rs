@@ -1,0 +1,134 @@
+//! The BPF instruction and the few encodings the loader and `doctor` need.
+
+/// One 8-byte BPF instruction as the kernel reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Insn {
+    pub code: u8,
+    /// dst_reg in the low nibble, src_reg in the high nibble.
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+pub const INSN_SIZE: usize = 8;
+
+/// `lddw`: 64-bit immediate load, two slots.
+pub const LD_IMM64: u8 = 0x18;
+/// `call` (helper, or bpf-to-bpf with src_reg = PSEUDO_CALL).
+pub const CALL: u8 = 0x85;
+pub const EXIT: u8 = 0x95;
+pub const MOV64_IMM: u8 = 0xb7;
+pub const MOV64_REG: u8 = 0xbf;
+
+/// src_reg values of `ld_imm64`.
+pub const PSEUDO_MAP_FD: u8 = 1;
+pub const PSEUDO_MAP_VALUE: u8 = 2;
+pub const PSEUDO_FUNC: u8 = 4;
+/// src_reg value of a bpf-to-bpf `call`.
+pub const PSEUDO_CALL: u8 = 1;
+
+impl Insn {
+    pub const fn new(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Self {
+        Self { code, regs: (src << 4) | (dst & 0x0f), off, imm }
+    }
+
+    pub fn from_bytes(b: [u8; 8]) -> Self {
+        Self {
+            code: b[0],
+            regs: b[1],
+            off: i16::from_le_bytes([b[2], b[3]]),
+            imm: i32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+        }
+    }
+
+    pub fn to_bytes(self) -> [u8; 8] {
+        let o = self.off.to_le_bytes();
+        let i = self.imm.to_le_bytes();
+        [self.code, self.regs, o[0], o[1], i[0], i[1], i[2], i[3]]
+    }
+
+    pub fn dst(self) -> u8 {
+        self.regs & 0x0f
+    }
+
+    pub fn src(self) -> u8 {
+        self.regs >> 4
+    }
+
+    pub fn set_src(&mut self, src: u8) {
+        self.regs = (src << 4) | (self.regs & 0x0f);
+    }
+
+    pub fn is_ld_imm64(self) -> bool {
+        self.code == LD_IMM64
+    }
+
+    /// A bpf-to-bpf call (as opposed to a helper call).
+    pub fn is_pseudo_call(self) -> bool {
+        self.code == CALL && self.src() == PSEUDO_CALL
+    }
+}
+
+/// Decodes a byte slice whose length is a multiple of 8.
+pub fn decode(bytes: &[u8]) -> Option<Vec<Insn>> {
+    if bytes.len() % INSN_SIZE != 0 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(INSN_SIZE)
+            .map(|c| Insn::from_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect(),
+    )
+}
+
+/// A tiny assembler, enough for the probe programs `doctor` loads.
+pub mod asm {
+    use super::*;
+
+    pub const fn mov64_imm(dst: u8, imm: i32) -> Insn {
+        Insn::new(MOV64_IMM, dst, 0, 0, imm)
+    }
+    pub const fn mov64_reg(dst: u8, src: u8) -> Insn {
+        Insn::new(MOV64_REG, dst, src, 0, 0)
+    }
+    /// `dst += imm` (64-bit).
+    pub const fn add64_imm(dst: u8, imm: i32) -> Insn {
+        Insn::new(0x07, dst, 0, 0, imm)
+    }
+    /// `*(u64 *)(dst + off) = imm`
+    pub const fn st_dw(dst: u8, off: i16, imm: i32) -> Insn {
+        Insn::new(0x7a, dst, 0, off, imm)
+    }
+    pub const fn call_helper(id: i32) -> Insn {
+        Insn::new(CALL, 0, 0, 0, id)
+    }
+    pub const fn exit() -> Insn {
+        Insn::new(EXIT, 0, 0, 0, 0)
+    }
+    /// `ld_imm64 dst, map_fd` (two slots).
+    pub const fn ld_map_fd(dst: u8, fd: i32) -> [Insn; 2] {
+        [Insn::new(LD_IMM64, dst, PSEUDO_MAP_FD, 0, fd), Insn::new(0, 0, 0, 0, 0)]
+    }
+    /// `ld_imm64 dst, &callback` where the callback starts `rel + 1` slots later.
+    pub const fn ld_func(dst: u8, rel: i32) -> [Insn; 2] {
+        [Insn::new(LD_IMM64, dst, PSEUDO_FUNC, 0, rel), Insn::new(0, 0, 0, 0, 0)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_and_fields() {
+        let i = Insn::new(LD_IMM64, 1, PSEUDO_MAP_FD, -2, 0x1234_5678);
+        assert_eq!(i.dst(), 1);
+        assert_eq!(i.src(), PSEUDO_MAP_FD);
+        assert_eq!(Insn::from_bytes(i.to_bytes()), i);
+        assert_eq!(i.to_bytes(), [0x18, 0x11, 0xfe, 0xff, 0x78, 0x56, 0x34, 0x12]);
+        assert!(decode(&[0u8; 7]).is_none());
+        assert_eq!(decode(&[0u8; 16]).unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    println!("{}", bpfckpt::PROBES_OBJ.len());
+}
