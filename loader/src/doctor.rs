@@ -1,1 +1,504 @@
-//! TODO
+//! `bpfckpt doctor`: what this kernel lets us do, checked by doing it.
+//!
+//! Besides reading the usual places (uname, lockdown, tracefs, BTF, capabilities), every
+//! helper the probes rely on is tested by loading a tiny hand-assembled tracepoint program
+//! that calls it: only the verifier knows for sure (lockdown, for example, removes
+//! bpf_probe_write_user without any other trace).
+
+use std::path::Path;
+
+use crate::insn::{Insn, asm};
+use crate::maps::Map;
+use crate::{Error, attach, sys};
+
+/// One verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    /// Facts (when ok) or the reason (when not).
+    pub detail: String,
+}
+
+impl Check {
+    fn new(name: &str, ok: bool, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.to_string(),
+            ok,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Runs every check.
+pub fn run() -> Vec<Check> {
+    let lockdown = lockdown_mode();
+    let mut out = vec![
+        kernel(),
+        lockdown_check(&lockdown),
+        tracefs(),
+        btf(),
+        privileges(),
+    ];
+    let helper = |name: &str, prog: Result<Vec<Insn>, String>, btf: bool| -> Check {
+        let name = format!("{name} helper");
+        match prog.and_then(|p| try_load(&p, btf)) {
+            Ok(()) => Check::new(&name, true, ""),
+            Err(why) => Check::new(&name, false, why),
+        }
+    };
+    out.push(helper(
+        "bpf_get_current_pid_tgid",
+        Ok(prog_call0(sys::BPF_FUNC_GET_CURRENT_PID_TGID)),
+        false,
+    ));
+    out.push(helper(
+        "bpf_probe_read_user",
+        Ok(prog_probe_read(sys::BPF_FUNC_PROBE_READ_USER)),
+        false,
+    ));
+    out.push(helper(
+        "bpf_probe_read_user_str",
+        Ok(prog_probe_read(sys::BPF_FUNC_PROBE_READ_USER_STR)),
+        false,
+    ));
+    out.push(probe_write_user_check(&lockdown));
+    out.push(helper("bpf_loop", Ok(prog_loop()), true));
+    out.push(ringbuf_check());
+    out.push(helper("bpf_send_signal", Ok(prog_send_signal()), false));
+    out
+}
+
+/// One line per check: `ok    name[: detail]` or `FAIL  name: detail`.
+pub fn format(checks: &[Check]) -> String {
+    let mut s = String::new();
+    for c in checks {
+        let verdict = if c.ok { "ok  " } else { "FAIL" };
+        // Multi-line details (never expected) are folded so each check stays one line.
+        let detail = c
+            .detail
+            .split('\n')
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" | ");
+        if detail.is_empty() {
+            s.push_str(&format!("{verdict}  {}\n", c.name));
+        } else {
+            s.push_str(&format!("{verdict}  {}: {detail}\n", c.name));
+        }
+    }
+    s
+}
+
+/// Whether the verifier accepts bpf_probe_write_user here, with the reason either way.
+/// The application calls this at startup to choose the restore path.
+pub fn probe_write_user_available() -> (bool, String) {
+    let c = probe_write_user_check(&lockdown_mode());
+    if c.ok {
+        (true, "the verifier accepts bpf_probe_write_user".into())
+    } else {
+        (false, c.detail)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// System facts.
+
+fn kernel() -> Check {
+    let name = "kernel version";
+    match sys::uname() {
+        Ok((_, release, _, machine)) => {
+            let mut it = release
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|p| p.parse::<u32>().ok());
+            let (maj, min) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+            // bpf_loop (5.17) is the newest feature the probes need.
+            if (maj, min) >= (5, 17) {
+                Check::new(name, true, format!("{release} {machine}"))
+            } else {
+                Check::new(
+                    name,
+                    false,
+                    format!("{release}: bpfckpt needs Linux >= 5.17 (bpf_loop)"),
+                )
+            }
+        }
+        Err(e) => Check::new(name, false, e.msg),
+    }
+}
+
+const SECURITYFS: &str = "/sys/kernel/security";
+
+/// The active lockdown mode ("none", "integrity", "confidentiality"), `Err` with why it
+/// is unknown. Mounts securityfs if it is not mounted.
+fn lockdown_mode() -> Result<String, String> {
+    let file = Path::new(SECURITYFS).join("lockdown");
+    if !file.exists() {
+        let empty = std::fs::read_dir(SECURITYFS)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if empty {
+            sys::mount_fs("securityfs", Path::new(SECURITYFS)).map_err(|e| e.msg)?;
+        }
+    }
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    // "none [integrity] confidentiality": the bracketed word is active.
+    let active = text
+        .split_whitespace()
+        .find(|w| w.starts_with('['))
+        .map(|w| w.trim_matches(['[', ']']));
+    active
+        .map(str::to_string)
+        .ok_or_else(|| format!("{}: unexpected content {text:?}", file.display()))
+}
+
+fn lockdown_check(mode: &Result<String, String>) -> Check {
+    let name = "kernel lockdown";
+    match mode {
+        Ok(m) if m == "none" => Check::new(name, true, "none"),
+        // integrity only costs bpf_probe_write_user (reported on its own line); the
+        // restore then writes from user space.
+        Ok(m) if m == "integrity" => Check::new(
+            name,
+            true,
+            "integrity (bpf_probe_write_user unavailable: restore writes from user space)",
+        ),
+        // confidentiality also locks tracefs and kernel reads.
+        Ok(m) => Check::new(
+            name,
+            false,
+            format!("{m}: tracefs and BPF tracing are locked down"),
+        ),
+        // No lockdown LSM: nothing is locked down.
+        Err(why) if why.contains("No such file") => Check::new(name, true, "no lockdown LSM"),
+        Err(why) => Check::new(name, false, why.clone()),
+    }
+}
+
+fn tracefs() -> Check {
+    let name = "tracefs";
+    let root = match attach::tracefs_root() {
+        Ok(r) => r,
+        Err(e) => return Check::new(name, false, e.msg),
+    };
+    match attach::tracepoint_id("syscalls", "sys_enter_openat") {
+        Ok(id) => Check::new(
+            name,
+            true,
+            format!("{} (syscalls/sys_enter_openat id {id})", root.display()),
+        ),
+        Err(e) => Check::new(name, false, e.msg),
+    }
+}
+
+fn btf() -> Check {
+    let path = "/sys/kernel/btf/vmlinux";
+    match std::fs::metadata(path) {
+        Ok(m) => Check::new(
+            "kernel BTF",
+            true,
+            format!("{path} ({} KiB)", m.len() / 1024),
+        ),
+        Err(e) => Check::new("kernel BTF", false, format!("{path}: {e}")),
+    }
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn privileges() -> Check {
+    let name = "privileges";
+    let euid = nix::unistd::geteuid().as_raw();
+    let caps = match sys::effective_caps() {
+        Ok(c) => c,
+        Err(e) => return Check::new(name, false, format!("euid {euid}; {}", e.msg)),
+    };
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    let names: Vec<&str> = [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ]
+    .iter()
+    .filter(|(c, _)| has(*c))
+    .map(|(_, n)| *n)
+    .collect();
+    let detail = format!(
+        "euid {euid}, effective: {}",
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(" ")
+        }
+    );
+    let ok = (has(CAP_BPF) && has(CAP_PERFMON)) || has(CAP_SYS_ADMIN);
+    if ok {
+        Check::new(name, true, detail)
+    } else {
+        Check::new(
+            name,
+            false,
+            format!("{detail}: need CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); run as root"),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helper probes.
+
+fn probe_write_user_check(lockdown: &Result<String, String>) -> Check {
+    let name = "bpf_probe_write_user helper";
+    match try_load(&prog_probe_write(), false) {
+        Ok(()) => Check::new(name, true, ""),
+        Err(mut why) => {
+            if let Ok(m) = lockdown
+                && m != "none"
+            {
+                why.push_str(&format!(" (kernel lockdown: {m})"));
+            }
+            Check::new(name, false, why)
+        }
+    }
+}
+
+fn ringbuf_check() -> Check {
+    let name = "ring buffer (bpf_ringbuf_output)";
+    let size = sys::page_size().max(4096) as u32;
+    let map = match Map::ringbuf("doctor_rb", size) {
+        Ok(m) => m,
+        Err(e) => return Check::new(name, false, e.msg),
+    };
+    use std::os::fd::{AsFd, AsRawFd};
+    match try_load(&prog_ringbuf(map.as_fd().as_raw_fd()), false) {
+        Ok(()) => Check::new(name, true, ""),
+        Err(why) => Check::new(name, false, why),
+    }
+}
+
+/// `r0 = helper(); return 0`
+fn prog_call0(helper: i32) -> Vec<Insn> {
+    vec![asm::call_helper(helper), asm::mov64_imm(0, 0), asm::exit()]
+}
+
+/// `helper(stack buf, 8, NULL); return 0` (probe_read_user / probe_read_user_str)
+fn prog_probe_read(helper: i32) -> Vec<Insn> {
+    vec![
+        asm::mov64_reg(1, 10),
+        asm::add64_imm(1, -8),
+        asm::mov64_imm(2, 8),
+        asm::mov64_imm(3, 0),
+        asm::call_helper(helper),
+        asm::mov64_imm(0, 0),
+        asm::exit(),
+    ]
+}
+
+/// `bpf_probe_write_user(NULL, stack buf, 8); return 0`
+fn prog_probe_write() -> Vec<Insn> {
+    vec![
+        asm::st_dw(10, -8, 0),
+        asm::mov64_imm(1, 0),
+        asm::mov64_reg(2, 10),
+        asm::add64_imm(2, -8),
+        asm::mov64_imm(3, 8),
+        asm::call_helper(sys::BPF_FUNC_PROBE_WRITE_USER),
+        asm::mov64_imm(0, 0),
+        asm::exit(),
+    ]
+}
+
+/// `bpf_send_signal(0); return 0` (loaded, never run)
+fn prog_send_signal() -> Vec<Insn> {
+    vec![
+        asm::mov64_imm(1, 0),
+        asm::call_helper(sys::BPF_FUNC_SEND_SIGNAL),
+        asm::mov64_imm(0, 0),
+        asm::exit(),
+    ]
+}
+
+/// `bpf_ringbuf_output(&rb, stack buf, 8, 0); return 0`
+fn prog_ringbuf(map_fd: i32) -> Vec<Insn> {
+    let mut p = vec![asm::st_dw(10, -8, 0)];
+    p.extend(asm::ld_map_fd(1, map_fd));
+    p.extend([
+        asm::mov64_reg(2, 10),
+        asm::add64_imm(2, -8),
+        asm::mov64_imm(3, 8),
+        asm::mov64_imm(4, 0),
+        asm::call_helper(sys::BPF_FUNC_RINGBUF_OUTPUT),
+        asm::mov64_imm(0, 0),
+        asm::exit(),
+    ]);
+    p
+}
+
+/// Index of the callback in [`prog_loop`].
+const LOOP_CB_INSN: u32 = 8;
+
+/// `bpf_loop(1, cb, NULL, 0); return 0` with `static int cb(u64, void *) { return 0; }`.
+fn prog_loop() -> Vec<Insn> {
+    let mut p = vec![asm::mov64_imm(1, 1)];
+    // ld_func at insn 1: target = 1 + rel + 1.
+    p.extend(asm::ld_func(2, LOOP_CB_INSN as i32 - 2));
+    p.extend([
+        asm::mov64_imm(3, 0),
+        asm::mov64_imm(4, 0),
+        asm::call_helper(sys::BPF_FUNC_LOOP),
+        asm::mov64_imm(0, 0),
+        asm::exit(),
+        // callback
+        asm::mov64_imm(0, 0),
+        asm::exit(),
+    ]);
+    debug_assert_eq!(p.len(), LOOP_CB_INSN as usize + 2);
+    p
+}
+
+/// Loads `insns` as a tracepoint program (with the two-function BTF of [`prog_loop`] if
+/// `with_btf`) and closes it again. `Err` says why it was refused.
+fn try_load(insns: &[Insn], with_btf: bool) -> Result<(), String> {
+    let mut btf_fd = None;
+    let mut func_info = Vec::new();
+    if with_btf {
+        let fd = sys::btf_load(&loop_btf())
+            .map_err(|e| format!("BTF refused: {}", first_line(&e.msg)))?;
+        // struct bpf_func_info { u32 insn_off; u32 type_id; }: main is FUNC 4, cb FUNC 6.
+        for (off, ty) in [(0u32, 4u32), (LOOP_CB_INSN, 6)] {
+            func_info.extend_from_slice(&off.to_ne_bytes());
+            func_info.extend_from_slice(&ty.to_ne_bytes());
+        }
+        btf_fd = Some(fd);
+    }
+    use std::os::fd::AsRawFd;
+    let attr = sys::ProgLoadAttr {
+        prog_type: sys::BPF_PROG_TYPE_TRACEPOINT,
+        insns,
+        license: "GPL",
+        name: "bpfckpt_doctor",
+        prog_btf_fd: btf_fd.as_ref().map(|f| f.as_raw_fd()),
+        func_info_rec_size: if with_btf { 8 } else { 0 },
+        func_info_cnt: (func_info.len() / 8) as u32,
+        func_info: &func_info,
+        ..Default::default()
+    };
+    sys::prog_load(&attr).map(drop).map_err(|e| refusal(&e))
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+/// The verifier's own reason from a `sys::prog_load` error: the last log line that is not
+/// an instruction trace or a statistics line; else the error's first line.
+fn refusal(e: &Error) -> String {
+    let log = e
+        .msg
+        .split_once("\nverifier log:\n")
+        .map(|(_, l)| l)
+        .unwrap_or("");
+    let reason = log.lines().rev().map(str::trim).find(|l| {
+        let insn_trace = l
+            .split_once(':')
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        !l.is_empty()
+            && !insn_trace
+            && !l.starts_with("processed ")
+            && !l.starts_with("verification time")
+            && !l.starts_with("stack depth")
+            && !l.starts_with("[... ")
+            && !l.starts_with(';')
+    });
+    match reason {
+        Some(r) => format!("refused by the verifier: {r}"),
+        None => format!("load failed: {}", first_line(&e.msg)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The minimal BTF for the bpf_loop probe (btf.rs is the general builder; this one only
+// has to describe two functions, and doctor must not depend on the loader's layers).
+
+const BTF_KIND_INT: u32 = 1;
+const BTF_KIND_PTR: u32 = 2;
+const BTF_KIND_FUNC: u32 = 12;
+const BTF_KIND_FUNC_PROTO: u32 = 13;
+const BTF_FUNC_STATIC: u32 = 0;
+const BTF_FUNC_GLOBAL: u32 = 1;
+
+/// Types: 1 int, 2 void *, 3 int(void *ctx), 4 FUNC main_prog (global),
+/// 5 int(int idx, void *ctx), 6 FUNC cb (static: the verifier insists for callbacks).
+fn loop_btf() -> Vec<u8> {
+    let mut strings = vec![0u8];
+    let mut s = |name: &str| {
+        let off = strings.len() as u32;
+        strings.extend_from_slice(name.as_bytes());
+        strings.push(0);
+        off
+    };
+    let (int, ctx, main, idx, cb) = (s("int"), s("ctx"), s("main_prog"), s("idx"), s("cb"));
+    let info = |kind: u32, vlen: u32| (kind << 24) | vlen;
+    #[rustfmt::skip]
+    let words: Vec<u32> = vec![
+        int, info(BTF_KIND_INT, 0), 4, (1 << 24) | 32,          // 1: signed 32-bit int
+        0, info(BTF_KIND_PTR, 0), 0,                            // 2: void *
+        0, info(BTF_KIND_FUNC_PROTO, 1), 1, ctx, 2,             // 3: int (void *ctx)
+        main, info(BTF_KIND_FUNC, BTF_FUNC_GLOBAL), 3,          // 4: main_prog
+        0, info(BTF_KIND_FUNC_PROTO, 2), 1, idx, 1, ctx, 2,     // 5: int (int idx, void *ctx)
+        cb, info(BTF_KIND_FUNC, BTF_FUNC_STATIC), 5,            // 6: cb
+    ];
+    let types: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xeb9fu16.to_ne_bytes()); // magic
+    out.extend_from_slice(&[1, 0]); // version, flags
+    for w in [
+        24u32,
+        0,
+        types.len() as u32,
+        types.len() as u32,
+        strings.len() as u32,
+    ] {
+        out.extend_from_slice(&w.to_ne_bytes()); // hdr_len, type_off, type_len, str_off, str_len
+    }
+    out.extend_from_slice(&types);
+    out.extend_from_slice(&strings);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_lines() {
+        let s = format(&[
+            Check::new("a", true, ""),
+            Check::new("b", false, "why\nmore"),
+        ]);
+        assert_eq!(s, "ok    a\nFAIL  b: why | more\n");
+    }
+
+    #[test]
+    fn refusal_picks_the_verifier_reason() {
+        let e = Error::new(
+            "loading BPF program `x`: Invalid argument (os error 22)\nverifier log:\n0: R1=ctx() R10=fp0\n\
+             3: (85) call bpf_probe_write_user#36\nprogram of this type cannot use helper bpf_probe_write_user#36\n\
+             processed 4 insns (limit 1000000) max_states_per_insn 0",
+        );
+        assert_eq!(
+            refusal(&e),
+            "refused by the verifier: program of this type cannot use helper bpf_probe_write_user#36"
+        );
+        assert_eq!(refusal(&Error::new("boom\nx")), "load failed: boom");
+    }
+
+    #[test]
+    fn loop_program_shape() {
+        let p = prog_loop();
+        assert_eq!(p.len(), 10);
+        // ld_imm64 at 1 points at the callback.
+        assert_eq!(1 + p[1].imm + 1, LOOP_CB_INSN as i32);
+        assert_eq!(loop_btf().len(), 24 + 25 * 4 + 26);
+    }
+}

@@ -14,18 +14,27 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn new(msg: impl Into<String>) -> Self {
-        Self { msg: msg.into(), errno: None }
+        Self {
+            msg: msg.into(),
+            errno: None,
+        }
     }
 
     /// A failed system call: `what` says what we were doing.
     pub fn sys(what: impl fmt::Display, errno: i32) -> Self {
         let desc = std::io::Error::from_raw_os_error(errno);
-        Self { msg: format!("{what}: {desc}"), errno: Some(errno) }
+        Self {
+            msg: format!("{what}: {desc}"),
+            errno: Some(errno),
+        }
     }
 
     /// Prefix the message with context, keeping the errno.
     pub fn context(self, what: impl fmt::Display) -> Self {
-        Self { msg: format!("{what}: {}", self.msg), errno: self.errno }
+        Self {
+            msg: format!("{what}: {}", self.msg),
+            errno: self.errno,
+        }
     }
 }
 
@@ -39,7 +48,10 @@ impl std::error::Error for Error {}
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        Self { msg: e.to_string(), errno: e.raw_os_error() }
+        Self {
+            msg: e.to_string(),
+            errno: e.raw_os_error(),
+        }
     }
 }
 

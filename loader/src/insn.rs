@@ -30,7 +30,12 @@ pub const PSEUDO_CALL: u8 = 1;
 
 impl Insn {
     pub const fn new(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Self {
-        Self { code, regs: (src << 4) | (dst & 0x0f), off, imm }
+        Self {
+            code,
+            regs: (src << 4) | (dst & 0x0f),
+            off,
+            imm,
+        }
     }
 
     pub fn from_bytes(b: [u8; 8]) -> Self {
@@ -109,11 +114,65 @@ pub mod asm {
     }
     /// `ld_imm64 dst, map_fd` (two slots).
     pub const fn ld_map_fd(dst: u8, fd: i32) -> [Insn; 2] {
-        [Insn::new(LD_IMM64, dst, PSEUDO_MAP_FD, 0, fd), Insn::new(0, 0, 0, 0, 0)]
+        [
+            Insn::new(LD_IMM64, dst, PSEUDO_MAP_FD, 0, fd),
+            Insn::new(0, 0, 0, 0, 0),
+        ]
     }
     /// `ld_imm64 dst, &callback` where the callback starts `rel + 1` slots later.
     pub const fn ld_func(dst: u8, rel: i32) -> [Insn; 2] {
-        [Insn::new(LD_IMM64, dst, PSEUDO_FUNC, 0, rel), Insn::new(0, 0, 0, 0, 0)]
+        [
+            Insn::new(LD_IMM64, dst, PSEUDO_FUNC, 0, rel),
+            Insn::new(0, 0, 0, 0, 0),
+        ]
+    }
+    /// `dst = *(u64 *)(src + off)`
+    pub const fn ldx_dw(dst: u8, src: u8, off: i16) -> Insn {
+        Insn::new(0x79, dst, src, off, 0)
+    }
+    /// `dst = *(u32 *)(src + off)`
+    pub const fn ldx_w(dst: u8, src: u8, off: i16) -> Insn {
+        Insn::new(0x61, dst, src, off, 0)
+    }
+    /// `*(u64 *)(dst + off) = src`
+    pub const fn stx_dw(dst: u8, off: i16, src: u8) -> Insn {
+        Insn::new(0x7b, dst, src, off, 0)
+    }
+    /// `*(u32 *)(dst + off) = src`
+    pub const fn stx_w(dst: u8, off: i16, src: u8) -> Insn {
+        Insn::new(0x63, dst, src, off, 0)
+    }
+    /// `*(u32 *)(dst + off) = imm`
+    pub const fn st_w(dst: u8, off: i16, imm: i32) -> Insn {
+        Insn::new(0x62, dst, 0, off, imm)
+    }
+    /// `lock *(u64 *)(dst + off) += src`
+    pub const fn atomic_add_dw(dst: u8, off: i16, src: u8) -> Insn {
+        Insn::new(0xdb, dst, src, off, 0)
+    }
+    /// `dst >>= imm` (64-bit, logical).
+    pub const fn rsh64_imm(dst: u8, imm: i32) -> Insn {
+        Insn::new(0x77, dst, 0, 0, imm)
+    }
+    /// `goto +off`
+    pub const fn ja(off: i16) -> Insn {
+        Insn::new(0x05, 0, 0, off, 0)
+    }
+    /// `if dst == imm goto +off` (64-bit).
+    pub const fn jeq_imm(dst: u8, imm: i32, off: i16) -> Insn {
+        Insn::new(0x15, dst, 0, off, imm)
+    }
+    /// `if dst != imm goto +off` (64-bit).
+    pub const fn jne_imm(dst: u8, imm: i32, off: i16) -> Insn {
+        Insn::new(0x55, dst, 0, off, imm)
+    }
+    /// `if dst == src goto +off` (64-bit).
+    pub const fn jeq_reg(dst: u8, src: u8, off: i16) -> Insn {
+        Insn::new(0x1d, dst, src, off, 0)
+    }
+    /// `if dst != src goto +off` (64-bit).
+    pub const fn jne_reg(dst: u8, src: u8, off: i16) -> Insn {
+        Insn::new(0x5d, dst, src, off, 0)
     }
 }
 
@@ -127,7 +186,10 @@ mod tests {
         assert_eq!(i.dst(), 1);
         assert_eq!(i.src(), PSEUDO_MAP_FD);
         assert_eq!(Insn::from_bytes(i.to_bytes()), i);
-        assert_eq!(i.to_bytes(), [0x18, 0x11, 0xfe, 0xff, 0x78, 0x56, 0x34, 0x12]);
+        assert_eq!(
+            i.to_bytes(),
+            [0x18, 0x11, 0xfe, 0xff, 0x78, 0x56, 0x34, 0x12]
+        );
         assert!(decode(&[0u8; 7]).is_none());
         assert_eq!(decode(&[0u8; 16]).unwrap().len(), 2);
     }

@@ -21,3 +21,4 @@ pub mod ringbuf;
 pub mod sys;
 
 pub use error::{Error, Result};
+pub mod ckpt;

@@ -1,3 +1,262 @@
-fn main() {
-    println!("{}", bpfckpt::PROBES_OBJ.len());
+//! The `bpfckpt` command line.
+
+use bpfckpt::ckpt::report::Reporter;
+use bpfckpt::ckpt::session::Outcome;
+use bpfckpt::ckpt::storage::parse_size;
+use bpfckpt::ckpt::{Engine, Options, RestorePath, Waiter, demo, gate};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Checkpoint and restore a running process's memory in place, with eBPF
+/// programs that run in the target's own context.
+///
+/// A target asks for a checkpoint by creating TRIGGER_DIR/ready_to_checkpoint
+/// and waits for TRIGGER_DIR/checkpoint_complete; it asks for a restore with
+/// ready_to_restore and waits for restore_complete; it may repeat that cycle
+/// any number of times. After each restore every captured byte (heap, .bss,
+/// .data, anonymous and shared-anonymous mappings; never stacks) equals the
+/// checkpoint. Needs root (or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE).
+#[derive(Parser)]
+#[command(name = "bpfckpt", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start PROGRAM and serve its checkpoint/restore requests until it
+    /// exits; exit with its status.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// The program and its arguments (after `--`).
+        #[arg(required = true, last = true, value_name = "PROGRAM [ARGS]...")]
+        command: Vec<String>,
+    },
+    /// Wait for a process to exec (by name and/or executable path), serve it
+    /// until it exits, then wait for the next one.
+    Watch {
+        #[command(flatten)]
+        common: Common,
+        /// Process name (comm, first 15 bytes) to wait for.
+        #[arg(long, required_unless_present = "exe")]
+        comm: Option<String>,
+        /// Executable path to wait for (its name is matched, then the path).
+        #[arg(long)]
+        exe: Option<PathBuf>,
+        /// Serve one process, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Run the bundled demo workload through several cycles, damaging its
+    /// memory between checkpoint and restore, and report what happened.
+    Demo {
+        #[command(flatten)]
+        common: Common,
+        /// Checkpoint/restore cycles.
+        #[arg(long, default_value_t = 5)]
+        cycles: u32,
+    },
+    /// Check what this kernel allows: lockdown, tracefs, BTF, and each BPF
+    /// helper bpfckpt relies on.
+    Doctor,
+    #[command(hide = true, name = "__gate")]
+    Gate {
+        fifo: PathBuf,
+        parent: i32,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    #[command(hide = true, name = "__demo-target")]
+    DemoTarget {
+        #[arg(long)]
+        cycles: u32,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RestorePathArg {
+    /// BPF if the kernel allows bpf_probe_write_user, else user space.
+    Auto,
+    /// Only bpf_probe_write_user (an error where the kernel refuses it).
+    Bpf,
+    /// process_vm_writev and /proc/PID/mem, with the target held.
+    User,
+}
+
+#[derive(Args)]
+struct Common {
+    /// Directory of the protocol's marker files (absolute).
+    #[arg(long, default_value = "/tmp", value_name = "DIR")]
+    trigger_dir: PathBuf,
+    /// How restores write memory back.
+    #[arg(long, value_enum, default_value = "auto")]
+    restore_path: RestorePathArg,
+    /// Most kernel memory the page store may use (e.g. 512M, 2G); a
+    /// checkpoint that needs more fails with an error.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
+    /// Capture anonymous memory only (heap, .bss, anonymous and shared
+    /// anonymous mappings), not writable private file mappings (.data).
+    #[arg(long)]
+    anon_only: bool,
+    /// One JSON object per event on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Report every checkpoint and restore.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+impl Common {
+    fn options(&self) -> Options {
+        Options {
+            trigger_dir: self.trigger_dir.clone(),
+            restore_path: match self.restore_path {
+                RestorePathArg::Auto => RestorePath::Auto,
+                RestorePathArg::Bpf => RestorePath::Bpf,
+                RestorePathArg::User => RestorePath::User,
+            },
+            max_memory: self.max_memory,
+            anon_only: self.anon_only,
+            report: Reporter {
+                json: self.json,
+                verbose: self.verbose,
+            },
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bpfckpt: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn status_code(st: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => ExitCode::from(c as u8),
+        (None, Some(s)) => ExitCode::from(128 + s as u8),
+        _ => ExitCode::from(1),
+    }
+}
+
+fn outcome_code(o: Outcome) -> ExitCode {
+    match o {
+        Outcome::Exited(st) => status_code(st),
+        Outcome::Gone => ExitCode::SUCCESS,
+        Outcome::Interrupted(sig) => ExitCode::from(128 + sig as u8),
+    }
+}
+
+fn run(cli: Cli) -> bpfckpt::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Doctor => {
+            let checks = bpfckpt::doctor::run();
+            print!("{}", bpfckpt::doctor::format(&checks));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Gate {
+            fifo,
+            parent,
+            command,
+        } => Ok(ExitCode::from(gate::exec_when_released(
+            &fifo, parent, &command,
+        ))),
+        Cmd::DemoTarget { cycles, dir } => Ok(ExitCode::from(demo::target(cycles, &dir))),
+        Cmd::Run { common, command } => {
+            let mut engine = Engine::new(common.options())?;
+            let o = serve_command(&mut engine, &command)?;
+            finish(&engine);
+            Ok(outcome_code(o))
+        }
+        Cmd::Demo { common, cycles } => {
+            let mut opts = common.options();
+            opts.report.verbose = opts.report.verbose.max(1);
+            let mut engine = Engine::new(opts)?;
+            let exe = std::env::current_exe()?;
+            let command = vec![
+                exe.display().to_string(),
+                "__demo-target".into(),
+                "--cycles".into(),
+                cycles.to_string(),
+                "--dir".into(),
+                common.trigger_dir.display().to_string(),
+            ];
+            let o = serve_command(&mut engine, &command)?;
+            demo::report(&engine, &o);
+            Ok(outcome_code(o))
+        }
+        Cmd::Watch {
+            common,
+            comm,
+            exe,
+            once,
+        } => {
+            let mut engine = Engine::new(common.options())?;
+            let name = match (&comm, &exe) {
+                (Some(c), _) => c.clone(),
+                (None, Some(p)) => p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                (None, None) => unreachable!("clap requires --comm or --exe"),
+            };
+            engine.set_watch(&name)?;
+            engine.report().event(
+                "watch",
+                &format!("waiting for `{name}` to start"),
+                &[("comm", bpfckpt::ckpt::report::J::S(&name))],
+            );
+            loop {
+                match engine.wait_for_exec(exe.as_deref())? {
+                    Err(sig) => {
+                        finish(&engine);
+                        return Ok(ExitCode::from(128 + sig as u8));
+                    }
+                    Ok(pid) => match engine.serve(pid, Waiter::Pid, || {
+                        bpfckpt::ckpt::session::cont(pid);
+                        Ok(())
+                    }) {
+                        Ok(Outcome::Interrupted(sig)) => {
+                            finish(&engine);
+                            return Ok(ExitCode::from(128 + sig as u8));
+                        }
+                        Ok(_) => engine.report().event(
+                            "target_gone",
+                            &format!("pid {pid} is gone"),
+                            &[("pid", bpfckpt::ckpt::report::J::N(pid as u64))],
+                        ),
+                        Err(e) => engine.report().warn(&format!("serving pid {pid}: {e}")),
+                    },
+                }
+                if once {
+                    finish(&engine);
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
+    }
+}
+
+fn serve_command(engine: &mut Engine, command: &[String]) -> bpfckpt::Result<Outcome> {
+    let (child, release) = gate::spawn(command)?;
+    let pid = child.id() as i32;
+    // The probes are configured for the pid first, then it may exec: not
+    // one trigger of the new program can be missed.
+    engine.serve(pid, Waiter::Child(child), || release.release())
+}
+
+fn finish(engine: &Engine) {
+    engine.report().summary("all targets", &engine.total);
 }

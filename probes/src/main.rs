@@ -1,10 +1,659 @@
+//! bpfckpt's BPF programs. Built for `probes/target.json` (see DESIGN.md
+//! section 3); every program runs in the context of the task that hit the
+//! tracepoint, which for the checkpoint/restore programs is the target itself.
+//!
+//! Rules for this file: no panics, no formatting, no slice indexing with
+//! runtime values, no large copies (they become memcpy calls the kernel does
+//! not have); every helper call goes through `h`.
+
 #![no_std]
 #![no_main]
+// `atomic-cas` is off for BPF in rustc, so the RMW atomics of core are not
+// available; the intrinsic maps straight to BPF_ATOMIC_FETCH_ADD (cpu v3).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+mod abi;
+
+use abi::*;
+use core::ffi::c_void;
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::ptr::{null_mut, read_volatile, write_volatile};
+
 #[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! { loop {} }
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "tracepoint/syscalls/sys_enter_openat")]
-pub extern "C" fn on_openat(_ctx: *mut u8) -> u32 { 0 }
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "license")]
 pub static LICENSE: [u8; 4] = *b"GPL\0";
+
+/// Legacy map definition as the loader parses it from the `maps` section.
+#[repr(C)]
+pub struct MapDef {
+    ty: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+const ARRAY: u32 = 2;
+const ARRAY_OF_MAPS: u32 = 12;
+const RINGBUF: u32 = 27;
+const F_MMAPABLE: u32 = 1 << 10;
+
+const fn array(value_size: usize, max_entries: u32, flags: u32) -> MapDef {
+    MapDef { ty: ARRAY, key_size: 4, value_size: value_size as u32, max_entries, flags }
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static CONFIG: MapDef = array(size_of::<Config>(), 1, 0);
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static STATE: MapDef = array(size_of::<State>(), 1, 0);
+/// Live table of the target's captured ranges, written by user space.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static REGIONS: MapDef = array(size_of::<Region>(), MAX_REGIONS, 0);
+/// Ranges absent at the checkpoint: a restore makes them zero again.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static ZERO_RANGES: MapDef = array(size_of::<Region>(), MAX_REGIONS, 0);
+/// Slot 0 holds the page store: an mmapable array of 4 KiB values that user
+/// space creates, sizes to what is saved and grows while the target is held.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static PAGES_OUTER: MapDef = MapDef { ty: ARRAY_OF_MAPS, key_size: 4, value_size: 4, max_entries: 1, flags: 0 };
+/// Slot 0: the address of each saved page (same indices as the page store).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static ADDRS_OUTER: MapDef = MapDef { ty: ARRAY_OF_MAPS, key_size: 4, value_size: 4, max_entries: 1, flags: 0 };
+/// A page of zeros, the source for zeroing pages on restore.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static ZERO_PAGE: MapDef = array(PAGE_SIZE as usize, 1, 0);
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static EVENTS: MapDef = MapDef { ty: RINGBUF, key_size: 0, value_size: 0, max_entries: 1 << 18, flags: 0 };
+
+/// Self-test of the loader: every relocation case in one program.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static SELFTEST_CFG: MapDef = array(4, 1, 0);
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static SELFTEST_OUT: MapDef = array(8, ST_SLOTS, F_MMAPABLE);
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static SELFTEST_EVENTS: MapDef = MapDef { ty: RINGBUF, key_size: 0, value_size: 0, max_entries: 4096, flags: 0 };
+
+const SIGSTOP: u32 = 19;
+const O_CREAT: u64 = 0o100;
+
+/// Kernel helpers, called through their numbers (`call imm`).
+mod h {
+    use core::ffi::c_void;
+    use core::mem::transmute;
+
+    // SAFETY (whole module): each helper number is paired with the prototype
+    // the kernel documents for it in include/uapi/linux/bpf.h; the verifier
+    // checks every argument at load time.
+    macro_rules! helper {
+        ($name:ident = $id:literal : fn($($a:ident: $t:ty),*) -> $r:ty) => {
+            #[inline(always)]
+            pub unsafe fn $name($($a: $t),*) -> $r {
+                // SAFETY: see the module comment.
+                unsafe {
+                    let f: unsafe extern "C" fn($($t),*) -> $r = transmute($id as usize);
+                    f($($a),*)
+                }
+            }
+        };
+    }
+    helper!(map_lookup_elem = 1: fn(map: *const c_void, key: *const c_void) -> *mut c_void);
+    helper!(ktime_get_ns = 5: fn() -> u64);
+    helper!(get_current_pid_tgid = 14: fn() -> u64);
+    helper!(get_current_comm = 16: fn(buf: *mut c_void, size: u32) -> i64);
+    helper!(probe_write_user = 36: fn(dst: *mut c_void, src: *const c_void, len: u32) -> i64);
+    helper!(send_signal = 109: fn(sig: u32) -> i64);
+    helper!(probe_read_user = 112: fn(dst: *mut c_void, size: u32, src: *const c_void) -> i64);
+    helper!(probe_read_user_str = 114: fn(dst: *mut c_void, size: u32, src: *const c_void) -> i64);
+    helper!(ringbuf_output = 130: fn(rb: *const c_void, data: *const c_void, size: u64, flags: u64) -> i64);
+    helper!(bpf_loop = 181: fn(n: u32, cb: *const c_void, ctx: *mut c_void, flags: u64) -> i64);
+}
+
+#[inline(always)]
+fn map(def: &'static MapDef) -> *const c_void {
+    def as *const MapDef as *const c_void
+}
+
+#[inline(always)]
+unsafe fn lookup<T>(def: *const c_void, key: u32) -> *mut T {
+    // SAFETY: the verifier checks the map pointer and key; a null result is
+    // checked by every caller.
+    unsafe { h::map_lookup_elem(def, &key as *const u32 as *const c_void) as *mut T }
+}
+
+/// Syscall tracepoint records (see .../events/syscalls/*/format).
+#[repr(C)]
+pub struct SysEnter {
+    common: u64,
+    nr: i64,
+    args: [u64; 6],
+}
+
+#[repr(C)]
+pub struct SysExit {
+    common: u64,
+    nr: i64,
+    ret: i64,
+}
+
+#[repr(C, align(8))]
+struct PathBuf([u8; PATH_MAX]);
+
+#[inline(always)]
+fn current_tgid() -> (u32, u32) {
+    // SAFETY: helper without pointer arguments.
+    let id = unsafe { h::get_current_pid_tgid() };
+    ((id >> 32) as u32, id as u32)
+}
+
+/// The target's config if the current task belongs to the served thread group.
+#[inline(always)]
+unsafe fn served() -> *mut Config {
+    let (tgid, _) = current_tgid();
+    // SAFETY: CONFIG has one entry; null checked.
+    unsafe {
+        let cfg: *mut Config = lookup(map(&CONFIG), 0);
+        if cfg.is_null() || tgid == 0 {
+            return null_mut();
+        }
+        if read_volatile(&(*cfg).tgid) != tgid || read_volatile(&(*cfg).flags) & F_ACTIVE == 0 {
+            return null_mut();
+        }
+        cfg
+    }
+}
+
+#[inline(always)]
+unsafe fn emit(ev: &Event) {
+    // SAFETY: `ev` is a stack object of the size passed.
+    unsafe {
+        h::ringbuf_output(map(&EVENTS), ev as *const Event as *const c_void, size_of::<Event>() as u64, 0);
+    }
+}
+
+/// Compares two NUL-padded path buffers word by word (no memcmp in BPF).
+#[inline(always)]
+fn same_path(a: &PathBuf, b: *const [u8; PATH_MAX]) -> bool {
+    let a = a.0.as_ptr() as *const u64;
+    let b = b as *const u64;
+    let mut i = 0;
+    while i < PATH_MAX / 8 {
+        // SAFETY: both buffers are PATH_MAX bytes and 8-byte aligned
+        // (Config keeps its paths at 8-byte offsets).
+        if unsafe { read_volatile(a.add(i)) != read_volatile(b.add(i)) } {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+// ---------------------------------------------------------------- triggers
+
+#[inline(always)]
+unsafe fn on_open<const W: bool>(path: u64, flags: u64, creat: bool) -> u32 {
+    // SAFETY: pointers come from map lookups (null checked) or the stack.
+    unsafe {
+        let cfg = served();
+        if cfg.is_null() || (!creat && flags & O_CREAT == 0) {
+            return 0;
+        }
+        let mut buf = PathBuf([0; PATH_MAX]);
+        if h::probe_read_user_str(buf.0.as_mut_ptr() as *mut c_void, PATH_MAX as u32, path as *const c_void) <= 0 {
+            return 0;
+        }
+        if same_path(&buf, &raw const (*cfg).ckpt_path) {
+            checkpoint(cfg);
+        } else if same_path(&buf, &raw const (*cfg).restore_path) {
+            restore::<W>(cfg);
+        }
+    }
+    0
+}
+
+/// The trigger programs come in two sets: `*_w` restores with
+/// `bpf_probe_write_user`, the others only hold the target for a user-space
+/// restore. The kernel refuses to load any program that merely contains the
+/// write helper under lockdown, so the choice is made by loading one set.
+macro_rules! triggers {
+    ($w:literal, $openat:ident, $open:ident, $creat:ident) => {
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = "tracepoint/syscalls/sys_enter_openat")]
+        pub extern "C" fn $openat(ctx: *const SysEnter) -> u32 {
+            // SAFETY: the tracepoint context is readable at these offsets.
+            unsafe { on_open::<$w>((*ctx).args[1], (*ctx).args[2], false) }
+        }
+
+        /// musl's open() uses SYS_open, not openat.
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = "tracepoint/syscalls/sys_enter_open")]
+        pub extern "C" fn $open(ctx: *const SysEnter) -> u32 {
+            // SAFETY: as above.
+            unsafe { on_open::<$w>((*ctx).args[0], (*ctx).args[1], false) }
+        }
+
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = "tracepoint/syscalls/sys_enter_creat")]
+        pub extern "C" fn $creat(ctx: *const SysEnter) -> u32 {
+            // SAFETY: as above.
+            unsafe { on_open::<$w>((*ctx).args[0], 0, true) }
+        }
+    };
+}
+
+triggers!(false, trigger_openat, trigger_open, trigger_creat);
+triggers!(true, trigger_openat_w, trigger_open_w, trigger_creat_w);
+
+// -------------------------------------------------------------- checkpoint
+
+#[repr(C)]
+struct CopyCtx {
+    region: u32,
+    nregions: u32,
+    page: u64,
+    next: u64,
+    capacity: u64,
+    fails: u64,
+    overflow: u64,
+}
+
+/// One page per iteration over the flattened region table.
+extern "C" fn checkpoint_page(_i: u64, ctx: *mut CopyCtx) -> i64 {
+    // SAFETY: `ctx` is the caller's stack object; map values are null checked.
+    unsafe {
+        let c = &mut *ctx;
+        let mut r: *mut Region = lookup(map(&REGIONS), c.region);
+        if r.is_null() {
+            return 1;
+        }
+        if c.page >= (*r).npages {
+            // Regions are never empty, so one step always lands in a page.
+            c.region += 1;
+            c.page = 0;
+            if c.region >= c.nregions {
+                return 1;
+            }
+            r = lookup(map(&REGIONS), c.region);
+            if r.is_null() {
+                return 1;
+            }
+        }
+        let addr = (*r).start + c.page * PAGE_SIZE;
+        c.page += 1;
+        if c.next >= c.capacity {
+            c.overflow += 1;
+            return 0;
+        }
+        let slot = c.next as u32;
+        let pages: *const c_void = lookup(map(&PAGES_OUTER), 0);
+        let addrs: *const c_void = lookup(map(&ADDRS_OUTER), 0);
+        if pages.is_null() || addrs.is_null() {
+            c.overflow += 1;
+            return 1;
+        }
+        let dst: *mut c_void = lookup(pages, slot);
+        let at: *mut u64 = lookup(addrs, slot);
+        if dst.is_null() || at.is_null() {
+            c.overflow += 1;
+            return 1;
+        }
+        if h::probe_read_user(dst, PAGE_SIZE as u32, addr as *const c_void) == 0 {
+            write_volatile(at, addr);
+            c.next += 1;
+        } else {
+            c.fails += 1;
+        }
+    }
+    0
+}
+
+#[inline(always)]
+unsafe fn state() -> *mut State {
+    // SAFETY: STATE has one entry; callers check null.
+    unsafe { lookup(map(&STATE), 0) }
+}
+
+#[inline(never)]
+unsafe fn checkpoint(cfg: *mut Config) {
+    // SAFETY: `cfg` is a live map value; other pointers are null checked.
+    unsafe {
+        let st = state();
+        if st.is_null() {
+            return;
+        }
+        let t0 = h::ktime_get_ns();
+        let (tgid, tid) = current_tgid();
+        let applied = read_volatile(&(*cfg).applied_seq);
+        let z = read_volatile(&(*st).opaque_zero);
+        let mut c = CopyCtx {
+            region: z as u32,
+            nregions: read_volatile(&(*cfg).nregions),
+            page: z,
+            next: z,
+            capacity: read_volatile(&(*cfg).capacity),
+            fails: z,
+            overflow: z,
+        };
+        let mut stale = 0;
+        if applied != read_volatile(&(*st).layout_seq) {
+            stale = STALE_LAYOUT;
+        } else if c.nregions > 0 {
+            let total = read_volatile(&(*cfg).total_pages);
+            h::bpf_loop(
+                total as u32,
+                checkpoint_page as *const c_void,
+                &mut c as *mut CopyCtx as *mut c_void,
+                0,
+            );
+            // Seqlock: user space invalidates applied_seq before it touches
+            // the region table, so a change here means a torn table.
+            if read_volatile(&(*cfg).applied_seq) != applied {
+                stale = STALE_LAYOUT;
+            }
+        }
+        if c.overflow != 0 && stale == 0 {
+            stale = STALE_OVERFLOW;
+        }
+        let held = (stale != 0 || c.fails != 0) as u32;
+        if held != 0 {
+            h::send_signal(SIGSTOP);
+        }
+        let ev = Event {
+            kind: EV_CHECKPOINT,
+            tgid,
+            tid,
+            held,
+            seq: applied,
+            a: c.next,
+            b: c.fails,
+            c: h::ktime_get_ns() - t0,
+            stale,
+        };
+        emit(&ev);
+    }
+}
+
+// ----------------------------------------------------------------- restore
+
+#[repr(C)]
+struct WriteCtx {
+    n: u64,
+    fails: u64,
+    region: u32,
+    nregions: u32,
+    page: u64,
+}
+
+extern "C" fn restore_page(i: u64, ctx: *mut WriteCtx) -> i64 {
+    // SAFETY: `ctx` is the caller's stack object; map values are null checked.
+    unsafe {
+        let c = &mut *ctx;
+        let pages: *const c_void = lookup(map(&PAGES_OUTER), 0);
+        let addrs: *const c_void = lookup(map(&ADDRS_OUTER), 0);
+        if pages.is_null() || addrs.is_null() {
+            return 1;
+        }
+        let src: *const c_void = lookup(pages, i as u32);
+        let at: *mut u64 = lookup(addrs, i as u32);
+        if src.is_null() || at.is_null() {
+            return 1;
+        }
+        let addr = read_volatile(at) & !ADDR_FAILED;
+        if h::probe_write_user(addr as *mut c_void, src, PAGE_SIZE as u32) == 0 {
+            write_volatile(at, addr);
+            c.n += 1;
+        } else {
+            // Not present (zapped), read-only, or gone: user space finishes it.
+            write_volatile(at, addr | ADDR_FAILED);
+            c.fails += 1;
+        }
+    }
+    0
+}
+
+extern "C" fn zero_page(_i: u64, ctx: *mut WriteCtx) -> i64 {
+    // SAFETY: as in restore_page.
+    unsafe {
+        let c = &mut *ctx;
+        let mut r: *mut Region = lookup(map(&ZERO_RANGES), c.region);
+        if r.is_null() {
+            return 1;
+        }
+        if c.page >= (*r).npages {
+            c.region += 1;
+            c.page = 0;
+            if c.region >= c.nregions {
+                return 1;
+            }
+            r = lookup(map(&ZERO_RANGES), c.region);
+            if r.is_null() {
+                return 1;
+            }
+        }
+        let addr = (*r).start + c.page * PAGE_SIZE;
+        c.page += 1;
+        let zero: *const c_void = lookup(map(&ZERO_PAGE), 0);
+        if zero.is_null() {
+            return 1;
+        }
+        // A page that is still not present cannot be written without a
+        // fault, and reads as zero anyway: only count it.
+        if h::probe_write_user(addr as *mut c_void, zero, PAGE_SIZE as u32) == 0 {
+            c.n += 1;
+        } else {
+            c.fails += 1;
+        }
+    }
+    0
+}
+
+#[inline(never)]
+unsafe fn restore<const W: bool>(cfg: *mut Config) {
+    // SAFETY: `cfg` is a live map value; other pointers are null checked.
+    unsafe {
+        let st = state();
+        if st.is_null() {
+            return;
+        }
+        let t0 = h::ktime_get_ns();
+        let (tgid, tid) = current_tgid();
+        let flags = read_volatile(&(*cfg).flags);
+        let z = read_volatile(&(*st).opaque_zero);
+        let mut pages = WriteCtx { n: z, fails: z, region: z as u32, nregions: z as u32, page: z };
+        let mut zeros = WriteCtx { n: z, fails: z, region: z as u32, nregions: read_volatile(&(*cfg).nzero), page: z };
+        let mut held = 1;
+        if W && flags & F_BPF_WRITE != 0 {
+            let slots = read_volatile(&(*cfg).image_slots);
+            if slots > 0 {
+                h::bpf_loop(slots as u32, restore_page as *const c_void, &mut pages as *mut WriteCtx as *mut c_void, 0);
+            }
+            if zeros.nregions > 0 {
+                let n = read_volatile(&(*cfg).zero_pages);
+                h::bpf_loop(n as u32, zero_page as *const c_void, &mut zeros as *mut WriteCtx as *mut c_void, 0);
+            }
+            let verify_zero = flags & F_VERIFY_ZERO != 0 && zeros.fails != 0;
+            held = (pages.fails != 0 || verify_zero || flags & F_HOLD_RESTORE != 0) as u32;
+        }
+        if held != 0 {
+            h::send_signal(SIGSTOP);
+        }
+        let ev = Event {
+            kind: EV_RESTORE,
+            tgid,
+            tid,
+            held,
+            seq: zeros.n,
+            a: pages.n,
+            b: pages.fails,
+            c: h::ktime_get_ns() - t0,
+            stale: zeros.fails,
+        };
+        emit(&ev);
+    }
+}
+
+// ------------------------------------------------------------ layout, exec
+
+/// Marks the region table stale; returns the new sequence number.
+#[inline(always)]
+unsafe fn bump_seq(st: *mut State) -> u64 {
+    // SAFETY: `st` is a live map value. Atomic: two threads of the target
+    // may change mappings at once.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*st).layout_seq, 1) + 1 }
+}
+
+#[inline(always)]
+unsafe fn layout_changed(ret: i64) -> u32 {
+    // SAFETY: pointers from map lookups, null checked.
+    unsafe {
+        let cfg = served();
+        if cfg.is_null() {
+            return 0;
+        }
+        let st = state();
+        if st.is_null() {
+            return 0;
+        }
+        let seq = bump_seq(st);
+        let (tgid, tid) = current_tgid();
+        let ev = Event { kind: EV_LAYOUT, tgid, tid, held: 0, seq, a: ret as u64, b: 0, c: 0, stale: 0 };
+        emit(&ev);
+    }
+    0
+}
+
+macro_rules! layout_probe {
+    ($fn:ident, $sec:literal) => {
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = $sec)]
+        pub extern "C" fn $fn(ctx: *const SysExit) -> u32 {
+            // SAFETY: the tracepoint context is readable at this offset.
+            unsafe { layout_changed((*ctx).ret) }
+        }
+    };
+}
+
+layout_probe!(layout_mmap, "tracepoint/syscalls/sys_exit_mmap");
+layout_probe!(layout_munmap, "tracepoint/syscalls/sys_exit_munmap");
+layout_probe!(layout_mremap, "tracepoint/syscalls/sys_exit_mremap");
+layout_probe!(layout_brk, "tracepoint/syscalls/sys_exit_brk");
+layout_probe!(layout_mprotect, "tracepoint/syscalls/sys_exit_mprotect");
+
+/// A new program image: the target of `run` (by thread group) or a process
+/// `watch` waits for (by name). The latter is held until user space has read
+/// its layout, so that not a single trigger can be missed.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/sched/sched_process_exec")]
+pub extern "C" fn on_exec(_ctx: *const c_void) -> u32 {
+    // SAFETY: pointers from map lookups (null checked) or the stack.
+    unsafe {
+        let cfg: *mut Config = lookup(map(&CONFIG), 0);
+        if cfg.is_null() {
+            return 0;
+        }
+        let (tgid, tid) = current_tgid();
+        let mine = read_volatile(&(*cfg).tgid) == tgid && read_volatile(&(*cfg).flags) & F_ACTIVE != 0;
+        let mut held = 0;
+        if !mine {
+            let want = &raw const (*cfg).watch_comm as *const u64;
+            let w0 = read_volatile(want);
+            if w0 == 0 {
+                return 0;
+            }
+            let mut comm = [0u64; 2];
+            h::get_current_comm(comm.as_mut_ptr() as *mut c_void, COMM_LEN as u32);
+            if comm[0] != w0 || comm[1] != read_volatile(want.add(1)) {
+                return 0;
+            }
+            h::send_signal(SIGSTOP);
+            held = 1;
+        } else {
+            let st = state();
+            if !st.is_null() {
+                bump_seq(st);
+            }
+        }
+        let ev = Event { kind: EV_EXEC, tgid, tid, held, seq: 0, a: 0, b: 0, c: 0, stale: 0 };
+        emit(&ev);
+    }
+    0
+}
+
+// ---------------------------------------------------------------- selftest
+
+/// Globals in each data section, so that every relocation kind appears.
+#[unsafe(no_mangle)]
+pub static mut SELFTEST_DATA: u64 = 0x1111_2222_3333_4444;
+#[unsafe(no_mangle)]
+pub static SELFTEST_RODATA: u64 = 0x5555_6666_7777_8888;
+#[unsafe(no_mangle)]
+pub static mut SELFTEST_BSS: u64 = 0;
+
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn selftest_mix(a: u64, b: u64) -> u64 {
+    (a ^ b).rotate_left(7)
+}
+
+extern "C" fn selftest_step(i: u64, acc: *mut u64) -> i64 {
+    // SAFETY: `acc` is the caller's stack slot.
+    unsafe { *acc += i + 1 };
+    0
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_openat")]
+pub extern "C" fn selftest(_ctx: *const SysEnter) -> u32 {
+    // SAFETY: pointers from map lookups (null checked), globals, the stack.
+    unsafe {
+        let (tgid, _) = current_tgid();
+        let want: *mut u32 = lookup(map(&SELFTEST_CFG), 0);
+        if want.is_null() || *want != tgid {
+            return 0;
+        }
+        // .bss counts hits, .data and .rodata are read back verbatim.
+        let hits = read_volatile(&raw const SELFTEST_BSS) + 1;
+        write_volatile(&raw mut SELFTEST_BSS, hits);
+        let mut acc = 0u64;
+        h::bpf_loop(10, selftest_step as *const c_void, &mut acc as *mut u64 as *mut c_void, 0);
+        let vals = [
+            read_volatile(&raw const SELFTEST_DATA),
+            read_volatile(&SELFTEST_RODATA),
+            hits,
+            selftest_mix(read_volatile(&raw const SELFTEST_DATA), 3),
+            acc,
+            hits,
+        ];
+        let mut i = 0u32;
+        while i < 6 {
+            let slot: *mut u64 = lookup(map(&SELFTEST_OUT), i);
+            if !slot.is_null() {
+                write_volatile(slot, *vals.as_ptr().add(i as usize));
+            }
+            i += 1;
+        }
+        h::ringbuf_output(
+            map(&SELFTEST_EVENTS),
+            vals.as_ptr() as *const c_void,
+            size_of::<[u64; 6]>() as u64,
+            0,
+        );
+    }
+    0
+}

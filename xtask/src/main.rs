@@ -7,6 +7,9 @@ fn main() {
     let cfg = xtask::probes::BuildConfig::from_env(root.clone(), root.join("target")).unwrap();
     match xtask::probes::build(&cfg) {
         Ok(p) => println!("{}", p.display()),
-        Err(e) => { eprintln!("{e}"); std::process::exit(1) }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1)
+        }
     }
 }

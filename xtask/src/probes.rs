@@ -198,7 +198,8 @@ pub fn ensure_sysroot(cfg: &BuildConfig) -> Result<PathBuf, String> {
     }
 
     let host_sysroot = run(Command::new(&cfg.rustc).arg("--print").arg("sysroot"))?;
-    let core_src = Path::new(host_sysroot.trim()).join("lib/rustlib/src/rust/library/core/src/lib.rs");
+    let core_src =
+        Path::new(host_sysroot.trim()).join("lib/rustlib/src/rust/library/core/src/lib.rs");
     if !core_src.exists() {
         return Err(format!(
             "{} is missing: the rust-src component is required (rust-toolchain.toml lists it; \
@@ -233,7 +234,14 @@ pub fn ensure_sysroot(cfg: &BuildConfig) -> Result<PathBuf, String> {
             .arg(&tmp)
             // Bitcode only: probes need core's metadata and MIR, never its
             // machine code (which does not even build for BPF).
-            .args(["-C", "opt-level=3", "-C", "panic=abort", "-C", "linker-plugin-lto"])
+            .args([
+                "-C",
+                "opt-level=3",
+                "-C",
+                "panic=abort",
+                "-C",
+                "linker-plugin-lto",
+            ])
             .args(["-C", "codegen-units=1", "-Z", "force-unstable-if-unmarked"])
             .arg(src)
             .arg("-o")

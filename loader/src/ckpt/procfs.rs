@@ -1,0 +1,296 @@
+//! What `/proc` tells about the target: its mappings, which of them are
+//! captured (DESIGN.md section 5), thread stack pointers, page residency.
+
+use crate::{Error, Result};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+pub const PAGE: u64 = 4096;
+
+/// One line of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub shared: bool,
+    pub inode: u64,
+    pub path: String,
+}
+
+impl Mapping {
+    pub fn contains(&self, addr: u64) -> bool {
+        self.start <= addr && addr < self.end
+    }
+
+    /// `MAP_SHARED|MAP_ANONYMOUS` memory is shmem behind a deleted
+    /// `/dev/zero` inode.
+    pub fn is_shared_anon(&self) -> bool {
+        self.shared && self.path.starts_with("/dev/zero")
+    }
+
+    /// Private memory not backed by a file (heap, anonymous mmap, `.bss`
+    /// beyond the file, `[anon:...]` names).
+    pub fn is_private_anon(&self) -> bool {
+        !self.shared && self.inode == 0 && !self.path.starts_with('/')
+    }
+
+    fn is_special(&self) -> bool {
+        self.path.starts_with("[stack")
+            || self.path.starts_with("[vvar")
+            || self.path == "[vdso]"
+            || self.path == "[vsyscall]"
+            || self.path == "[uprobes]"
+    }
+
+    /// Where a restore may write: memory private to the target or shared
+    /// anonymous memory. Never a file-shared mapping, which would write
+    /// through to the file.
+    pub fn writable_target(&self) -> bool {
+        !self.is_special() && (!self.shared || self.is_shared_anon())
+    }
+}
+
+/// What kind of memory a captured region is; decides how a page that BPF
+/// could not read is completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Private anonymous (including the heap and `.bss`): a page not present
+    /// and not swapped reads as zero.
+    Anon,
+    /// Shared anonymous (shmem): a page may exist in the page cache without
+    /// being mapped, so a missing page must be read.
+    SharedAnon,
+    /// Writable private file mapping (`.data`): an untouched page holds the
+    /// file's bytes.
+    FilePrivate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+    pub kind: Kind,
+}
+
+impl Region {
+    pub fn pages(&self) -> u64 {
+        (self.end - self.start) / PAGE
+    }
+}
+
+fn hex(s: &str, line: &str) -> Result<u64> {
+    u64::from_str_radix(s, 16)
+        .map_err(|_| Error::new(format!("bad number {s:?} in maps line {line:?}")))
+}
+
+/// Parses the text of `/proc/PID/maps`.
+pub fn parse_maps(text: &str) -> Result<Vec<Mapping>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut f = line.split_ascii_whitespace();
+        let (Some(range), Some(perms), Some(_off), Some(_dev), Some(inode)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            return Err(Error::new(format!("short maps line {line:?}")));
+        };
+        // The path is the rest of the line and may contain spaces.
+        let path = f.collect::<Vec<_>>().join(" ");
+        let (s, e) = range
+            .split_once('-')
+            .ok_or_else(|| Error::new(format!("bad range in maps line {line:?}")))?;
+        let p = perms.as_bytes();
+        if p.len() < 4 {
+            return Err(Error::new(format!("bad permissions in maps line {line:?}")));
+        }
+        let (start, end) = (hex(s, line)?, hex(e, line)?);
+        if end < start || start % PAGE != 0 || end % PAGE != 0 {
+            return Err(Error::new(format!("bad range in maps line {line:?}")));
+        }
+        out.push(Mapping {
+            start,
+            end,
+            read: p[0] == b'r',
+            write: p[1] == b'w',
+            shared: p[3] == b's',
+            inode: inode
+                .parse()
+                .map_err(|_| Error::new(format!("bad inode in maps line {line:?}")))?,
+            path,
+        });
+    }
+    Ok(out)
+}
+
+pub fn read_maps(pid: i32) -> Result<Vec<Mapping>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map_err(|e| Error::from(e).context(format!("read /proc/{pid}/maps")))?;
+    parse_maps(&text)
+}
+
+/// The regions a checkpoint captures: writable private memory (anonymous,
+/// heap, `.bss`, and unless `anon_only` writable private file mappings) and
+/// shared anonymous memory; never a stack that a thread runs on, `[vvar]`,
+/// `[vdso]`, read-only or file-shared mappings.
+pub fn captured(maps: &[Mapping], stack_pointers: &[u64], anon_only: bool) -> Vec<Region> {
+    maps.iter()
+        .filter(|m| m.write && m.read && !m.is_special() && m.end > m.start)
+        .filter(|m| !stack_pointers.iter().any(|&sp| m.contains(sp)))
+        .filter_map(|m| {
+            let kind = if m.is_shared_anon() {
+                Kind::SharedAnon
+            } else if m.shared {
+                return None;
+            } else if m.is_private_anon() {
+                Kind::Anon
+            } else if anon_only {
+                return None;
+            } else {
+                Kind::FilePrivate
+            };
+            Some(Region {
+                start: m.start,
+                end: m.end,
+                kind,
+            })
+        })
+        .collect()
+}
+
+/// Stack pointers of the target's threads that are blocked in the kernel
+/// (`/proc/PID/task/TID/syscall`); a running thread reports none.
+pub fn stack_pointers(pid: i32) -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("syscall")).ok())
+        .filter_map(|s| parse_syscall_sp(&s))
+        .collect()
+}
+
+/// `nr a1 a2 a3 a4 a5 a6 sp pc`, or `-1 sp pc`, or `running`.
+pub fn parse_syscall_sp(s: &str) -> Option<u64> {
+    let f: Vec<&str> = s.split_ascii_whitespace().collect();
+    if f.len() < 3 {
+        return None;
+    }
+    let sp = f[f.len() - 2].strip_prefix("0x")?;
+    u64::from_str_radix(sp, 16).ok()
+}
+
+/// Scheduler state letter of `/proc/PID/stat` (`R`, `S`, `T`, `Z`, ...),
+/// `None` once the process is gone.
+pub fn process_state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: skip past the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    rest.trim_start().chars().next()
+}
+
+pub const PM_PRESENT: u64 = 1 << 63;
+pub const PM_SWAPPED: u64 = 1 << 62;
+
+/// Reader of `/proc/PID/pagemap`: one u64 per virtual page.
+pub struct Pagemap {
+    file: File,
+}
+
+impl Pagemap {
+    pub fn open(pid: i32) -> Result<Self> {
+        let file = File::open(format!("/proc/{pid}/pagemap"))
+            .map_err(|e| Error::from(e).context(format!("open /proc/{pid}/pagemap")))?;
+        Ok(Self { file })
+    }
+
+    /// Entries for `npages` pages from `start`, appended to `out`.
+    pub fn read(&self, start: u64, npages: u64, out: &mut Vec<u64>) -> Result<()> {
+        let mut buf = vec![0u8; 8 * 4096];
+        let mut done = 0;
+        while done < npages {
+            let n = (npages - done).min(4096);
+            let bytes = &mut buf[..(n * 8) as usize];
+            let off = (start / PAGE + done) * 8;
+            self.file
+                .read_exact_at(bytes, off)
+                .map_err(|e| Error::from(e).context("read pagemap"))?;
+            out.extend(
+                bytes
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
+            );
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+5593cd6d2000-5593cd6d3000 r--p 00000000 fe:00 18504                      /usr/bin/prog
+5593cd6d6000-5593cd6d7000 rw-p 00003000 fe:00 18504                      /usr/bin/prog
+5593cd6d7000-5593cd6d9000 rw-p 00000000 00:00 0 
+5593f8638000-5593f87c7000 rw-p 00000000 00:00 0                          [heap]
+7f4ebb000000-7f4ebb010000 rw-s 00000000 00:01 99                         /tmp/some file
+7f4ebb068000-7f4ebb06a000 rw-s 00000000 00:01 24                         /dev/zero (deleted)
+7f4ebb06a000-7f4ebb06b000 rw-p 00000000 00:00 0                          [anon:thread stack]
+7f4ebb073000-7f4ebb077000 r--p 00000000 00:00 0                          [vvar]
+7f4ebb079000-7f4ebb07b000 r-xp 00000000 00:00 0                          [vdso]
+7ffe48531000-7ffe48552000 rw-p 00000000 00:00 0                          [stack]
+";
+
+    #[test]
+    fn parses_maps_lines_with_spaces_in_paths() {
+        let m = parse_maps(MAPS).unwrap();
+        assert_eq!(m.len(), 10);
+        assert_eq!(m[4].path, "/tmp/some file");
+        assert!(m[4].shared && !m[4].is_shared_anon());
+        assert!(m[5].is_shared_anon());
+        assert_eq!(m[3].path, "[heap]");
+        assert!(m[3].is_private_anon());
+        assert!(parse_maps("zz-10 rw-p 0 0:0 0").is_err());
+        assert!(parse_maps("1000-2000 rw").is_err());
+        assert!(parse_maps("2000-1000 rw-p 0 00:00 0").is_err());
+    }
+
+    #[test]
+    fn captures_writable_private_and_shared_anon_only() {
+        let m = parse_maps(MAPS).unwrap();
+        let thread_sp = 0x7f4ebb06a800;
+        let r = captured(&m, &[thread_sp], false);
+        let starts: Vec<(u64, Kind)> = r.iter().map(|r| (r.start, r.kind)).collect();
+        assert_eq!(
+            starts,
+            vec![
+                (0x5593cd6d6000, Kind::FilePrivate),
+                (0x5593cd6d7000, Kind::Anon),
+                (0x5593f8638000, Kind::Anon),
+                (0x7f4ebb068000, Kind::SharedAnon),
+            ]
+        );
+        let anon = captured(&m, &[], true);
+        assert!(anon.iter().all(|r| r.kind != Kind::FilePrivate));
+        // Without a known stack pointer the thread stack mapping is captured.
+        assert!(anon.iter().any(|r| r.start == 0x7f4ebb06a000));
+    }
+
+    #[test]
+    fn syscall_stack_pointer() {
+        assert_eq!(
+            parse_syscall_sp("0 0x3 0x5 0x2000 0x0 0x0 0x0 0x7ffe4854f728 0x7f4eba9162ad"),
+            Some(0x7ffe4854f728)
+        );
+        assert_eq!(
+            parse_syscall_sp("-1 0x7ffe48540000 0x7f4eba9162ad"),
+            Some(0x7ffe48540000)
+        );
+        assert_eq!(parse_syscall_sp("running"), None);
+    }
+}

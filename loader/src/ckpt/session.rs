@@ -1,0 +1,859 @@
+//! The engine: loads and attaches the probes once, then serves targets.
+//!
+//! Division of work per request (DESIGN.md sections 1 and 5):
+//! - checkpoint: the probe copies every page of the live region table into
+//!   the page store, inside the trigger syscall. If the table was stale, the
+//!   store too small, or a page unreadable, the probe also stops the target
+//!   (SIGSTOP right after the trigger syscall) and user space completes the
+//!   image at that same instant, then releases it.
+//! - restore: with the BPF write path, the probe writes every saved page and
+//!   zeroes pages absent at the checkpoint; pages it could not write are
+//!   finished from user space while the target is held. Without it (kernel
+//!   lockdown), the probe only holds the target and user space restores.
+
+use super::abi::{self, Config, Event};
+use super::markers::{self, Triggers};
+use super::memio::{Mem, ZERO_PAGE};
+use super::procfs::{self, Kind, Mapping, PAGE, PM_PRESENT, PM_SWAPPED, Pagemap, Region};
+use super::report::{J, Reporter, Stats};
+use super::storage::{Storage, human};
+use super::wire;
+use crate::load::{self, Link, LoadOptions, Loaded, MapOverride};
+use crate::maps::Map;
+use crate::ringbuf::RingBuf;
+use crate::{Error, Result};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SigSet, SignalFd};
+use nix::unistd::Pid;
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// How restores are carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestorePath {
+    /// BPF if the kernel allows `bpf_probe_write_user`, else user space.
+    Auto,
+    /// `bpf_probe_write_user` in the target's context (error if refused).
+    Bpf,
+    /// `process_vm_writev` / `/proc/PID/mem` while the target is held.
+    User,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub trigger_dir: PathBuf,
+    pub restore_path: RestorePath,
+    /// Most kernel memory the page store may use.
+    pub max_memory: Option<u64>,
+    /// Capture anonymous memory only (no writable private file mappings).
+    pub anon_only: bool,
+    pub report: Reporter,
+}
+
+/// How the engine learns that a target is gone.
+pub enum Waiter {
+    /// Our child (`run`): its exit status is collected.
+    Child(Child),
+    /// Someone else's process (`watch`).
+    Pid,
+}
+
+/// How serving one target ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Exited(ExitStatus),
+    /// Gone, status unknown (not our child).
+    Gone,
+    /// SIGINT / SIGTERM to bpfckpt.
+    Interrupted(Signal),
+}
+
+/// The image of the last checkpoint: slots `0..slots` of the store, plus the
+/// ranges that were absent (zero) then.
+struct Image {
+    slots: u64,
+    zero: Vec<(u64, u64)>,
+    /// Zero ranges the BPF restore cannot cover (table too small).
+    zero_in_user: bool,
+}
+
+/// One target being served.
+struct Target {
+    pid: i32,
+    regions: Vec<Region>,
+    applied_seq: u64,
+    layout_dirty: bool,
+    store: Option<Storage>,
+    image: Option<Image>,
+    stats: Stats,
+    mem: Mem,
+}
+
+const EXEC_NAMES: [&str; 6] = [
+    "layout_mmap",
+    "layout_munmap",
+    "layout_mremap",
+    "layout_brk",
+    "layout_mprotect",
+    "on_exec",
+];
+
+pub struct Engine {
+    // Field order is drop order: detach before the maps go.
+    _links: Vec<Link>,
+    ring: RingBuf,
+    loaded: Loaded,
+    _templates: (Map, Map),
+    cfg: Config,
+    bpf_write: bool,
+    opts: Options,
+    triggers: Triggers,
+    signals: SignalFd,
+    pub total: Stats,
+}
+
+impl Engine {
+    /// Checks privileges, picks the restore path, loads and attaches the probes.
+    pub fn new(opts: Options) -> Result<Self> {
+        check_privileges()?;
+        let triggers = Triggers::new(&opts.trigger_dir, abi::PATH_MAX)?;
+        let (write_ok, write_why) = match opts.restore_path {
+            RestorePath::User => (false, String::new()),
+            _ => crate::doctor::probe_write_user_available(),
+        };
+        if opts.restore_path == RestorePath::Bpf && !write_ok {
+            return Err(Error::new(format!(
+                "--restore-path bpf: this kernel refuses bpf_probe_write_user ({write_why}); \
+                 use --restore-path user or auto"
+            )));
+        }
+        let bpf_write = write_ok;
+
+        // SIGINT/SIGTERM become readable events, so that a session ends in
+        // order (target released, summary printed). Blocked before any child
+        // is spawned; `run` unblocks them in the child again before exec.
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGINT);
+        mask.add(Signal::SIGTERM);
+        mask.thread_block()
+            .map_err(|e| Error::sys("block SIGINT/SIGTERM", e as i32))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| Error::sys("signalfd", e as i32))?;
+
+        let templates = super::storage::templates()?;
+        let suffix = if bpf_write { "_w" } else { "" };
+        let mut programs: Vec<String> = ["trigger_openat", "trigger_open", "trigger_creat"]
+            .iter()
+            .map(|p| format!("{p}{suffix}"))
+            .collect();
+        programs.extend(EXEC_NAMES.iter().map(|s| s.to_string()));
+        let mut maps = HashMap::new();
+        maps.insert(
+            "PAGES_OUTER".to_string(),
+            MapOverride {
+                max_entries: None,
+                inner_map: Some(templates.0.as_fd()),
+            },
+        );
+        maps.insert(
+            "ADDRS_OUTER".to_string(),
+            MapOverride {
+                max_entries: None,
+                inner_map: Some(templates.1.as_fd()),
+            },
+        );
+        let loaded = load::load(crate::PROBES_OBJ, &LoadOptions { programs, maps })
+            .map_err(|e| e.context("loading the probes"))?;
+        let ring = RingBuf::new(loaded.map("EVENTS")?)?;
+        let links = loaded.attach_all()?;
+
+        let cfg = Config {
+            tgid: 0,
+            flags: 0,
+            applied_seq: u64::MAX,
+            nregions: 0,
+            nzero: 0,
+            total_pages: 0,
+            zero_pages: 0,
+            capacity: 0,
+            image_slots: 0,
+            watch_comm: [0; abi::COMM_LEN],
+            ckpt_path: wire::fixed(
+                triggers
+                    .path(markers::CHECKPOINT_REQUEST)
+                    .as_os_str()
+                    .as_encoded_bytes(),
+            ),
+            restore_path: wire::fixed(
+                triggers
+                    .path(markers::RESTORE_REQUEST)
+                    .as_os_str()
+                    .as_encoded_bytes(),
+            ),
+        };
+        let e = Self {
+            _links: links,
+            ring,
+            loaded,
+            _templates: templates,
+            cfg,
+            bpf_write,
+            opts,
+            triggers,
+            signals,
+            total: Stats::default(),
+        };
+        e.push_config()?;
+        let path = if bpf_write {
+            "restore path: BPF (bpf_probe_write_user in the target's context)".to_string()
+        } else if e.opts.restore_path == RestorePath::User {
+            "restore path: user space (requested)".to_string()
+        } else {
+            format!(
+                "restore path: user space (process_vm_writev, /proc/PID/mem) with the target held; \
+                 the kernel refuses bpf_probe_write_user: {write_why}"
+            )
+        };
+        e.report().event(
+            "start",
+            &path,
+            &[
+                ("restore_path", J::S(if bpf_write { "bpf" } else { "user" })),
+                (
+                    "trigger_dir",
+                    J::S(&e.opts.trigger_dir.display().to_string()),
+                ),
+            ],
+        );
+        Ok(e)
+    }
+
+    pub fn report(&self) -> Reporter {
+        self.opts.report
+    }
+
+    pub fn bpf_write(&self) -> bool {
+        self.bpf_write
+    }
+
+    fn push_config(&self) -> Result<()> {
+        self.loaded
+            .map("CONFIG")?
+            .update(&0u32.to_ne_bytes(), &wire::config_bytes(&self.cfg), 0)
+    }
+
+    fn layout_seq(&self) -> Result<u64> {
+        let mut v = [0u8; size_of::<abi::State>()];
+        self.loaded
+            .map("STATE")?
+            .lookup(&0u32.to_ne_bytes(), &mut v)?;
+        Ok(wire::u64_at(&v, 0))
+    }
+
+    /// Sets the process name `watch` waits for (first 15 bytes, as the kernel keeps it).
+    pub fn set_watch(&mut self, comm: &str) -> Result<()> {
+        self.cfg.watch_comm = wire::fixed(comm.as_bytes());
+        self.push_config()
+    }
+
+    /// Waits for a process whose exec matches the watch name (and `exe`, if
+    /// given). It is held at its exec; returns its pid, still held.
+    pub fn wait_for_exec(
+        &mut self,
+        exe: Option<&std::path::Path>,
+    ) -> Result<std::result::Result<i32, Signal>> {
+        loop {
+            if let Some(sig) = self.pending_signal() {
+                return Ok(Err(sig));
+            }
+            for ev in self.poll(Duration::from_millis(100))? {
+                if ev.kind != abi::EV_EXEC || ev.held == 0 {
+                    continue;
+                }
+                let pid = ev.tgid as i32;
+                if let Some(exe) = exe {
+                    let real = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+                    if real.as_deref() != Some(exe) {
+                        cont(pid);
+                        continue;
+                    }
+                }
+                return Ok(Ok(pid));
+            }
+        }
+    }
+
+    fn poll(&mut self, timeout: Duration) -> Result<Vec<Event>> {
+        let mut evs = Vec::new();
+        self.ring.poll(Some(timeout), |rec| {
+            if let Some(e) = wire::event(rec) {
+                evs.push(e);
+            }
+        })?;
+        Ok(evs)
+    }
+
+    fn pending_signal(&mut self) -> Option<Signal> {
+        match self.signals.read_signal() {
+            Ok(Some(info)) => Signal::try_from(info.ssi_signo as i32).ok(),
+            _ => None,
+        }
+    }
+
+    /// Serves `pid` until it is gone. `release` lets the target go once the
+    /// probes are set up for it (it is held at its exec, or gated).
+    pub fn serve(
+        &mut self,
+        pid: i32,
+        mut waiter: Waiter,
+        release: impl FnOnce() -> Result<()>,
+    ) -> Result<Outcome> {
+        let mem = Mem::open(pid)?;
+        let mut t = Target {
+            pid,
+            regions: Vec::new(),
+            applied_seq: u64::MAX,
+            layout_dirty: true,
+            store: None,
+            image: None,
+            stats: Stats::default(),
+            mem,
+        };
+        self.cfg.tgid = pid as u32;
+        self.cfg.flags = abi::F_ACTIVE | if self.bpf_write { abi::F_BPF_WRITE } else { 0 };
+        self.cfg.applied_seq = u64::MAX;
+        self.cfg.capacity = 0;
+        self.cfg.image_slots = 0;
+        self.cfg.nzero = 0;
+        self.cfg.zero_pages = 0;
+        self.push_config()?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        self.report().event(
+            "target",
+            &format!("serving pid {pid} ({exe})"),
+            &[("pid", J::N(pid as u64)), ("exe", J::S(&exe))],
+        );
+        let result = self
+            .apply_layout(&mut t)
+            .and_then(|()| release())
+            .and_then(|()| self.serve_loop(&mut t, &mut waiter));
+        // Whatever happened: stop serving, never leave the target stopped.
+        self.cfg.tgid = 0;
+        self.cfg.flags = 0;
+        let _ = self.push_config();
+        let _ = self
+            .loaded
+            .map("PAGES_OUTER")
+            .and_then(|m| m.delete(&0u32.to_ne_bytes()));
+        let _ = self
+            .loaded
+            .map("ADDRS_OUTER")
+            .and_then(|m| m.delete(&0u32.to_ne_bytes()));
+        if procfs::process_state(pid).is_some_and(|s| s == 'T') {
+            cont(pid);
+        }
+        self.total.add(&t.stats);
+        self.report().summary(&format!("pid {pid}"), &t.stats);
+        if let (Err(_), Waiter::Child(c)) = (&result, &mut waiter) {
+            // The session failed: don't leave an orphan waiting for markers.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        result
+    }
+
+    fn serve_loop(&mut self, t: &mut Target, waiter: &mut Waiter) -> Result<Outcome> {
+        loop {
+            if let Some(sig) = self.pending_signal() {
+                if let Waiter::Child(c) = waiter {
+                    let _ = kill(Pid::from_raw(c.id() as i32), sig);
+                    let _ = c.wait();
+                }
+                return Ok(Outcome::Interrupted(sig));
+            }
+            let events = self.poll(Duration::from_millis(50))?;
+            for ev in &events {
+                if ev.tgid != t.pid as u32 {
+                    if ev.kind == abi::EV_EXEC && ev.held != 0 {
+                        // `watch` matched another process while busy.
+                        cont(ev.tgid as i32);
+                        self.report().warn(&format!(
+                            "pid {} matches the watched name but pid {} is being served; not serving it",
+                            ev.tgid, t.pid
+                        ));
+                    }
+                    continue;
+                }
+                let r = match ev.kind {
+                    abi::EV_LAYOUT | abi::EV_EXEC => {
+                        t.layout_dirty = true;
+                        Ok(())
+                    }
+                    abi::EV_CHECKPOINT => self.on_checkpoint(t, ev),
+                    abi::EV_RESTORE => self.on_restore(t, ev),
+                    _ => Ok(()),
+                };
+                if let Err(e) = r {
+                    if !alive(t.pid) {
+                        return Err(
+                            e.context(format!("pid {} exited in the middle of a request", t.pid))
+                        );
+                    }
+                    return Err(e);
+                }
+            }
+            if let Some(out) = gone(t.pid, waiter) {
+                return Ok(out);
+            }
+            if t.layout_dirty
+                && let Err(e) = self.apply_layout(t)
+            {
+                if let Some(out) = gone(t.pid, waiter) {
+                    return Ok(out);
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    /// Re-reads the target's mappings into the probes' region table.
+    fn apply_layout(&mut self, t: &mut Target) -> Result<()> {
+        // The sequence number first: a change after this point bumps it
+        // again and the probe sees the table as stale.
+        let seq = self.layout_seq()?;
+        let maps = procfs::read_maps(t.pid)?;
+        let regions = procfs::captured(&maps, &procfs::stack_pointers(t.pid), self.opts.anon_only);
+        if regions.len() > abi::MAX_REGIONS as usize {
+            return Err(Error::new(format!(
+                "pid {} has {} mappings to capture; the region table holds {}",
+                t.pid,
+                regions.len(),
+                abi::MAX_REGIONS
+            )));
+        }
+        // Seqlock: invalidate, rewrite, validate.
+        self.cfg.applied_seq = u64::MAX;
+        self.push_config()?;
+        let table = self.loaded.map("REGIONS")?;
+        for (i, r) in regions.iter().enumerate() {
+            table.update(
+                &(i as u32).to_ne_bytes(),
+                &wire::region_bytes(r.start, r.pages()),
+                0,
+            )?;
+        }
+        let total: u64 = regions.iter().map(Region::pages).sum();
+        if t.image.is_none() {
+            // Nothing to preserve yet: size the store to what a checkpoint
+            // would save now, with a little room to grow.
+            let need = count_to_save(t.pid, &regions)?;
+            let want = need + need / 32 + 16;
+            if t.store.as_ref().is_none_or(|s| s.capacity() < need) {
+                self.install_store(t, Storage::create(want, self.opts.max_memory)?)?;
+            }
+        }
+        self.cfg.nregions = regions.len() as u32;
+        self.cfg.total_pages = total;
+        self.cfg.applied_seq = seq;
+        self.push_config()?;
+        t.regions = regions;
+        t.applied_seq = seq;
+        t.layout_dirty = false;
+        Ok(())
+    }
+
+    fn install_store(&mut self, t: &mut Target, s: Storage) -> Result<()> {
+        s.install(
+            self.loaded.map("PAGES_OUTER")?,
+            self.loaded.map("ADDRS_OUTER")?,
+        )?;
+        self.cfg.capacity = s.capacity();
+        t.stats.peak_store_bytes = t.stats.peak_store_bytes.max(s.kernel_bytes());
+        t.store = Some(s);
+        Ok(())
+    }
+
+    fn on_checkpoint(&mut self, t: &mut Target, ev: &Event) -> Result<()> {
+        // The probe has overwritten the store: the old image is gone.
+        t.image = None;
+        t.stats.checkpoints += 1;
+        t.stats.ckpt_kernel_ns += ev.c;
+        t.stats.ckpt_kernel_ns_max = t.stats.ckpt_kernel_ns_max.max(ev.c);
+        let t0 = Instant::now();
+        let result = self.checkpoint_inner(t, ev);
+        if ev.held != 0 {
+            t.stats.holds += 1;
+            cont(t.pid);
+        }
+        t.stats.user_ns += t0.elapsed().as_nanos() as u64;
+        result
+    }
+
+    fn checkpoint_inner(&mut self, t: &mut Target, ev: &Event) -> Result<()> {
+        let (bpf, user, zero) = if ev.held != 0 {
+            wait_stopped(t.pid)?;
+            if ev.stale == abi::STALE_LAYOUT || ev.seq != t.applied_seq {
+                // The table was stale or the store too small: redo it all
+                // from user space, at the same instant (the target is held).
+                self.apply_layout(t)?;
+                let (user, zero) = self.complete(t, 0)?;
+                (0, user, zero)
+            } else {
+                // Some pages unreadable, or the store full: keep what BPF
+                // saved and add the rest.
+                let (user, zero) = self.complete(t, ev.a)?;
+                (ev.a, user, zero)
+            }
+        } else {
+            (ev.a, 0, Vec::new())
+        };
+        t.stats.pages_saved_bpf += bpf;
+        t.stats.pages_saved_user += user;
+        let slots = bpf + user;
+        let zero_pages: u64 = zero.iter().map(|z| z.1).sum();
+        let zero_in_user = zero.len() > abi::MAX_REGIONS as usize;
+        // Only the BPF restore reads the table (the programs without the
+        // write helper do not even reference it).
+        if self.bpf_write && !zero_in_user {
+            let table = self.loaded.map("ZERO_RANGES")?;
+            for (i, (start, n)) in zero.iter().enumerate() {
+                table.update(
+                    &(i as u32).to_ne_bytes(),
+                    &wire::region_bytes(*start, *n),
+                    0,
+                )?;
+            }
+        }
+        self.cfg.image_slots = slots;
+        self.cfg.nzero = if zero_in_user { 0 } else { zero.len() as u32 };
+        self.cfg.zero_pages = if zero_in_user { 0 } else { zero_pages };
+        self.cfg.flags = abi::F_ACTIVE
+            | if self.bpf_write { abi::F_BPF_WRITE } else { 0 }
+            | if zero_in_user { abi::F_HOLD_RESTORE } else { 0 }
+            | if swap_enabled() {
+                abi::F_VERIFY_ZERO
+            } else {
+                0
+            };
+        self.push_config()?;
+        t.image = Some(Image {
+            slots,
+            zero,
+            zero_in_user,
+        });
+        self.report().detail(
+            "checkpoint",
+            &format!(
+                "checkpoint of pid {}: {} saved ({bpf} pages by BPF in {:?}, {user} from user space), {zero_pages} pages absent",
+                t.pid,
+                human(slots * PAGE),
+                Duration::from_nanos(ev.c)
+            ),
+            &[
+                ("pid", J::N(t.pid as u64)),
+                ("pages_bpf", J::N(bpf)),
+                ("pages_user", J::N(user)),
+                ("pages_absent", J::N(zero_pages)),
+                ("kernel_ns", J::N(ev.c)),
+                ("held", J::B(ev.held != 0)),
+            ],
+        );
+        self.triggers.create(markers::CHECKPOINT_DONE)
+    }
+
+    /// Completes an image of which BPF saved the first `saved` slots (in
+    /// region order): every other page of the region table is read from user
+    /// space if it may hold data, or recorded as a zero range. Returns the
+    /// pages added and the zero ranges.
+    fn complete(&mut self, t: &mut Target, saved: u64) -> Result<(u64, Vec<(u64, u64)>)> {
+        let pm = Pagemap::open(t.pid)?;
+        let store = t.store.as_ref();
+        let mut cursor = 0u64;
+        let mut next_saved = |addr: u64| -> bool {
+            // Saved addresses ascend with the region table.
+            while cursor < saved {
+                let a = store.map_or(u64::MAX, |s| s.addr(cursor));
+                if a >= addr {
+                    if a == addr {
+                        cursor += 1;
+                        return true;
+                    }
+                    return false;
+                }
+                cursor += 1;
+            }
+            false
+        };
+        let mut todo: Vec<u64> = Vec::new();
+        let mut zero: Vec<(u64, u64)> = Vec::new();
+        let mut flags = Vec::new();
+        for r in &t.regions {
+            flags.clear();
+            pm.read(r.start, r.pages(), &mut flags)?;
+            for (i, f) in flags.iter().enumerate() {
+                let addr = r.start + i as u64 * PAGE;
+                if next_saved(addr) {
+                    continue;
+                }
+                let maybe_data = r.kind != Kind::Anon || f & (PM_PRESENT | PM_SWAPPED) != 0;
+                if maybe_data {
+                    todo.push(addr);
+                } else if let Some(last) = zero.last_mut().filter(|z| z.0 + z.1 * PAGE == addr) {
+                    last.1 += 1;
+                } else {
+                    zero.push((addr, 1));
+                }
+            }
+        }
+        let need = saved + todo.len() as u64;
+        let cap = t.store.as_ref().map_or(0, Storage::capacity);
+        if need > cap {
+            let want = need + need / 32 + 16;
+            let new = match &t.store {
+                Some(old) if saved > 0 => old.grown(want, saved, self.opts.max_memory)?,
+                _ => Storage::create(want, self.opts.max_memory)?,
+            };
+            self.install_store(t, new)?;
+            self.push_config()?;
+        }
+        let Some(store) = t.store.as_mut() else {
+            return Err(Error::new("no page store"));
+        };
+        // Read runs of consecutive pages straight into consecutive slots.
+        let mut i = 0;
+        while i < todo.len() {
+            let mut n = 1;
+            while i + n < todo.len() && todo[i + n] == todo[i] + n as u64 * PAGE {
+                n += 1;
+            }
+            let slot = saved + i as u64;
+            t.mem.read(todo[i], store.pages_mut(slot, n as u64)?)?;
+            for k in 0..n {
+                store.set_addr(slot + k as u64, todo[i + k])?;
+            }
+            i += n;
+        }
+        Ok((todo.len() as u64, zero))
+    }
+
+    fn on_restore(&mut self, t: &mut Target, ev: &Event) -> Result<()> {
+        let t0 = Instant::now();
+        let result = self.restore_inner(t, ev);
+        if ev.held != 0 {
+            t.stats.holds += 1;
+            cont(t.pid);
+        }
+        t.stats.user_ns += t0.elapsed().as_nanos() as u64;
+        result
+    }
+
+    fn restore_inner(&mut self, t: &mut Target, ev: &Event) -> Result<()> {
+        if ev.held != 0 {
+            wait_stopped(t.pid)?;
+        }
+        let Some(image) = &t.image else {
+            self.report().warn(&format!(
+                "pid {} asked for a restore before any checkpoint; nothing restored",
+                t.pid
+            ));
+            return self.triggers.create(markers::RESTORE_DONE);
+        };
+        t.stats.restore_kernel_ns += ev.c;
+        t.stats.restore_kernel_ns_max = t.stats.restore_kernel_ns_max.max(ev.c);
+        let by_bpf = self.bpf_write;
+        let (mut written, mut zeroed, mut skipped) = (0u64, 0u64, 0u64);
+        if ev.held != 0 {
+            let maps = procfs::read_maps(t.pid)?;
+            let store = t
+                .store
+                .as_mut()
+                .ok_or_else(|| Error::new("no page store"))?;
+            // With the BPF path only the pages it marked failed remain.
+            let mut slots = Vec::new();
+            for s in 0..image.slots {
+                let a = store.addr(s);
+                if by_bpf && a & abi::ADDR_FAILED == 0 {
+                    continue;
+                }
+                let a = a & !abi::ADDR_FAILED;
+                if writable(&maps, a) {
+                    slots.push((s, a));
+                } else {
+                    skipped += 1;
+                }
+            }
+            t.mem
+                .write_pages(slots.iter().map(|&(s, a)| (a, store.page(s))))?;
+            written = slots.len() as u64;
+            for &(s, a) in &slots {
+                store.set_addr(s, a)?;
+            }
+            if !by_bpf || image.zero_in_user || ev.stale != 0 {
+                zeroed = zero_dirty(t, &image.zero, &maps)?;
+            }
+        }
+        let s = &mut t.stats;
+        s.cycles += 1;
+        s.pages_restored_bpf += ev.a;
+        s.pages_zeroed_bpf += ev.seq;
+        s.pages_restored_user += written;
+        s.pages_zeroed_user += zeroed;
+        s.pages_skipped_unmapped += skipped;
+        if skipped > 0 {
+            self.opts.report.warn(&format!(
+                "pid {}: {skipped} saved pages are no longer mapped; not restored",
+                t.pid
+            ));
+        }
+        self.report().detail(
+            "restore",
+            &format!(
+                "restore of pid {}: {} pages by BPF ({} zeroed) in {:?}, {written} from user space ({zeroed} zeroed)",
+                t.pid,
+                ev.a,
+                ev.seq,
+                Duration::from_nanos(ev.c)
+            ),
+            &[
+                ("pid", J::N(t.pid as u64)),
+                ("pages_bpf", J::N(ev.a)),
+                ("zeroed_bpf", J::N(ev.seq)),
+                ("pages_user", J::N(written)),
+                ("zeroed_user", J::N(zeroed)),
+                ("skipped_unmapped", J::N(skipped)),
+                ("kernel_ns", J::N(ev.c)),
+                ("held", J::B(ev.held != 0)),
+            ],
+        );
+        self.triggers.create(markers::RESTORE_DONE)
+    }
+}
+
+/// Zeroes, from user space, pages of the zero ranges that are present (or
+/// swapped) now; untouched pages are left alone (they read as zero).
+fn zero_dirty(t: &Target, zero: &[(u64, u64)], maps: &[Mapping]) -> Result<u64> {
+    let pm = Pagemap::open(t.pid)?;
+    let mut flags = Vec::new();
+    let mut todo = Vec::new();
+    for &(start, n) in zero {
+        flags.clear();
+        if pm.read(start, n, &mut flags).is_err() {
+            continue; // unmapped since: nothing to zero
+        }
+        for (i, f) in flags.iter().enumerate() {
+            let a = start + i as u64 * PAGE;
+            if f & (PM_PRESENT | PM_SWAPPED) != 0 && writable(maps, a) {
+                todo.push(a);
+            }
+        }
+    }
+    t.mem
+        .write_pages(todo.iter().map(|&a| (a, &ZERO_PAGE[..])))?;
+    Ok(todo.len() as u64)
+}
+
+/// Pages a checkpoint would save now: present or swapped anonymous pages,
+/// every page of shared-anonymous and file-backed regions.
+fn count_to_save(pid: i32, regions: &[Region]) -> Result<u64> {
+    let pm = Pagemap::open(pid)?;
+    let mut flags = Vec::new();
+    let mut n = 0;
+    for r in regions {
+        if r.kind != Kind::Anon {
+            n += r.pages();
+            continue;
+        }
+        flags.clear();
+        pm.read(r.start, r.pages(), &mut flags)?;
+        n += flags
+            .iter()
+            .filter(|f| *f & (PM_PRESENT | PM_SWAPPED) != 0)
+            .count() as u64;
+    }
+    Ok(n)
+}
+
+/// Where a restore may write now: inside a current mapping that is private
+/// or shared-anonymous (never a file-shared one, never outside the target).
+fn writable(maps: &[Mapping], addr: u64) -> bool {
+    let i = maps.partition_point(|m| m.end <= addr);
+    maps.get(i)
+        .is_some_and(|m| m.contains(addr) && m.writable_target())
+}
+
+fn swap_enabled() -> bool {
+    std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1)
+}
+
+/// Lets a held target run on.
+pub fn cont(pid: i32) {
+    let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+}
+
+fn alive(pid: i32) -> bool {
+    procfs::process_state(pid).is_some_and(|s| s != 'Z' && s != 'X')
+}
+
+/// The target stops on its way out of the trigger syscall.
+fn wait_stopped(pid: i32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut spin = 0u32;
+    loop {
+        match procfs::process_state(pid) {
+            Some('T') | Some('t') => return Ok(()),
+            None | Some('Z') | Some('X') => {
+                return Err(Error::new(format!(
+                    "pid {pid} exited while held for a request"
+                )));
+            }
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            return Err(Error::new(format!(
+                "pid {pid} did not stop at its trigger within 10 s"
+            )));
+        }
+        spin += 1;
+        if spin > 100 {
+            std::thread::sleep(Duration::from_micros(50));
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+fn gone(pid: i32, waiter: &mut Waiter) -> Option<Outcome> {
+    match waiter {
+        Waiter::Child(c) => match c.try_wait() {
+            Ok(Some(st)) => Some(Outcome::Exited(st)),
+            Ok(None) => None,
+            Err(_) => Some(Outcome::Gone),
+        },
+        Waiter::Pid => (!alive(pid)).then_some(Outcome::Gone),
+    }
+}
+
+/// One clear line when we cannot use BPF at all.
+fn check_privileges() -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let caps = crate::sys::effective_caps().unwrap_or(0);
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_PERFMON: u64 = 1 << 38;
+    const CAP_BPF: u64 = 1 << 39;
+    let ok = caps & CAP_SYS_ADMIN != 0 || (caps & CAP_BPF != 0 && caps & CAP_PERFMON != 0);
+    // Writing another process's memory also needs ptrace rights.
+    if !ok {
+        return Err(Error::new(
+            "bpfckpt needs root, or CAP_BPF and CAP_PERFMON (plus CAP_SYS_PTRACE to read the target's memory); \
+             run it with sudo",
+        ));
+    }
+    Ok(())
+}

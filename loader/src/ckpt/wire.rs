@@ -1,0 +1,101 @@
+//! Byte encodings of the structs in `abi.rs`, written field by field (no
+//! unsafe transmutes); the offsets are checked against the compiler's layout.
+
+use super::abi::{Config, Event, Region};
+use std::mem::offset_of;
+
+const _: () = {
+    assert!(offset_of!(Config, applied_seq) == 8);
+    assert!(offset_of!(Config, nregions) == 16);
+    assert!(offset_of!(Config, nzero) == 20);
+    assert!(offset_of!(Config, total_pages) == 24);
+    assert!(offset_of!(Config, zero_pages) == 32);
+    assert!(offset_of!(Config, capacity) == 40);
+    assert!(offset_of!(Config, image_slots) == 48);
+    assert!(offset_of!(Config, watch_comm) == 56);
+    assert!(offset_of!(Config, ckpt_path) == 72);
+    assert!(offset_of!(Config, restore_path) == 200);
+    assert!(size_of::<Config>() == 328);
+    assert!(offset_of!(Event, seq) == 16);
+    assert!(offset_of!(Event, stale) == 48);
+    assert!(size_of::<Event>() == 56);
+    assert!(size_of::<Region>() == 16);
+};
+
+pub fn config_bytes(c: &Config) -> Vec<u8> {
+    let mut b = Vec::with_capacity(size_of::<Config>());
+    b.extend_from_slice(&c.tgid.to_ne_bytes());
+    b.extend_from_slice(&c.flags.to_ne_bytes());
+    b.extend_from_slice(&c.applied_seq.to_ne_bytes());
+    b.extend_from_slice(&c.nregions.to_ne_bytes());
+    b.extend_from_slice(&c.nzero.to_ne_bytes());
+    for v in [c.total_pages, c.zero_pages, c.capacity, c.image_slots] {
+        b.extend_from_slice(&v.to_ne_bytes());
+    }
+    b.extend_from_slice(&c.watch_comm);
+    b.extend_from_slice(&c.ckpt_path);
+    b.extend_from_slice(&c.restore_path);
+    debug_assert_eq!(b.len(), size_of::<Config>());
+    b
+}
+
+pub fn region_bytes(start: u64, npages: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&start.to_ne_bytes());
+    b[8..].copy_from_slice(&npages.to_ne_bytes());
+    b
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+pub fn u64_at(b: &[u8], o: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[o..o + 8]);
+    u64::from_ne_bytes(a)
+}
+
+/// Decodes a ring buffer record; `None` if it is too short.
+pub fn event(b: &[u8]) -> Option<Event> {
+    if b.len() < size_of::<Event>() {
+        return None;
+    }
+    Some(Event {
+        kind: u32_at(b, 0),
+        tgid: u32_at(b, 4),
+        tid: u32_at(b, 8),
+        held: u32_at(b, 12),
+        seq: u64_at(b, 16),
+        a: u64_at(b, 24),
+        b: u64_at(b, 32),
+        c: u64_at(b, 40),
+        stale: u64_at(b, 48),
+    })
+}
+
+/// A NUL-padded fixed buffer from a string (the caller checked the length).
+pub fn fixed<const N: usize>(s: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let n = s.len().min(N - 1);
+    out[..n].copy_from_slice(&s[..n]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_round_trip_from_bytes() {
+        let mut b = vec![0u8; 56];
+        b[0] = 3;
+        b[4] = 7;
+        b[16] = 9;
+        b[48] = 1;
+        let e = event(&b).unwrap();
+        assert_eq!((e.kind, e.tgid, e.seq, e.stale), (3, 7, 9, 1));
+        assert!(event(&b[..55]).is_none());
+        assert_eq!(fixed::<4>(b"abcdef"), *b"abc\0");
+    }
+}

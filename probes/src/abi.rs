@@ -1,0 +1,108 @@
+//! Data shared by the probes and user space. This one file is compiled into
+//! both (the loader includes it with `#[path]`), so the layouts cannot drift.
+//! Plain `#[repr(C)]` data only: no methods that could pull in panics.
+
+#![allow(dead_code)]
+
+pub const PAGE_SIZE: u64 = 4096;
+/// Trigger paths are compared as fixed NUL-padded buffers of this size.
+pub const PATH_MAX: usize = 128;
+pub const COMM_LEN: usize = 16;
+/// Entries of the `REGIONS` and `ZERO_RANGES` tables.
+pub const MAX_REGIONS: u32 = 16384;
+/// The low bit of an `ADDRS` entry marks a page the BPF restore could not write.
+pub const ADDR_FAILED: u64 = 1;
+
+/// `Config::flags`
+pub const F_ACTIVE: u32 = 1 << 0;
+/// Restore with `bpf_probe_write_user` (else the probe only holds the target).
+pub const F_BPF_WRITE: u32 = 1 << 1;
+/// Hold the target after a restore even if every BPF write succeeded
+/// (set when a failed zero-write could hide a swapped-out page).
+pub const F_VERIFY_ZERO: u32 = 1 << 2;
+/// Always hold the target at a restore (zero ranges beyond the table).
+pub const F_HOLD_RESTORE: u32 = 1 << 3;
+
+/// Written by user space, read by the probes (`CONFIG[0]`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Config {
+    /// Thread group being served; 0 = none.
+    pub tgid: u32,
+    pub flags: u32,
+    /// `layout_seq` the region table below was built from.
+    pub applied_seq: u64,
+    /// Live region table: entries, and their total pages.
+    pub nregions: u32,
+    /// Zero ranges of the current image (pages absent at the checkpoint).
+    pub nzero: u32,
+    pub total_pages: u64,
+    pub zero_pages: u64,
+    /// Page slots available in the current `PAGES`/`ADDRS` inner maps.
+    pub capacity: u64,
+    /// Pages saved by the last checkpoint (slots 0..image_slots).
+    pub image_slots: u64,
+    /// Process name that `watch` waits for (NUL padded); empty = none.
+    pub watch_comm: [u8; COMM_LEN],
+    pub ckpt_path: [u8; PATH_MAX],
+    pub restore_path: [u8; PATH_MAX],
+}
+
+/// Written by the probes (`STATE[0]`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct State {
+    /// Bumped on every mapping change of the target.
+    pub layout_seq: u64,
+    /// Always 0. Loop counters start from it so that the verifier sees
+    /// unknown scalars: with constants it tracks every bpf_loop iteration
+    /// as a new state and never converges.
+    pub opaque_zero: u64,
+}
+
+/// One writable range of the target (`REGIONS[i]`, `ZERO_RANGES[i]`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Region {
+    pub start: u64,
+    pub npages: u64,
+}
+
+pub const EV_EXEC: u32 = 1;
+pub const EV_LAYOUT: u32 = 2;
+/// Checkpoint copied by BPF; `a` = pages saved, `b` = pages it could not read,
+/// `c` = ns spent; `held` says whether the target was stopped for completion.
+pub const EV_CHECKPOINT: u32 = 3;
+/// Restore request; `a` = pages written, `b` = writes that failed, `c` = ns.
+pub const EV_RESTORE: u32 = 4;
+
+/// `Event::stale` of a checkpoint: the region table was stale (nothing
+/// usable was saved), or the store filled up (the first `a` pages are good).
+pub const STALE_LAYOUT: u64 = 1;
+pub const STALE_OVERFLOW: u64 = 2;
+
+/// Ring buffer record.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// 1 when the probe sent SIGSTOP and user space must finish and SIGCONT.
+    pub held: u32,
+    pub seq: u64,
+    pub a: u64,
+    pub b: u64,
+    pub c: u64,
+    /// Set when the layout was stale (checkpoint) or slots overflowed.
+    pub stale: u64,
+}
+
+/// Result slots of the loader self-test program (`SELFTEST_OUT[i]`).
+pub const ST_DATA: u32 = 0;
+pub const ST_RODATA: u32 = 1;
+pub const ST_BSS: u32 = 2;
+pub const ST_CALL: u32 = 3;
+pub const ST_LOOP: u32 = 4;
+pub const ST_HITS: u32 = 5;
+pub const ST_SLOTS: u32 = 8;
