@@ -77,7 +77,7 @@ impl Insn {
 
 /// Decodes a byte slice whose length is a multiple of 8.
 pub fn decode(bytes: &[u8]) -> Option<Vec<Insn>> {
-    if bytes.len() % INSN_SIZE != 0 {
+    if !bytes.len().is_multiple_of(INSN_SIZE) {
         return None;
     }
     Some(

@@ -5,7 +5,7 @@
 use super::markers::{CHECKPOINT_DONE, CHECKPOINT_REQUEST, RESTORE_DONE, RESTORE_REQUEST};
 use super::session::{Engine, Outcome};
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -50,13 +50,17 @@ fn check(buf: &[u8], seed: u64) -> Option<usize> {
     )
 }
 
-fn request(dir: &Path, req: &str, done: &str) -> Result<(), String> {
-    File::create(dir.join(req)).map_err(|e| format!("create {req}: {e}"))?;
+/// Creates `req` and waits for `done`. The paths are built once, before
+/// any cycle: a path allocated around a trigger would be a heap pointer on
+/// the stack that the restore rolls the heap back under.
+fn request(req: &Path, done: &Path) -> Result<(), String> {
+    File::create(req).map_err(|e| format!("create {}: {e}", req.display()))?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !dir.join(done).exists() {
+    while !done.exists() {
         if Instant::now() > deadline {
             return Err(format!(
-                "no {done} after 60 s: is bpfckpt serving this process?"
+                "no {} after 60 s: is bpfckpt serving this process?",
+                done.display()
             ));
         }
         std::thread::sleep(Duration::from_micros(200));
@@ -64,21 +68,24 @@ fn request(dir: &Path, req: &str, done: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn clean(dir: &Path) {
-    for f in [
-        CHECKPOINT_REQUEST,
-        CHECKPOINT_DONE,
-        RESTORE_REQUEST,
-        RESTORE_DONE,
-    ] {
-        let _ = std::fs::remove_file(dir.join(f));
+fn clean(paths: &[PathBuf; 4]) {
+    for p in paths {
+        let _ = std::fs::remove_file(p);
     }
 }
 
 /// The demo target (hidden subcommand `__demo-target`). Exit code 0 when
 /// every cycle verified.
 pub fn target(cycles: u32, dir: &Path) -> u8 {
-    clean(dir);
+    let paths = [
+        CHECKPOINT_REQUEST,
+        CHECKPOINT_DONE,
+        RESTORE_REQUEST,
+        RESTORE_DONE,
+    ]
+    .map(|f| dir.join(f));
+    let [ckpt_req, ckpt_done, restore_req, restore_done] = &paths;
+    clean(&paths);
     let mut small = Vec::with_capacity(SMALL);
     small.resize(SMALL, 1u8);
     let mut big = Vec::with_capacity(BIG);
@@ -96,7 +103,7 @@ pub fn target(cycles: u32, dir: &Path) -> u8 {
         fill(&mut small, seed);
         fill(&mut big, seed);
         fill(&mut bss[..BSS_USED], seed);
-        if let Err(e) = request(dir, CHECKPOINT_REQUEST, CHECKPOINT_DONE) {
+        if let Err(e) = request(ckpt_req, ckpt_done) {
             eprintln!("demo target: {e}");
             return 3;
         }
@@ -107,7 +114,7 @@ pub fn target(cycles: u32, dir: &Path) -> u8 {
         for page in bss[BSS_USED..].chunks_mut(4096).step_by(7) {
             page[0] = 0xaa;
         }
-        if let Err(e) = request(dir, RESTORE_REQUEST, RESTORE_DONE) {
+        if let Err(e) = request(restore_req, restore_done) {
             eprintln!("demo target: {e}");
             return 3;
         }
@@ -120,7 +127,7 @@ pub fn target(cycles: u32, dir: &Path) -> u8 {
                 bss[BSS_USED..].iter().position(|&b| b != 0),
             ),
         ];
-        clean(dir);
+        clean(&paths);
         if let Some((what, Some(at))) = bad.iter().find(|(_, r)| r.is_some()) {
             println!("demo target: cycle {cycle}: MISMATCH in the {what} at offset {at}");
             return 4;

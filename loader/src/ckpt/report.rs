@@ -176,7 +176,7 @@ impl Reporter {
 }
 
 fn avg(total: u64, n: u64) -> Duration {
-    Duration::from_nanos(if n == 0 { 0 } else { total / n })
+    Duration::from_nanos(total.checked_div(n).unwrap_or(0))
 }
 
 pub fn summary_text(what: &str, s: &Stats) -> String {

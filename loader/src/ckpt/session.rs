@@ -89,7 +89,6 @@ struct Target {
     store: Option<Storage>,
     image: Option<Image>,
     stats: Stats,
-    mem: Mem,
 }
 
 const EXEC_NAMES: [&str; 6] = [
@@ -311,7 +310,6 @@ impl Engine {
         mut waiter: Waiter,
         release: impl FnOnce() -> Result<()>,
     ) -> Result<Outcome> {
-        let mem = Mem::open(pid)?;
         let mut t = Target {
             pid,
             regions: Vec::new(),
@@ -320,7 +318,6 @@ impl Engine {
             store: None,
             image: None,
             stats: Stats::default(),
-            mem,
         };
         self.cfg.tgid = pid as u32;
         self.cfg.flags = abi::F_ACTIVE | if self.bpf_write { abi::F_BPF_WRITE } else { 0 };
@@ -413,7 +410,8 @@ impl Engine {
             if t.layout_dirty
                 && let Err(e) = self.apply_layout(t)
             {
-                if let Some(out) = gone(t.pid, waiter) {
+                // An exiting target loses its mm before it can be reaped.
+                if let Some(out) = gone_soon(t.pid, waiter) {
                     return Ok(out);
                 }
                 return Err(e);
@@ -446,6 +444,11 @@ impl Engine {
                 &wire::region_bytes(r.start, r.pages()),
                 0,
             )?;
+        }
+        if self.opts.report.verbose > 1 {
+            for r in &regions {
+                eprintln!("bpfckpt:   region {:#x}-{:#x} {:?}", r.start, r.end, r.kind);
+            }
         }
         let total: u64 = regions.iter().map(Region::pages).sum();
         if t.image.is_none() {
@@ -561,6 +564,9 @@ impl Engine {
                 ("pages_absent", J::N(zero_pages)),
                 ("kernel_ns", J::N(ev.c)),
                 ("held", J::B(ev.held != 0)),
+                ("stale", J::N(ev.stale)),
+                ("table_seq", J::N(ev.seq)),
+                ("applied_seq", J::N(t.applied_seq)),
             ],
         );
         self.triggers.create(markers::CHECKPOINT_DONE)
@@ -572,6 +578,9 @@ impl Engine {
     /// pages added and the zero ranges.
     fn complete(&mut self, t: &mut Target, saved: u64) -> Result<(u64, Vec<(u64, u64)>)> {
         let pm = Pagemap::open(t.pid)?;
+        // Opened per request: /proc/PID/mem stays bound to the mm it was
+        // opened on, and the target may have exec'd since.
+        let mem = Mem::open(t.pid)?;
         let store = t.store.as_ref();
         let mut cursor = 0u64;
         let mut next_saved = |addr: u64| -> bool {
@@ -632,7 +641,7 @@ impl Engine {
                 n += 1;
             }
             let slot = saved + i as u64;
-            t.mem.read(todo[i], store.pages_mut(slot, n as u64)?)?;
+            mem.read(todo[i], store.pages_mut(slot, n as u64)?)?;
             for k in 0..n {
                 store.set_addr(slot + k as u64, todo[i + k])?;
             }
@@ -669,6 +678,9 @@ impl Engine {
         let (mut written, mut zeroed, mut skipped) = (0u64, 0u64, 0u64);
         if ev.held != 0 {
             let maps = procfs::read_maps(t.pid)?;
+            // Opened per request: /proc/PID/mem stays bound to the mm it
+            // was opened on, and the target may have exec'd since.
+            let mem = Mem::open(t.pid)?;
             let store = t
                 .store
                 .as_mut()
@@ -687,14 +699,13 @@ impl Engine {
                     skipped += 1;
                 }
             }
-            t.mem
-                .write_pages(slots.iter().map(|&(s, a)| (a, store.page(s))))?;
+            mem.write_pages(slots.iter().map(|&(s, a)| (a, store.page(s))))?;
             written = slots.len() as u64;
             for &(s, a) in &slots {
                 store.set_addr(s, a)?;
             }
             if !by_bpf || image.zero_in_user || ev.stale != 0 {
-                zeroed = zero_dirty(t, &image.zero, &maps)?;
+                zeroed = zero_dirty(t.pid, &mem, &image.zero, &maps)?;
             }
         }
         let s = &mut t.stats;
@@ -736,8 +747,8 @@ impl Engine {
 
 /// Zeroes, from user space, pages of the zero ranges that are present (or
 /// swapped) now; untouched pages are left alone (they read as zero).
-fn zero_dirty(t: &Target, zero: &[(u64, u64)], maps: &[Mapping]) -> Result<u64> {
-    let pm = Pagemap::open(t.pid)?;
+fn zero_dirty(pid: i32, mem: &Mem, zero: &[(u64, u64)], maps: &[Mapping]) -> Result<u64> {
+    let pm = Pagemap::open(pid)?;
     let mut flags = Vec::new();
     let mut todo = Vec::new();
     for &(start, n) in zero {
@@ -752,8 +763,7 @@ fn zero_dirty(t: &Target, zero: &[(u64, u64)], maps: &[Mapping]) -> Result<u64> 
             }
         }
     }
-    t.mem
-        .write_pages(todo.iter().map(|&a| (a, &ZERO_PAGE[..])))?;
+    mem.write_pages(todo.iter().map(|&a| (a, &ZERO_PAGE[..])))?;
     Ok(todo.len() as u64)
 }
 
@@ -824,6 +834,20 @@ fn wait_stopped(pid: i32) -> Result<()> {
         } else {
             std::thread::yield_now();
         }
+    }
+}
+
+/// `gone`, allowing an exiting process a moment to become reapable.
+fn gone_soon(pid: i32, waiter: &mut Waiter) -> Option<Outcome> {
+    let deadline = Instant::now() + Duration::from_millis(500);
+    loop {
+        if let Some(o) = gone(pid, waiter) {
+            return Some(o);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -1,0 +1,106 @@
+//! The system calls the test targets make on their own memory. As in the
+//! loader, `unsafe` lives only in this one module, each block justified.
+
+#![allow(dead_code)]
+
+use std::ptr::NonNull;
+
+/// A raw memory region owned by the target (never freed: targets exit).
+#[derive(Clone, Copy)]
+pub struct Region {
+    pub ptr: NonNull<u8>,
+    pub len: usize,
+}
+
+// SAFETY: the targets are single-threaded; the region is plain memory.
+unsafe impl Send for Region {}
+
+impl Region {
+    pub fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len` bytes mapped readable for the
+        // lifetime of the process (regions are never unmapped).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and the region is writable when callers write
+        // (the read-only scenario only reads after mprotect).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+fn check(p: *mut libc::c_void, what: &str) -> NonNull<u8> {
+    if p.is_null() || p == libc::MAP_FAILED {
+        panic!("{what} failed: {}", std::io::Error::last_os_error());
+    }
+    NonNull::new(p as *mut u8).expect("checked non-null")
+}
+
+/// `malloc(len)`: small sizes come from the brk heap, large ones from mmap.
+pub fn malloc(len: usize) -> Region {
+    // SAFETY: plain allocation; the memory is never freed.
+    let p = unsafe { libc::malloc(len) };
+    Region {
+        ptr: check(p, "malloc"),
+        len,
+    }
+}
+
+/// `mmap` of anonymous memory; `shared` selects MAP_SHARED, `at` a fixed
+/// address (MAP_FIXED_NOREPLACE, so nothing of ours is clobbered).
+pub fn mmap_anon(len: usize, shared: bool, at: Option<usize>) -> Region {
+    let mut flags = libc::MAP_ANONYMOUS
+        | if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+    if at.is_some() {
+        flags |= libc::MAP_FIXED_NOREPLACE;
+    }
+    let hint = at.unwrap_or(0) as *mut libc::c_void;
+    // SAFETY: a new anonymous mapping; MAP_FIXED_NOREPLACE never replaces an
+    // existing one.
+    let p = unsafe { libc::mmap(hint, len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
+    let r = Region {
+        ptr: check(p, "mmap"),
+        len,
+    };
+    if let Some(a) = at {
+        assert_eq!(r.addr(), a, "mmap ignored the fixed address");
+    }
+    r
+}
+
+/// `madvise(MADV_DONTNEED)`: private anonymous pages read as zero afterwards.
+pub fn zap(r: &Region) {
+    // SAFETY: the range is our own mapping; its content may be discarded.
+    let rc = unsafe {
+        libc::madvise(
+            r.ptr.as_ptr() as *mut libc::c_void,
+            r.len,
+            libc::MADV_DONTNEED,
+        )
+    };
+    assert_eq!(rc, 0, "madvise: {}", std::io::Error::last_os_error());
+}
+
+pub fn protect(r: &Region, writable: bool) {
+    let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+    // SAFETY: changes the protection of our own mapping; no Rust reference
+    // is written through while it is read-only.
+    let rc = unsafe { libc::mprotect(r.ptr.as_ptr() as *mut libc::c_void, r.len, prot) };
+    assert_eq!(rc, 0, "mprotect: {}", std::io::Error::last_os_error());
+}
+
+/// A region over a static array (the caller passes its address and size).
+pub fn from_static(ptr: *mut u8, len: usize) -> Region {
+    Region {
+        ptr: NonNull::new(ptr).expect("statics are non-null"),
+        len,
+    }
+}
