@@ -19,7 +19,7 @@ fn main() {
     // Touched: the first MiB, and every 97th page after it.
     const FIRST: usize = (1 << 20) / PAGE;
     const STRIDE: usize = 97;
-    let touched = |i: usize| i >= FIRST && (i - FIRST) % STRIDE == 0;
+    let touched = |i: usize| i >= FIRST && (i - FIRST).is_multiple_of(STRIDE);
     for c in 1..=a.cycles {
         let seed = 0xb55 + u64::from(c);
         fill(&mut big.bytes_mut()[..1 << 20], seed);

@@ -1,15 +1,88 @@
-use std::path::PathBuf;
+//! `cargo xtask <command>`: the project's build and test entry points.
 
-fn main() {
+mod bench;
+mod inspect;
+mod util;
+mod vm;
+
+use std::process::ExitCode;
+use util::{Ctx, Result};
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  build-probes   build the BPF probes; list each program, map and section
+  test           run every test: unit, loader, kernel, scenarios, VM tier, bench smoke
+  vm-test        boot guest kernels under QEMU and run the scenarios with the BPF restore path
+  bench          measure throughput, cycle rate, overhead; write target/bench/latest.json
+  demo           build the release binary and run `bpfckpt demo`
+";
+
+fn main() -> ExitCode {
     xtask::maybe_act_as_linker();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let root = root.canonicalize().unwrap_or(root);
-    let cfg = xtask::probes::BuildConfig::from_env(root.clone(), root.join("target")).unwrap();
-    match xtask::probes::build(&cfg) {
-        Ok(p) => println!("{}", p.display()),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest = &args[1..];
+    let ctx = match Ctx::new() {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(1)
+            eprintln!("xtask: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r: Result<()> = match cmd.as_str() {
+        "build-probes" => inspect::build_probes(&ctx),
+        "test" => test(&ctx, rest),
+        "vm-test" => vm::run(&ctx, rest),
+        "bench" => bench::run(&ctx, rest),
+        "demo" => demo(&ctx, rest),
+        "-h" | "--help" | "help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n{USAGE}")),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn demo(ctx: &Ctx, rest: &[String]) -> Result<()> {
+    ctx.cargo(&["build", "--release", "-p", "bpfckpt"])?;
+    let bin = ctx.root.join("target/release/bpfckpt");
+    let mut args = vec!["demo".to_string()];
+    args.extend(rest.iter().cloned());
+    util::run_status(std::process::Command::new(bin).args(&args))
+}
+
+/// Everything CI runs, in order of increasing cost.
+fn test(ctx: &Ctx, rest: &[String]) -> Result<()> {
+    let quick = rest.iter().any(|a| a == "--no-vm");
+    if !util::is_root() {
+        eprintln!(
+            "xtask: warning: not root; the kernel, scenario and VM tests need root and will fail"
+        );
+    }
+    util::step("build (debug, all packages)");
+    ctx.cargo(&["build", "--workspace", "--all-targets"])?;
+    util::step("unit, loader, kernel and scenario tests");
+    ctx.cargo(&["test", "--workspace", "--", "--test-threads=2"])?;
+    util::step("bench smoke");
+    bench::run(ctx, &["--smoke".to_string()])?;
+    if quick {
+        eprintln!("xtask: --no-vm: skipping the VM tier");
+    } else {
+        util::step("VM tier");
+        vm::run(ctx, &[])?;
+    }
+    util::step("all tests passed");
+    Ok(())
 }
