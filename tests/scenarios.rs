@@ -210,6 +210,11 @@ fn read_only_pages_are_restored() {
 }
 
 #[test]
+fn other_threads_stacks_are_left_alone() {
+    scenario("threads", 5);
+}
+
+#[test]
 fn many_cycles_with_damage_of_every_kind() {
     scenario("all", 25);
 }

@@ -1,6 +1,6 @@
 //! The `bpfckpt` command line.
 
-use bpfckpt::ckpt::report::Reporter;
+use bpfckpt::ckpt::report::{J, Reporter};
 use bpfckpt::ckpt::session::Outcome;
 use bpfckpt::ckpt::storage::parse_size;
 use bpfckpt::ckpt::{Engine, Options, RestorePath, Waiter, demo, gate};
@@ -216,7 +216,7 @@ fn run(cli: Cli) -> bpfckpt::Result<ExitCode> {
             engine.report().event(
                 "watch",
                 &format!("waiting for `{name}` to start"),
-                &[("comm", bpfckpt::ckpt::report::J::S(&name))],
+                &[("comm", J::S(&name))],
             );
             loop {
                 match engine.wait_for_exec(exe.as_deref())? {
@@ -235,7 +235,7 @@ fn run(cli: Cli) -> bpfckpt::Result<ExitCode> {
                         Ok(_) => engine.report().event(
                             "target_gone",
                             &format!("pid {pid} is gone"),
-                            &[("pid", bpfckpt::ckpt::report::J::N(pid as u64))],
+                            &[("pid", J::N(pid as u64))],
                         ),
                         Err(e) => engine.report().warn(&format!("serving pid {pid}: {e}")),
                     },
@@ -254,7 +254,25 @@ fn serve_command(engine: &mut Engine, command: &[String]) -> bpfckpt::Result<Out
     let pid = child.id() as i32;
     // The probes are configured for the pid first, then it may exec: not
     // one trigger of the new program can be missed.
-    engine.serve(pid, Waiter::Child(child), || release.release())
+    let o = engine.serve(pid, Waiter::Child(child), || release.release())?;
+    if let Outcome::Exited(st) = &o {
+        use std::os::unix::process::ExitStatusExt;
+        let how = match (st.code(), st.signal()) {
+            (Some(c), _) => format!("exited with status {c}"),
+            (None, Some(s)) => format!("was killed by signal {s}"),
+            _ => format!("ended ({st})"),
+        };
+        engine.report().event(
+            "target_exit",
+            &format!("pid {pid} {how}"),
+            &[
+                ("pid", J::N(pid as u64)),
+                ("code", J::I(st.code().map_or(-1, i64::from))),
+                ("signal", J::I(st.signal().map_or(0, i64::from))),
+            ],
+        );
+    }
+    Ok(o)
 }
 
 fn finish(engine: &Engine) {

@@ -104,3 +104,35 @@ pub fn from_static(ptr: *mut u8, len: usize) -> Region {
         len,
     }
 }
+
+/// A `MAP_SHARED` mapping of a new temporary file: memory bpfckpt never
+/// captures (file-shared), so it keeps what was written after a restore.
+pub fn mmap_file_shared(len: usize) -> Region {
+    let path = std::env::temp_dir().join(format!("ckpt-target-shared-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("create shared file");
+    let _ = std::fs::remove_file(&path);
+    f.set_len(len as u64).expect("size shared file");
+    use std::os::fd::AsRawFd;
+    // SAFETY: a new shared mapping of our own file; the mapping outlives
+    // the descriptor, which may be closed afterwards.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    Region {
+        ptr: check(p, "mmap shared file"),
+        len,
+    }
+}

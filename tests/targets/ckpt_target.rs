@@ -155,6 +155,53 @@ fn main() {
             // `fresh` was never written before any checkpoint: zero again.
             verify_zero("pages untouched at every checkpoint", fresh.bytes());
         }
+        "threads" => {
+            // Two threads keep data on their own stacks throughout; a restore
+            // must never roll a live thread stack back under them. Each also
+            // records its current seed in file-shared memory, which bpfckpt
+            // never captures, so a rolled-back stack cannot go unnoticed.
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let shared = sys::mmap_file_shared(PAGE);
+            let workers: Vec<_> = (0..2usize)
+                .map(|k| {
+                    let stop = stop.clone();
+                    let mut shared = shared;
+                    std::thread::spawn(move || {
+                        let mut buf = [0u64; 512];
+                        let mut seed = 1u64;
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            buf.fill(seed);
+                            shared.bytes_mut()[k * 8..k * 8 + 8]
+                                .copy_from_slice(&seed.to_le_bytes());
+                            std::hint::black_box(&mut buf);
+                            // Spin (no system call): a running thread's stack
+                            // pointer is not visible in /proc.
+                            let t0 = std::time::Instant::now();
+                            while t0.elapsed() < std::time::Duration::from_micros(200) {
+                                std::hint::spin_loop();
+                            }
+                            let now = u64::from_le_bytes(
+                                shared.bytes()[k * 8..k * 8 + 8]
+                                    .try_into()
+                                    .unwrap_or([0; 8]),
+                            );
+                            if buf.iter().any(|&x| x != now) || seed != now {
+                                return false;
+                            }
+                            seed += 1;
+                        }
+                        true
+                    })
+                })
+                .collect();
+            let r = sys::malloc(MIB);
+            bytes += r.len;
+            cycles(&m, a.cycles, &mut [r], |_, _| {});
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if !workers.into_iter().all(|w| w.join().unwrap_or(false)) {
+                fail("a thread's stack changed under it");
+            }
+        }
         "hold" => {
             // For the kill tests: checkpoint, then wait to be killed.
             let mut r = sys::malloc(MIB);

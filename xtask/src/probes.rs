@@ -302,3 +302,114 @@ pub fn build(cfg: &BuildConfig) -> Result<PathBuf, String> {
     }
     Ok(obj)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::write::{Object as WObject, Relocation, Symbol, SymbolSection};
+    use object::{
+        Architecture, BinaryFormat, Endianness, SectionKind, SymbolFlags, SymbolKind, SymbolScope,
+    };
+
+    /// A BPF object with one call to an undefined `memcpy` and, if asked,
+    /// a relocation type the loader does not implement.
+    fn object_with(undefined: bool, bad_reloc: bool) -> Vec<u8> {
+        let mut o = WObject::new(BinaryFormat::Elf, Architecture::Bpf, Endianness::Little);
+        let text = o.add_section(Vec::new(), b"tracepoint/a/b".to_vec(), SectionKind::Text);
+        // call -1 ; r0 = 0 ; exit
+        let code = [
+            0x85u8, 0x10, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0,
+            0, 0, 0, 0,
+        ];
+        o.append_section_data(text, &code, 8);
+        o.add_symbol(Symbol {
+            name: b"prog".to_vec(),
+            value: 0,
+            size: code.len() as u64,
+            kind: SymbolKind::Text,
+            scope: SymbolScope::Dynamic,
+            weak: false,
+            section: SymbolSection::Section(text),
+            flags: SymbolFlags::None,
+        });
+        if undefined {
+            let memcpy = o.add_symbol(Symbol {
+                name: b"memcpy".to_vec(),
+                value: 0,
+                size: 0,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Dynamic,
+                weak: false,
+                section: SymbolSection::Undefined,
+                flags: SymbolFlags::None,
+            });
+            o.add_relocation(
+                text,
+                Relocation {
+                    offset: 0,
+                    symbol: memcpy,
+                    addend: 0,
+                    flags: RelocationFlags::Elf {
+                        r_type: R_BPF_64_32,
+                    },
+                },
+            )
+            .unwrap();
+        }
+        if bad_reloc {
+            let sym = o.section_symbol(text);
+            o.add_relocation(
+                text,
+                Relocation {
+                    offset: 8,
+                    symbol: sym,
+                    addend: 0,
+                    flags: RelocationFlags::Elf { r_type: 2 },
+                },
+            )
+            .unwrap();
+        }
+        o.write().unwrap()
+    }
+
+    #[test]
+    fn link_check_names_undefined_symbols_and_bad_relocations() {
+        assert!(check_object(&object_with(false, false)).unwrap().is_empty());
+        let p = check_object(&object_with(true, true)).unwrap();
+        assert!(p.iter().any(|m| m == "undefined symbol `memcpy`"), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m.contains("relocation against undefined `memcpy`")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("unsupported relocation type 2")),
+            "{p:?}"
+        );
+        assert!(check_object(b"not an elf").is_err());
+    }
+
+    #[test]
+    fn link_step_copies_the_single_codegen_unit_or_refuses() {
+        let dir = std::env::temp_dir().join(format!("xtask-link-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("a.rcgu.o");
+        let bad = dir.join("b.rcgu.o");
+        let out = dir.join("out");
+        std::fs::write(&good, object_with(false, false)).unwrap();
+        std::fs::write(&bad, object_with(true, false)).unwrap();
+        let s = |p: &Path| p.display().to_string();
+        probe_link(&[s(&good), "-o".into(), s(&out)]).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&good).unwrap());
+        let e = probe_link(&[s(&bad), "-o".into(), s(&dir.join("out2"))]).unwrap_err();
+        assert!(e.contains("memcpy") && !dir.join("out2").exists(), "{e}");
+        assert!(
+            probe_link(&[s(&good), s(&bad), "-o".into(), s(&out)])
+                .unwrap_err()
+                .contains("exactly one")
+        );
+        assert!(probe_link(&[s(&good)]).unwrap_err().contains("-o"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

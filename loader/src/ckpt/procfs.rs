@@ -138,6 +138,9 @@ pub fn read_maps(pid: i32) -> Result<Vec<Mapping>> {
 /// `[vdso]`, read-only or file-shared mappings.
 pub fn captured(maps: &[Mapping], stack_pointers: &[u64], anon_only: bool) -> Vec<Region> {
     maps.iter()
+        .enumerate()
+        .filter(|(i, m)| !(*i > 0 && is_thread_stack(&maps[i - 1], m)))
+        .map(|(_, m)| m)
         .filter(|m| m.write && m.read && !m.is_special() && m.end > m.start)
         .filter(|m| !stack_pointers.iter().any(|&sp| m.contains(sp)))
         .filter_map(|m| {
@@ -159,6 +162,20 @@ pub fn captured(maps: &[Mapping], stack_pointers: &[u64], anon_only: bool) -> Ve
             })
         })
         .collect()
+}
+
+/// A thread stack as pthreads lays it out: an anonymous read-write mapping
+/// right above its inaccessible guard page. A running thread's stack
+/// pointer is not visible from outside, so this shape is what tells; a
+/// thread's live stack must never be rolled back under it.
+/// (malloc arenas are the other way round: read-write below the reserve.)
+fn is_thread_stack(below: &Mapping, m: &Mapping) -> bool {
+    below.end == m.start
+        && !below.read
+        && !below.write
+        && below.is_private_anon()
+        && m.is_private_anon()
+        && m.write
 }
 
 /// Stack pointers of the target's threads that are blocked in the kernel
@@ -215,9 +232,9 @@ impl Pagemap {
             let n = (npages - done).min(4096);
             let bytes = &mut buf[..(n * 8) as usize];
             let off = (start / PAGE + done) * 8;
-            self.file
-                .read_exact_at(bytes, off)
-                .map_err(|e| Error::from(e).context("read pagemap"))?;
+            self.file.read_exact_at(bytes, off).map_err(|e| {
+                Error::from(e).context(format!("read pagemap for {:#x}+{} pages", start, npages))
+            })?;
             out.extend(
                 bytes
                     .chunks_exact(8)
@@ -240,7 +257,10 @@ mod tests {
 5593f8638000-5593f87c7000 rw-p 00000000 00:00 0                          [heap]
 7f4ebb000000-7f4ebb010000 rw-s 00000000 00:01 99                         /tmp/some file
 7f4ebb068000-7f4ebb06a000 rw-s 00000000 00:01 24                         /dev/zero (deleted)
+7f4ebb069000-7f4ebb06a000 ---p 00000000 00:00 0 
 7f4ebb06a000-7f4ebb06b000 rw-p 00000000 00:00 0                          [anon:thread stack]
+7f4ebb06b000-7f4ebb06c000 rw-p 00000000 00:00 0 
+7f4ebb06c000-7f4ebb06d000 ---p 00000000 00:00 0 
 7f4ebb073000-7f4ebb077000 r--p 00000000 00:00 0                          [vvar]
 7f4ebb079000-7f4ebb07b000 r-xp 00000000 00:00 0                          [vdso]
 7ffe48531000-7ffe48552000 rw-p 00000000 00:00 0                          [stack]
@@ -249,7 +269,7 @@ mod tests {
     #[test]
     fn parses_maps_lines_with_spaces_in_paths() {
         let m = parse_maps(MAPS).unwrap();
-        assert_eq!(m.len(), 10);
+        assert_eq!(m.len(), 13);
         assert_eq!(m[4].path, "/tmp/some file");
         assert!(m[4].shared && !m[4].is_shared_anon());
         assert!(m[5].is_shared_anon());
@@ -273,12 +293,15 @@ mod tests {
                 (0x5593cd6d7000, Kind::Anon),
                 (0x5593f8638000, Kind::Anon),
                 (0x7f4ebb068000, Kind::SharedAnon),
+                (0x7f4ebb06b000, Kind::Anon),
             ]
         );
         let anon = captured(&m, &[], true);
         assert!(anon.iter().all(|r| r.kind != Kind::FilePrivate));
-        // Without a known stack pointer the thread stack mapping is captured.
-        assert!(anon.iter().any(|r| r.start == 0x7f4ebb06a000));
+        // A thread stack is recognised by its guard page even without a
+        // stack pointer; a malloc arena (read-write below its reserve) is not.
+        assert!(!anon.iter().any(|r| r.start == 0x7f4ebb06a000));
+        assert!(anon.iter().any(|r| r.start == 0x7f4ebb06b000));
     }
 
     #[test]

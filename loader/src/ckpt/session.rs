@@ -86,6 +86,8 @@ struct Target {
     regions: Vec<Region>,
     applied_seq: u64,
     layout_dirty: bool,
+    /// Consecutive failed attempts to read the layout.
+    layout_failures: u32,
     store: Option<Storage>,
     image: Option<Image>,
     stats: Stats,
@@ -315,6 +317,7 @@ impl Engine {
             regions: Vec::new(),
             applied_seq: u64::MAX,
             layout_dirty: true,
+            layout_failures: 0,
             store: None,
             image: None,
             stats: Stats::default(),
@@ -414,8 +417,16 @@ impl Engine {
                 if let Some(out) = gone_soon(t.pid, waiter) {
                     return Ok(out);
                 }
-                return Err(e);
+                // An exec swaps the mm under /proc readers: try again on
+                // the next round (the exec event marks the table dirty),
+                // but not forever.
+                t.layout_failures += 1;
+                if t.layout_failures > 20 {
+                    return Err(e.context(format!("reading the mappings of pid {}", t.pid)));
+                }
+                continue;
             }
+            t.layout_failures = 0;
         }
     }
 
@@ -678,6 +689,7 @@ impl Engine {
         let (mut written, mut zeroed, mut skipped) = (0u64, 0u64, 0u64);
         if ev.held != 0 {
             let maps = procfs::read_maps(t.pid)?;
+            let stacks = procfs::stack_pointers(t.pid);
             // Opened per request: /proc/PID/mem stays bound to the mm it
             // was opened on, and the target may have exec'd since.
             let mem = Mem::open(t.pid)?;
@@ -693,7 +705,7 @@ impl Engine {
                     continue;
                 }
                 let a = a & !abi::ADDR_FAILED;
-                if writable(&maps, a) {
+                if writable(&maps, &stacks, a) {
                     slots.push((s, a));
                 } else {
                     skipped += 1;
@@ -705,7 +717,7 @@ impl Engine {
                 store.set_addr(s, a)?;
             }
             if !by_bpf || image.zero_in_user || ev.stale != 0 {
-                zeroed = zero_dirty(t.pid, &mem, &image.zero, &maps)?;
+                zeroed = zero_dirty(t.pid, &mem, &image.zero, &maps, &stacks)?;
             }
         }
         let s = &mut t.stats;
@@ -747,7 +759,13 @@ impl Engine {
 
 /// Zeroes, from user space, pages of the zero ranges that are present (or
 /// swapped) now; untouched pages are left alone (they read as zero).
-fn zero_dirty(pid: i32, mem: &Mem, zero: &[(u64, u64)], maps: &[Mapping]) -> Result<u64> {
+fn zero_dirty(
+    pid: i32,
+    mem: &Mem,
+    zero: &[(u64, u64)],
+    maps: &[Mapping],
+    stacks: &[u64],
+) -> Result<u64> {
     let pm = Pagemap::open(pid)?;
     let mut flags = Vec::new();
     let mut todo = Vec::new();
@@ -758,7 +776,7 @@ fn zero_dirty(pid: i32, mem: &Mem, zero: &[(u64, u64)], maps: &[Mapping]) -> Res
         }
         for (i, f) in flags.iter().enumerate() {
             let a = start + i as u64 * PAGE;
-            if f & (PM_PRESENT | PM_SWAPPED) != 0 && writable(maps, a) {
+            if f & (PM_PRESENT | PM_SWAPPED) != 0 && writable(maps, stacks, a) {
                 todo.push(a);
             }
         }
@@ -790,10 +808,13 @@ fn count_to_save(pid: i32, regions: &[Region]) -> Result<u64> {
 
 /// Where a restore may write now: inside a current mapping that is private
 /// or shared-anonymous (never a file-shared one, never outside the target).
-fn writable(maps: &[Mapping], addr: u64) -> bool {
+/// `live_stacks`: stack pointers of the (held) target's threads; a mapping
+/// holding one is a stack in use and is never written.
+fn writable(maps: &[Mapping], live_stacks: &[u64], addr: u64) -> bool {
     let i = maps.partition_point(|m| m.end <= addr);
-    maps.get(i)
-        .is_some_and(|m| m.contains(addr) && m.writable_target())
+    maps.get(i).is_some_and(|m| {
+        m.contains(addr) && m.writable_target() && !live_stacks.iter().any(|&sp| m.contains(sp))
+    })
 }
 
 fn swap_enabled() -> bool {
