@@ -104,6 +104,12 @@ struct Common {
     /// anonymous mappings), not writable private file mappings (.data).
     #[arg(long)]
     anon_only: bool,
+    /// Try every page of every captured region at each checkpoint, instead
+    /// of only the pages the target has written (tracked with the
+    /// page-fault tracepoints). Slower; the reference the tracking is
+    /// tested against.
+    #[arg(long)]
+    exhaustive: bool,
     /// One JSON object per event on stdout.
     #[arg(long)]
     json: bool,
@@ -123,6 +129,7 @@ impl Common {
             },
             max_memory: self.max_memory,
             anon_only: self.anon_only,
+            exhaustive: self.exhaustive,
             report: Reporter {
                 json: self.json,
                 verbose: self.verbose,

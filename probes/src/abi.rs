@@ -22,6 +22,21 @@ pub const F_BPF_WRITE: u32 = 1 << 1;
 pub const F_VERIFY_ZERO: u32 = 1 << 2;
 /// Always hold the target at a restore (zero ranges beyond the table).
 pub const F_HOLD_RESTORE: u32 = 1 << 3;
+/// Try every page of every region, ignoring the touched-page bitmaps.
+pub const F_EXHAUSTIVE: u32 = 1 << 4;
+/// Transparent huge pages are on for all memory: a fault may map a whole
+/// 2 MiB chunk, so a fault marks the whole chunk.
+pub const F_THP_ALWAYS: u32 = 1 << 5;
+
+/// `Region::flags`: private anonymous memory, where a page that was never
+/// written is zero, so the touched-page bitmaps decide what to read.
+pub const R_TRACKED: u64 = 1;
+
+/// The touched-page bitmaps cover 2 MiB chunks of address space.
+pub const CHUNK_SHIFT: u64 = 21;
+pub const CHUNK_PAGES: u64 = 512;
+/// Capacity of `ZERO_TODO`.
+pub const ZERO_TODO_MAX: u32 = 65536;
 
 /// Written by user space, read by the probes (`CONFIG[0]`).
 #[repr(C)]
@@ -58,6 +73,33 @@ pub struct State {
     /// unknown scalars: with constants it tracks every bpf_loop iteration
     /// as a new state and never converges.
     pub opaque_zero: u64,
+    /// Bumped at each exec of the served target: part of the touched-page
+    /// keys, so that a new program image starts with empty bitmaps.
+    pub exec_gen: u64,
+    /// Set when the target did something whose writes cannot be tracked
+    /// (mlockall): from then on every page is tried.
+    pub untracked: u64,
+    /// Set once the target asked for transparent huge pages
+    /// (MADV_HUGEPAGE): faults then mark whole chunks.
+    pub thp_seen: u64,
+}
+
+/// Key of `TOUCHED`: one 2 MiB chunk of one program image.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ChunkKey {
+    pub tgid: u32,
+    pub image: u32,
+    pub chunk: u64,
+}
+
+/// Value of `TOUCHED`: which pages of the chunk were written (`ever`: since
+/// the image started; `since`: since the last checkpoint).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Touched {
+    pub ever: [u64; 8],
+    pub since: [u64; 8],
 }
 
 /// One writable range of the target (`REGIONS[i]`, `ZERO_RANGES[i]`).
@@ -66,6 +108,8 @@ pub struct State {
 pub struct Region {
     pub start: u64,
     pub npages: u64,
+    pub flags: u64,
+    pub _pad: u64,
 }
 
 pub const EV_EXEC: u32 = 1;
@@ -96,6 +140,10 @@ pub struct Event {
     pub c: u64,
     /// Set when the layout was stale (checkpoint) or slots overflowed.
     pub stale: u64,
+    /// Checkpoint: pages skipped as never written. Restore: entries of
+    /// `ZERO_TODO` (pages to zero from user space), or `u64::MAX` if it
+    /// overflowed.
+    pub d: u64,
 }
 
 /// Result slots of the loader self-test program (`SELFTEST_OUT[i]`).

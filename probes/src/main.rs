@@ -17,7 +17,7 @@ mod abi;
 
 use abi::*;
 use core::ffi::c_void;
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or, atomic_xadd};
 use core::ptr::{null_mut, read_volatile, write_volatile};
 
 #[panic_handler]
@@ -39,7 +39,9 @@ pub struct MapDef {
     flags: u32,
 }
 
+const HASH: u32 = 1;
 const ARRAY: u32 = 2;
+const F_NO_PREALLOC: u32 = 1;
 const ARRAY_OF_MAPS: u32 = 12;
 const RINGBUF: u32 = 27;
 const F_MMAPABLE: u32 = 1 << 10;
@@ -57,11 +59,11 @@ pub static STATE: MapDef = array(size_of::<State>(), 1, 0);
 /// Live table of the target's captured ranges, written by user space.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "maps")]
-pub static REGIONS: MapDef = array(size_of::<Region>(), MAX_REGIONS, 0);
+pub static REGIONS: MapDef = array(size_of::<Region>(), MAX_REGIONS, F_MMAPABLE);
 /// Ranges absent at the checkpoint: a restore makes them zero again.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "maps")]
-pub static ZERO_RANGES: MapDef = array(size_of::<Region>(), MAX_REGIONS, 0);
+pub static ZERO_RANGES: MapDef = array(size_of::<Region>(), MAX_REGIONS, F_MMAPABLE);
 /// Slot 0 holds the page store: an mmapable array of 4 KiB values that user
 /// space creates, sizes to what is saved and grows while the target is held.
 #[unsafe(no_mangle)]
@@ -78,6 +80,27 @@ pub static ZERO_PAGE: MapDef = array(PAGE_SIZE as usize, 1, 0);
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "maps")]
 pub static EVENTS: MapDef = MapDef { ty: RINGBUF, key_size: 0, value_size: 0, max_entries: 1 << 18, flags: 0 };
+
+/// Which pages of the target were ever written (and since the last
+/// checkpoint), per 2 MiB chunk, fed by the page-fault tracepoints.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static TOUCHED: MapDef = MapDef {
+    ty: HASH,
+    key_size: size_of::<ChunkKey>() as u32,
+    value_size: size_of::<Touched>() as u32,
+    max_entries: 1 << 18,
+    flags: F_NO_PREALLOC,
+};
+/// Arguments of an mmap/mremap in flight, by thread, for its exit probe.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static PENDING: MapDef = MapDef { ty: HASH, key_size: 4, value_size: 8, max_entries: 4096, flags: 0 };
+/// Pages a user-space restore must zero (written since the checkpoint,
+/// absent at it), collected by the restore probe.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static ZERO_TODO: MapDef = array(8, ZERO_TODO_MAX, F_MMAPABLE);
 
 /// Self-test of the loader: every relocation case in one program.
 #[unsafe(no_mangle)]
@@ -114,6 +137,8 @@ mod h {
         };
     }
     helper!(map_lookup_elem = 1: fn(map: *const c_void, key: *const c_void) -> *mut c_void);
+    helper!(map_update_elem = 2: fn(map: *const c_void, key: *const c_void, value: *const c_void, flags: u64) -> i64);
+    helper!(map_delete_elem = 3: fn(map: *const c_void, key: *const c_void) -> i64);
     helper!(ktime_get_ns = 5: fn() -> u64);
     helper!(get_current_pid_tgid = 14: fn() -> u64);
     helper!(get_current_comm = 16: fn(buf: *mut c_void, size: u32) -> i64);
@@ -260,6 +285,321 @@ macro_rules! triggers {
 triggers!(false, trigger_openat, trigger_open, trigger_creat);
 triggers!(true, trigger_openat_w, trigger_open_w, trigger_creat_w);
 
+// ------------------------------------------------------- touched pages
+
+/// Whether tracked regions may skip pages on the touched-page bitmaps.
+#[inline(always)]
+unsafe fn tracking(cfg: *const Config, st: *const State) -> u64 {
+    // SAFETY: live map values.
+    unsafe {
+        (read_volatile(&(*cfg).flags) & F_EXHAUSTIVE == 0 && read_volatile(&(*st).untracked) == 0) as u64
+    }
+}
+
+/// How many pages from `addr` (below `end`) can be skipped: the rest of the
+/// chunk if it has no bitmap, 1 if this page's bit is clear, else 0. At a
+/// checkpoint the `ever` bit decides and the `since` bit is cleared; at a
+/// restore the `since` bit decides.
+#[inline(always)]
+unsafe fn untouched_run(key: &mut ChunkKey, addr: u64, end: u64, checkpoint: bool) -> u64 {
+    // SAFETY: `key` is on the stack; the map value is null checked and the
+    // word index is masked to its 8 words.
+    unsafe {
+        key.chunk = addr >> CHUNK_SHIFT;
+        let v: *mut Touched = h::map_lookup_elem(map(&TOUCHED), key as *const ChunkKey as *const c_void) as *mut Touched;
+        if v.is_null() {
+            let chunk_end = (key.chunk + 1) << CHUNK_SHIFT;
+            let stop = if chunk_end < end { chunk_end } else { end };
+            return (stop - addr) / PAGE_SIZE;
+        }
+        let bit = (addr / PAGE_SIZE) & (CHUNK_PAGES - 1);
+        let w = ((bit >> 6) & 7) as usize;
+        let m = 1u64 << (bit & 63);
+        let since = (&raw mut (*v).since as *mut u64).add(w);
+        let set = if checkpoint {
+            atomic_and::<u64, u64, { AtomicOrdering::Relaxed }>(since, !m);
+            read_volatile((&raw const (*v).ever as *const u64).add(w)) & m
+        } else {
+            read_volatile(since) & m
+        };
+        (set == 0) as u64
+    }
+}
+
+/// The bitmaps of `key`'s chunk, created empty if missing.
+#[inline(always)]
+unsafe fn chunk_bits(key: &ChunkKey) -> *mut Touched {
+    // SAFETY: `key` is on the stack; a NOEXIST insert that loses a race is
+    // followed by a lookup of the winner's entry.
+    unsafe {
+        let k = key as *const ChunkKey as *const c_void;
+        let v = h::map_lookup_elem(map(&TOUCHED), k) as *mut Touched;
+        if !v.is_null() {
+            return v;
+        }
+        let z = Touched { ever: [0; 8], since: [0; 8] };
+        h::map_update_elem(map(&TOUCHED), k, &z as *const Touched as *const c_void, 1);
+        let v = h::map_lookup_elem(map(&TOUCHED), k) as *mut Touched;
+        if v.is_null() {
+            // The map is full: a write we cannot record would be lost, so
+            // stop trusting the bitmaps (every page is tried from now on).
+            let st = state();
+            if !st.is_null() {
+                write_volatile(&mut (*st).untracked, 1);
+            }
+        }
+        v
+    }
+}
+
+#[inline(always)]
+unsafe fn chunk_key(st: *const State, addr: u64) -> ChunkKey {
+    let (tgid, _) = current_tgid();
+    // SAFETY: live map value.
+    let image = unsafe { read_volatile(&(*st).exec_gen) } as u32;
+    ChunkKey { tgid, image, chunk: addr >> CHUNK_SHIFT }
+}
+
+/// Marks one page written, or its whole chunk (`all`).
+#[inline(always)]
+unsafe fn mark(st: *const State, addr: u64, all: bool) {
+    // SAFETY: the map value is null checked; word indices are masked.
+    unsafe {
+        let key = chunk_key(st, addr);
+        let v = chunk_bits(&key);
+        if v.is_null() {
+            return;
+        }
+        if all {
+            let mut w = 0usize;
+            while w < 8 {
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).ever as *mut u64).add(w), !0);
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).since as *mut u64).add(w), !0);
+                w += 1;
+            }
+        } else {
+            let bit = (addr / PAGE_SIZE) & (CHUNK_PAGES - 1);
+            let w = ((bit >> 6) & 7) as usize;
+            let m = 1u64 << (bit & 63);
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).ever as *mut u64).add(w), m);
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).since as *mut u64).add(w), m);
+        }
+    }
+}
+
+#[repr(C)]
+struct RangeCtx {
+    st: u64,
+    start: u64,
+    clear: u64,
+}
+
+extern "C" fn range_chunk(i: u64, ctx: *mut RangeCtx) -> i64 {
+    // SAFETY: `ctx` is the caller's stack object; map values null checked.
+    unsafe {
+        let c = &*ctx;
+        let st = c.st as *const State;
+        let addr = ((c.start >> CHUNK_SHIFT) + i) << CHUNK_SHIFT;
+        if c.clear != 0 {
+            let key = chunk_key(st, addr);
+            let v = h::map_lookup_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void) as *mut Touched;
+            if !v.is_null() {
+                let z = Touched { ever: [0; 8], since: [0; 8] };
+                h::map_update_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void, &z as *const Touched as *const c_void, 2);
+            }
+        } else {
+            mark(st, addr, true);
+        }
+    }
+    0
+}
+
+/// Marks every chunk overlapping `[start, start + len)` written, or (`clear`)
+/// forgets the chunks it covers entirely.
+#[inline(never)]
+unsafe fn mark_range(st: *const State, start: u64, len: u64, clear: bool) {
+    if len == 0 {
+        return;
+    }
+    let (mut first, mut last) = (start >> CHUNK_SHIFT, (start + len - 1) >> CHUNK_SHIFT);
+    if clear {
+        // Only whole chunks: a partly covered one keeps its bits.
+        if start & ((1 << CHUNK_SHIFT) - 1) != 0 {
+            first += 1;
+        }
+        if (start + len) & ((1 << CHUNK_SHIFT) - 1) != 0 {
+            if last == 0 {
+                return;
+            }
+            last -= 1;
+        }
+        if last < first {
+            return;
+        }
+    }
+    let mut c = RangeCtx { st: st as u64, start: first << CHUNK_SHIFT, clear: clear as u64 };
+    // SAFETY: the callback gets our stack object.
+    unsafe {
+        h::bpf_loop((last - first + 1) as u32, range_chunk as *const c_void, &mut c as *mut RangeCtx as *mut c_void, 0);
+    }
+}
+
+/// Page faults of the target: a write fault is a page that may now hold
+/// data. (A read fault maps the shared zero page: still zero.)
+#[repr(C)]
+pub struct FaultCtx {
+    common: u64,
+    address: u64,
+    ip: u64,
+    error_code: u64,
+}
+
+const PF_WRITE: u64 = 1 << 1;
+
+#[inline(always)]
+unsafe fn on_fault(ctx: *const FaultCtx) -> u32 {
+    // SAFETY: the tracepoint record is readable; map values null checked.
+    unsafe {
+        let cfg = served();
+        if cfg.is_null() || (*ctx).error_code & PF_WRITE == 0 {
+            return 0;
+        }
+        let st = state();
+        if st.is_null() {
+            return 0;
+        }
+        // With THP a fault may map a whole 2 MiB chunk that later writes
+        // fill without faulting again.
+        let all = read_volatile(&(*cfg).flags) & F_THP_ALWAYS != 0 || read_volatile(&(*st).thp_seen) != 0;
+        mark(st, (*ctx).address, all);
+    }
+    0
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/exceptions/page_fault_user")]
+pub extern "C" fn fault_user(ctx: *const FaultCtx) -> u32 {
+    // SAFETY: see on_fault.
+    unsafe { on_fault(ctx) }
+}
+
+/// The kernel writing into the target (read(2) into a fresh buffer).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/exceptions/page_fault_kernel")]
+pub extern "C" fn fault_kernel(ctx: *const FaultCtx) -> u32 {
+    // SAFETY: see on_fault.
+    unsafe { on_fault(ctx) }
+}
+
+const MADV_DONTNEED: u64 = 4;
+const MADV_HUGEPAGE: u64 = 14;
+const MADV_POPULATE_WRITE: u64 = 23;
+const MADV_DONTNEED_LOCKED: u64 = 24;
+const MADV_COLLAPSE: u64 = 25;
+const MAP_LOCKED: u64 = 0x2000;
+const MAP_POPULATE: u64 = 0x8000;
+
+/// Calls that fill pages without a fault per page, or drop them.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_madvise")]
+pub extern "C" fn madvise_enter(ctx: *const SysEnter) -> u32 {
+    // SAFETY: tracepoint record and map values, null checked.
+    unsafe {
+        if served().is_null() {
+            return 0;
+        }
+        let st = state();
+        if st.is_null() {
+            return 0;
+        }
+        let (start, len, advice) = ((*ctx).args[0], (*ctx).args[1], (*ctx).args[2]);
+        match advice {
+            // Dropped private anonymous pages read as zero again.
+            MADV_DONTNEED | MADV_DONTNEED_LOCKED => mark_range(st, start, len, true),
+            MADV_POPULATE_WRITE | MADV_COLLAPSE => mark_range(st, start, len, false),
+            MADV_HUGEPAGE => write_volatile(&mut (*st).thp_seen, 1),
+            _ => {}
+        }
+    }
+    0
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_mlock")]
+pub extern "C" fn mlock_enter(ctx: *const SysEnter) -> u32 {
+    // SAFETY: as above.
+    unsafe {
+        let st = state();
+        if !served().is_null() && !st.is_null() {
+            mark_range(st, (*ctx).args[0], (*ctx).args[1], false);
+        }
+    }
+    0
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_mlock2")]
+pub extern "C" fn mlock2_enter(ctx: *const SysEnter) -> u32 {
+    // SAFETY: as above.
+    unsafe {
+        let st = state();
+        if !served().is_null() && !st.is_null() {
+            mark_range(st, (*ctx).args[0], (*ctx).args[1], false);
+        }
+    }
+    0
+}
+
+/// mlockall populates every mapping, now and (MCL_FUTURE) later: tracking
+/// gives up and every page is tried from then on.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_mlockall")]
+pub extern "C" fn mlockall_enter(_ctx: *const SysEnter) -> u32 {
+    // SAFETY: as above.
+    unsafe {
+        let st = state();
+        if !served().is_null() && !st.is_null() {
+            write_volatile(&mut (*st).untracked, 1);
+        }
+    }
+    0
+}
+
+/// Remembers the length of a populating mmap or of an mremap, whose pages
+/// arrive without faults, for the exit probe that learns the address.
+#[inline(always)]
+unsafe fn remember(len: u64) {
+    let (_, tid) = current_tgid();
+    // SAFETY: stack key and value.
+    unsafe {
+        h::map_update_elem(map(&PENDING), &tid as *const u32 as *const c_void, &len as *const u64 as *const c_void, 0);
+    }
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_mmap")]
+pub extern "C" fn mmap_enter(ctx: *const SysEnter) -> u32 {
+    // SAFETY: as above.
+    unsafe {
+        if !served().is_null() && (*ctx).args[3] & (MAP_POPULATE | MAP_LOCKED) != 0 {
+            remember((*ctx).args[1]);
+        }
+    }
+    0
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_mremap")]
+pub extern "C" fn mremap_enter(ctx: *const SysEnter) -> u32 {
+    // SAFETY: as above.
+    unsafe {
+        if !served().is_null() {
+            remember((*ctx).args[2]);
+        }
+    }
+    0
+}
+
 // -------------------------------------------------------------- checkpoint
 
 #[repr(C)]
@@ -271,6 +611,10 @@ struct CopyCtx {
     capacity: u64,
     fails: u64,
     overflow: u64,
+    skipped: u64,
+    /// Whether tracked regions consult the touched-page bitmaps.
+    tracked: u64,
+    key: ChunkKey,
 }
 
 /// One page per iteration over the flattened region table.
@@ -295,6 +639,15 @@ extern "C" fn checkpoint_page(_i: u64, ctx: *mut CopyCtx) -> i64 {
             }
         }
         let addr = (*r).start + c.page * PAGE_SIZE;
+        if c.tracked != 0 && (*r).flags & R_TRACKED != 0 {
+            // Never written means zero: skip it, or the rest of its chunk.
+            let n = untouched_run(&mut c.key, addr, (*r).start + (*r).npages * PAGE_SIZE, true);
+            if n > 0 {
+                c.page += n;
+                c.skipped += n;
+                return 0;
+            }
+        }
         c.page += 1;
         if c.next >= c.capacity {
             c.overflow += 1;
@@ -349,6 +702,9 @@ unsafe fn checkpoint(cfg: *mut Config) {
             capacity: read_volatile(&(*cfg).capacity),
             fails: z,
             overflow: z,
+            skipped: z,
+            tracked: tracking(cfg, st),
+            key: ChunkKey { tgid, image: read_volatile(&(*st).exec_gen) as u32, chunk: z },
         };
         let mut stale = 0;
         if applied != read_volatile(&(*st).layout_seq) {
@@ -384,6 +740,7 @@ unsafe fn checkpoint(cfg: *mut Config) {
             b: c.fails,
             c: h::ktime_get_ns() - t0,
             stale,
+            d: c.skipped,
         };
         emit(&ev);
     }
@@ -398,6 +755,9 @@ struct WriteCtx {
     region: u32,
     nregions: u32,
     page: u64,
+    /// Zero pass: consult the `since` bitmaps (else try every page).
+    tracked: u64,
+    key: ChunkKey,
 }
 
 extern "C" fn restore_page(i: u64, ctx: *mut WriteCtx) -> i64 {
@@ -427,7 +787,10 @@ extern "C" fn restore_page(i: u64, ctx: *mut WriteCtx) -> i64 {
     0
 }
 
-extern "C" fn zero_page(_i: u64, ctx: *mut WriteCtx) -> i64 {
+/// One page of the zero ranges (pages absent at the checkpoint). `W`: write
+/// zeros into it if it was written since; otherwise only record it in
+/// `ZERO_TODO` for user space (the kernel refuses the write helper).
+extern "C" fn zero_page<const W: bool>(_i: u64, ctx: *mut WriteCtx) -> i64 {
     // SAFETY: as in restore_page.
     unsafe {
         let c = &mut *ctx;
@@ -447,17 +810,34 @@ extern "C" fn zero_page(_i: u64, ctx: *mut WriteCtx) -> i64 {
             }
         }
         let addr = (*r).start + c.page * PAGE_SIZE;
-        c.page += 1;
-        let zero: *const c_void = lookup(map(&ZERO_PAGE), 0);
-        if zero.is_null() {
-            return 1;
+        if c.tracked != 0 {
+            let n = untouched_run(&mut c.key, addr, (*r).start + (*r).npages * PAGE_SIZE, false);
+            if n > 0 {
+                c.page += n;
+                return 0;
+            }
         }
-        // A page that is still not present cannot be written without a
-        // fault, and reads as zero anyway: only count it.
-        if h::probe_write_user(addr as *mut c_void, zero, PAGE_SIZE as u32) == 0 {
-            c.n += 1;
+        c.page += 1;
+        if W {
+            let zero: *const c_void = lookup(map(&ZERO_PAGE), 0);
+            if zero.is_null() {
+                return 1;
+            }
+            // A page that is still not present cannot be written without a
+            // fault, and reads as zero anyway: only count it.
+            if h::probe_write_user(addr as *mut c_void, zero, PAGE_SIZE as u32) == 0 {
+                c.n += 1;
+            } else {
+                c.fails += 1;
+            }
         } else {
-            c.fails += 1;
+            let slot: *mut u64 = lookup(map(&ZERO_TODO), c.n as u32);
+            if slot.is_null() {
+                c.fails += 1;
+                return 1;
+            }
+            write_volatile(slot, addr);
+            c.n += 1;
         }
     }
     0
@@ -475,20 +855,33 @@ unsafe fn restore<const W: bool>(cfg: *mut Config) {
         let (tgid, tid) = current_tgid();
         let flags = read_volatile(&(*cfg).flags);
         let z = read_volatile(&(*st).opaque_zero);
-        let mut pages = WriteCtx { n: z, fails: z, region: z as u32, nregions: z as u32, page: z };
-        let mut zeros = WriteCtx { n: z, fails: z, region: z as u32, nregions: read_volatile(&(*cfg).nzero), page: z };
+        let tracked = tracking(cfg, st);
+        let key = ChunkKey { tgid, image: read_volatile(&(*st).exec_gen) as u32, chunk: z };
+        let mut pages = WriteCtx { n: z, fails: z, region: z as u32, nregions: z as u32, page: z, tracked, key };
+        let nzero = read_volatile(&(*cfg).nzero);
+        let mut zeros = WriteCtx { n: z, fails: z, region: z as u32, nregions: nzero, page: z, tracked, key };
+        let zero_pages = read_volatile(&(*cfg).zero_pages);
         let mut held = 1;
+        // ZERO_TODO entries for user space, or MAX: scan the zero ranges.
+        let mut todo = z;
         if W && flags & F_BPF_WRITE != 0 {
             let slots = read_volatile(&(*cfg).image_slots);
             if slots > 0 {
                 h::bpf_loop(slots as u32, restore_page as *const c_void, &mut pages as *mut WriteCtx as *mut c_void, 0);
             }
-            if zeros.nregions > 0 {
-                let n = read_volatile(&(*cfg).zero_pages);
-                h::bpf_loop(n as u32, zero_page as *const c_void, &mut zeros as *mut WriteCtx as *mut c_void, 0);
+            if nzero > 0 {
+                h::bpf_loop(zero_pages as u32, zero_page::<true> as *const c_void, &mut zeros as *mut WriteCtx as *mut c_void, 0);
             }
             let verify_zero = flags & F_VERIFY_ZERO != 0 && zeros.fails != 0;
             held = (pages.fails != 0 || verify_zero || flags & F_HOLD_RESTORE != 0) as u32;
+        } else if nzero > 0 {
+            if tracked != 0 {
+                h::bpf_loop(zero_pages as u32, zero_page::<false> as *const c_void, &mut zeros as *mut WriteCtx as *mut c_void, 0);
+                todo = if zeros.fails != 0 { u64::MAX } else { zeros.n };
+                zeros.n = z;
+            } else {
+                todo = u64::MAX;
+            }
         }
         if held != 0 {
             h::send_signal(SIGSTOP);
@@ -503,6 +896,7 @@ unsafe fn restore<const W: bool>(cfg: *mut Config) {
             b: pages.fails,
             c: h::ktime_get_ns() - t0,
             stale: zeros.fails,
+            d: todo,
         };
         emit(&ev);
     }
@@ -532,7 +926,17 @@ unsafe fn layout_changed(ret: i64) -> u32 {
         }
         let seq = bump_seq(st);
         let (tgid, tid) = current_tgid();
-        let ev = Event { kind: EV_LAYOUT, tgid, tid, held: 0, seq, a: ret as u64, b: 0, c: 0, stale: 0 };
+        let pending: *const u64 = h::map_lookup_elem(map(&PENDING), &tid as *const u32 as *const c_void) as *const u64;
+        if !pending.is_null() {
+            let len = read_volatile(pending);
+            h::map_delete_elem(map(&PENDING), &tid as *const u32 as *const c_void);
+            // A successful mmap/mremap returns the address (never in the
+            // top 4095 values, which are errors).
+            if ret >= 0 || ret < -4095 {
+                mark_range(st, ret as u64, len, false);
+            }
+        }
+        let ev = Event { kind: EV_LAYOUT, tgid, tid, held: 0, seq, a: ret as u64, b: 0, c: 0, stale: 0, d: 0 };
         emit(&ev);
     }
     0
@@ -587,9 +991,13 @@ pub extern "C" fn on_exec(_ctx: *const c_void) -> u32 {
             let st = state();
             if !st.is_null() {
                 bump_seq(st);
+                // A new image: fresh touched-page keys, tracking on again.
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*st).exec_gen, 1);
+                write_volatile(&mut (*st).untracked, 0);
+                write_volatile(&mut (*st).thp_seen, 0);
             }
         }
-        let ev = Event { kind: EV_EXEC, tgid, tid, held, seq: 0, a: 0, b: 0, c: 0, stale: 0 };
+        let ev = Event { kind: EV_EXEC, tgid, tid, held, seq: 0, a: 0, b: 0, c: 0, stale: 0, d: 0 };
         emit(&ev);
     }
     0

@@ -19,6 +19,8 @@ pub struct Stats {
     pub pages_zeroed_user: u64,
     /// Saved pages whose address was no longer mapped at a restore.
     pub pages_skipped_unmapped: u64,
+    /// Pages a checkpoint did not read because they were never written.
+    pub pages_skipped_untouched: u64,
     /// Times the target was held (stopped) for user-space work.
     pub holds: u64,
     pub ckpt_kernel_ns: u64,
@@ -40,6 +42,7 @@ impl Stats {
         self.pages_zeroed_bpf += o.pages_zeroed_bpf;
         self.pages_zeroed_user += o.pages_zeroed_user;
         self.pages_skipped_unmapped += o.pages_skipped_unmapped;
+        self.pages_skipped_untouched += o.pages_skipped_untouched;
         self.holds += o.holds;
         self.ckpt_kernel_ns += o.ckpt_kernel_ns;
         self.ckpt_kernel_ns_max = self.ckpt_kernel_ns_max.max(o.ckpt_kernel_ns_max);
@@ -60,6 +63,7 @@ impl Stats {
             ("pages_zeroed_bpf", self.pages_zeroed_bpf),
             ("pages_zeroed_user", self.pages_zeroed_user),
             ("pages_skipped_unmapped", self.pages_skipped_unmapped),
+            ("pages_skipped_untouched", self.pages_skipped_untouched),
             ("holds", self.holds),
             ("checkpoint_kernel_ns", self.ckpt_kernel_ns),
             ("checkpoint_kernel_ns_max", self.ckpt_kernel_ns_max),
@@ -204,6 +208,11 @@ pub fn summary_text(what: &str, s: &Stats) -> String {
         t,
         "  zeroed again         {} by BPF, {} from user space",
         s.pages_zeroed_bpf, s.pages_zeroed_user
+    );
+    let _ = writeln!(
+        t,
+        "  never written        {} page visits skipped at checkpoints",
+        s.pages_skipped_untouched
     );
     if s.pages_skipped_unmapped > 0 {
         let _ = writeln!(

@@ -19,7 +19,7 @@ use super::report::{J, Reporter, Stats};
 use super::storage::{Storage, human};
 use super::wire;
 use crate::load::{self, Link, LoadOptions, Loaded, MapOverride};
-use crate::maps::Map;
+use crate::maps::{ArrayMmap, Map};
 use crate::ringbuf::RingBuf;
 use crate::{Error, Result};
 use nix::sys::signal::{Signal, kill};
@@ -50,6 +50,9 @@ pub struct Options {
     pub max_memory: Option<u64>,
     /// Capture anonymous memory only (no writable private file mappings).
     pub anon_only: bool,
+    /// Try every page at each checkpoint instead of only pages written
+    /// since the program started (the touched-page bitmaps).
+    pub exhaustive: bool,
     pub report: Reporter,
 }
 
@@ -102,6 +105,19 @@ const EXEC_NAMES: [&str; 6] = [
     "on_exec",
 ];
 
+/// The probes that keep the touched-page bitmaps: without all of them
+/// (the page-fault tracepoints are x86-only) every page is tried.
+const TRACK_NAMES: [&str; 8] = [
+    "fault_user",
+    "fault_kernel",
+    "madvise_enter",
+    "mlock_enter",
+    "mlock2_enter",
+    "mlockall_enter",
+    "mmap_enter",
+    "mremap_enter",
+];
+
 pub struct Engine {
     // Field order is drop order: detach before the maps go.
     _links: Vec<Link>,
@@ -109,6 +125,11 @@ pub struct Engine {
     loaded: Loaded,
     _templates: (Map, Map),
     cfg: Config,
+    /// Config flags that hold for every target (exhaustive, THP).
+    base_flags: u32,
+    regions_mm: ArrayMmap,
+    zero_mm: ArrayMmap,
+    zero_todo_mm: ArrayMmap,
     bpf_write: bool,
     opts: Options,
     triggers: Triggers,
@@ -151,6 +172,7 @@ impl Engine {
             .map(|p| format!("{p}{suffix}"))
             .collect();
         programs.extend(EXEC_NAMES.iter().map(|s| s.to_string()));
+        programs.extend(TRACK_NAMES.iter().map(|s| s.to_string()));
         let mut maps = HashMap::new();
         maps.insert(
             "PAGES_OUTER".to_string(),
@@ -169,7 +191,29 @@ impl Engine {
         let loaded = load::load(crate::PROBES_OBJ, &LoadOptions { programs, maps })
             .map_err(|e| e.context("loading the probes"))?;
         let ring = RingBuf::new(loaded.map("EVENTS")?)?;
-        let links = loaded.attach_all()?;
+        let mut links = Vec::new();
+        let mut exhaustive = opts.exhaustive;
+        for p in &loaded.programs {
+            match p.attach() {
+                Ok(l) => links.push(l),
+                Err(e) if TRACK_NAMES.contains(&p.name.as_str()) => {
+                    if !exhaustive {
+                        opts.report.warn(&format!(
+                            "{e}; writes cannot be tracked here, so every page is tried at each checkpoint"
+                        ));
+                    }
+                    exhaustive = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let thp_always = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|s| s.contains("[always]"));
+        let base_flags = if exhaustive { abi::F_EXHAUSTIVE } else { 0 }
+            | if thp_always { abi::F_THP_ALWAYS } else { 0 };
+        let regions_mm = loaded.map("REGIONS")?.mmap()?;
+        let zero_mm = loaded.map("ZERO_RANGES")?.mmap()?;
+        let zero_todo_mm = loaded.map("ZERO_TODO")?.mmap()?;
 
         let cfg = Config {
             tgid: 0,
@@ -201,6 +245,10 @@ impl Engine {
             loaded,
             _templates: templates,
             cfg,
+            base_flags,
+            regions_mm,
+            zero_mm,
+            zero_todo_mm,
             bpf_write,
             opts,
             triggers,
@@ -230,6 +278,11 @@ impl Engine {
             ],
         );
         Ok(e)
+    }
+
+    /// Config flags for a served target, plus `extra`.
+    fn flags(&self, extra: u32) -> u32 {
+        abi::F_ACTIVE | self.base_flags | if self.bpf_write { abi::F_BPF_WRITE } else { 0 } | extra
     }
 
     pub fn report(&self) -> Reporter {
@@ -323,7 +376,7 @@ impl Engine {
             stats: Stats::default(),
         };
         self.cfg.tgid = pid as u32;
-        self.cfg.flags = abi::F_ACTIVE | if self.bpf_write { abi::F_BPF_WRITE } else { 0 };
+        self.cfg.flags = self.flags(0);
         self.cfg.applied_seq = u64::MAX;
         self.cfg.capacity = 0;
         self.cfg.image_slots = 0;
@@ -346,6 +399,7 @@ impl Engine {
         self.cfg.tgid = 0;
         self.cfg.flags = 0;
         let _ = self.push_config();
+        let _ = self.forget_touched(pid, None);
         let _ = self
             .loaded
             .map("PAGES_OUTER")
@@ -390,9 +444,15 @@ impl Engine {
                     continue;
                 }
                 let r = match ev.kind {
-                    abi::EV_LAYOUT | abi::EV_EXEC => {
+                    abi::EV_LAYOUT => {
                         t.layout_dirty = true;
                         Ok(())
+                    }
+                    abi::EV_EXEC => {
+                        t.layout_dirty = true;
+                        // The old image's bitmaps are of no use any more.
+                        self.image_gen()
+                            .and_then(|g| self.forget_touched(t.pid, Some(g)))
                     }
                     abi::EV_CHECKPOINT => self.on_checkpoint(t, ev),
                     abi::EV_RESTORE => self.on_restore(t, ev),
@@ -448,13 +508,18 @@ impl Engine {
         // Seqlock: invalidate, rewrite, validate.
         self.cfg.applied_seq = u64::MAX;
         self.push_config()?;
-        let table = self.loaded.map("REGIONS")?;
+        let table = self.regions_mm.as_mut_slice()?;
         for (i, r) in regions.iter().enumerate() {
-            table.update(
-                &(i as u32).to_ne_bytes(),
-                &wire::region_bytes(r.start, r.pages()),
-                0,
-            )?;
+            let flags = if r.kind == Kind::Anon {
+                abi::R_TRACKED
+            } else {
+                0
+            };
+            table[i * 32..i * 32 + 32].copy_from_slice(&wire::region_bytes(
+                r.start,
+                r.pages(),
+                flags,
+            ));
         }
         if self.opts.report.verbose > 1 {
             for r in &regions {
@@ -465,7 +530,7 @@ impl Engine {
         if t.image.is_none() {
             // Nothing to preserve yet: size the store to what a checkpoint
             // would save now, with a little room to grow.
-            let need = count_to_save(t.pid, &regions)?;
+            let need = count_to_save(t.pid, &regions, &self.written(t.pid)?)?;
             let want = need + need / 32 + 16;
             if t.store.as_ref().is_none_or(|s| s.capacity() < need) {
                 self.install_store(t, Storage::create(want, self.opts.max_memory)?)?;
@@ -478,6 +543,97 @@ impl Engine {
         t.regions = regions;
         t.applied_seq = seq;
         t.layout_dirty = false;
+        Ok(())
+    }
+
+    /// Sets the `ever` bits of pages written from user space (the target is
+    /// held, so no fault races with this read-modify-write).
+    fn mark_written(&self, pid: i32, addrs: impl Iterator<Item = u64>) -> Result<()> {
+        if self.base_flags & abi::F_EXHAUSTIVE != 0 {
+            return Ok(());
+        }
+        let image = self.image_gen()?;
+        let map = self.loaded.map("TOUCHED")?;
+        let mut chunks: std::collections::BTreeMap<u64, [u64; 8]> =
+            std::collections::BTreeMap::new();
+        for a in addrs {
+            let bit = (a / PAGE) % abi::CHUNK_PAGES;
+            chunks.entry(a >> abi::CHUNK_SHIFT).or_default()[(bit / 64) as usize] |=
+                1 << (bit % 64);
+        }
+        let mut val = [0u8; size_of::<abi::Touched>()];
+        for (chunk, bits) in chunks {
+            let key = wire::chunk_key(pid as u32, image, chunk);
+            if !map.lookup(&key, &mut val)? {
+                val = [0; size_of::<abi::Touched>()];
+            }
+            for (w, b) in bits.iter().enumerate() {
+                let old = wire::u64_at(&val, w * 8);
+                val[w * 8..w * 8 + 8].copy_from_slice(&(old | b).to_ne_bytes());
+            }
+            map.update(&key, &val, 0)?;
+        }
+        Ok(())
+    }
+
+    /// The touched-page bitmaps of `pid`'s current image (cost follows the
+    /// number of touched chunks, not the size of the mappings).
+    fn written(&self, pid: i32) -> Result<Written> {
+        let mut v = [0u8; size_of::<abi::State>()];
+        self.loaded
+            .map("STATE")?
+            .lookup(&0u32.to_ne_bytes(), &mut v)?;
+        if self.base_flags & abi::F_EXHAUSTIVE != 0 || wire::u64_at(&v, 24) != 0 {
+            return Ok(Written(None));
+        }
+        let image = wire::u64_at(&v, 16) as u32;
+        let map = self.loaded.map("TOUCHED")?;
+        let mut chunks = HashMap::new();
+        let mut val = [0u8; size_of::<abi::Touched>()];
+        for key in map.keys() {
+            let key = key?;
+            if key.len() != 16
+                || u32::from_ne_bytes([key[0], key[1], key[2], key[3]]) != pid as u32
+                || u32::from_ne_bytes([key[4], key[5], key[6], key[7]]) != image
+            {
+                continue;
+            }
+            if map.lookup(&key, &mut val)? {
+                let mut ever = [0u64; 8];
+                for (w, e) in ever.iter_mut().enumerate() {
+                    *e = wire::u64_at(&val, w * 8);
+                }
+                chunks.insert(wire::u64_at(&key, 8), ever);
+            }
+        }
+        Ok(Written(Some(chunks)))
+    }
+
+    /// The program-image number the probes key the bitmaps with.
+    fn image_gen(&self) -> Result<u32> {
+        let mut v = [0u8; size_of::<abi::State>()];
+        self.loaded
+            .map("STATE")?
+            .lookup(&0u32.to_ne_bytes(), &mut v)?;
+        Ok(wire::u64_at(&v, 16) as u32)
+    }
+
+    /// Forgets the touched-page bitmaps of `pid` except those of program
+    /// image `keep` (a new exec starts from none).
+    fn forget_touched(&self, pid: i32, keep: Option<u32>) -> Result<()> {
+        let map = self.loaded.map("TOUCHED")?;
+        let stale: Vec<Vec<u8>> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| {
+                k.len() == 16
+                    && u32::from_ne_bytes([k[0], k[1], k[2], k[3]]) == pid as u32
+                    && keep != Some(u32::from_ne_bytes([k[4], k[5], k[6], k[7]]))
+            })
+            .collect();
+        for k in stale {
+            map.delete(&k)?;
+        }
         Ok(())
     }
 
@@ -524,36 +680,36 @@ impl Engine {
                 (ev.a, user, zero)
             }
         } else {
-            (ev.a, 0, Vec::new())
+            // Every page BPF did not save was never written: zero.
+            let store = t
+                .store
+                .as_ref()
+                .ok_or_else(|| Error::new("no page store"))?;
+            (ev.a, 0, gaps(&t.regions, store, ev.a))
         };
+        t.stats.pages_skipped_untouched += ev.d;
         t.stats.pages_saved_bpf += bpf;
         t.stats.pages_saved_user += user;
         let slots = bpf + user;
         let zero_pages: u64 = zero.iter().map(|z| z.1).sum();
         let zero_in_user = zero.len() > abi::MAX_REGIONS as usize;
-        // Only the BPF restore reads the table (the programs without the
-        // write helper do not even reference it).
-        if self.bpf_write && !zero_in_user {
-            let table = self.loaded.map("ZERO_RANGES")?;
+        if !zero_in_user {
+            let table = self.zero_mm.as_mut_slice()?;
             for (i, (start, n)) in zero.iter().enumerate() {
-                table.update(
-                    &(i as u32).to_ne_bytes(),
-                    &wire::region_bytes(*start, *n),
-                    0,
-                )?;
+                table[i * 32..i * 32 + 32].copy_from_slice(&wire::region_bytes(*start, *n, 0));
             }
         }
         self.cfg.image_slots = slots;
         self.cfg.nzero = if zero_in_user { 0 } else { zero.len() as u32 };
         self.cfg.zero_pages = if zero_in_user { 0 } else { zero_pages };
-        self.cfg.flags = abi::F_ACTIVE
-            | if self.bpf_write { abi::F_BPF_WRITE } else { 0 }
-            | if zero_in_user { abi::F_HOLD_RESTORE } else { 0 }
-            | if swap_enabled() {
-                abi::F_VERIFY_ZERO
-            } else {
-                0
-            };
+        self.cfg.flags = self.flags(
+            if zero_in_user { abi::F_HOLD_RESTORE } else { 0 }
+                | if swap_enabled() {
+                    abi::F_VERIFY_ZERO
+                } else {
+                    0
+                },
+        );
         self.push_config()?;
         t.image = Some(Image {
             slots,
@@ -609,6 +765,7 @@ impl Engine {
             }
             false
         };
+        let written = self.written(t.pid)?;
         let mut todo: Vec<u64> = Vec::new();
         let mut zero: Vec<(u64, u64)> = Vec::new();
         let mut flags = Vec::new();
@@ -620,7 +777,10 @@ impl Engine {
                 if next_saved(addr) {
                     continue;
                 }
-                let maybe_data = r.kind != Kind::Anon || f & (PM_PRESENT | PM_SWAPPED) != 0;
+                // A never-written anonymous page is zero even when present
+                // (a read maps the shared zero page).
+                let maybe_data = r.kind != Kind::Anon
+                    || (written.may_hold_data(addr) && f & (PM_PRESENT | PM_SWAPPED) != 0);
                 if maybe_data {
                     todo.push(addr);
                 } else if let Some(last) = zero.last_mut().filter(|z| z.0 + z.1 * PAGE == addr) {
@@ -716,7 +876,19 @@ impl Engine {
             for &(s, a) in &slots {
                 store.set_addr(s, a)?;
             }
-            if !by_bpf || image.zero_in_user || ev.stale != 0 {
+            // Writes from user space fault nothing: record them, or the
+            // next checkpoint would take these pages for never written.
+            self.mark_written(t.pid, slots.iter().map(|&(_, a)| a))?;
+            if !by_bpf && ev.d != u64::MAX {
+                // The probe listed the zero-range pages written since.
+                let todo = self.zero_todo_mm.as_slice();
+                let pages: Vec<u64> = (0..ev.d as usize)
+                    .map(|i| wire::u64_at(todo, i * 8))
+                    .filter(|&a| writable(&maps, &stacks, a))
+                    .collect();
+                mem.write_pages(pages.iter().map(|&a| (a, &ZERO_PAGE[..])))?;
+                zeroed = pages.len() as u64;
+            } else if !by_bpf || image.zero_in_user || ev.stale != 0 {
                 zeroed = zero_dirty(t.pid, &mem, &image.zero, &maps, &stacks)?;
             }
         }
@@ -757,6 +929,38 @@ impl Engine {
     }
 }
 
+/// The pages of `regions` not among the first `saved` slots of `store`
+/// (whose addresses ascend in region order), as (start, pages) ranges.
+fn gaps(regions: &[Region], store: &Storage, saved: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut push = |start: u64, end: u64| {
+        if end <= start {
+            return;
+        }
+        match out.last_mut() {
+            Some(last) if last.0 + last.1 * PAGE == start => last.1 += (end - start) / PAGE,
+            _ => out.push((start, (end - start) / PAGE)),
+        }
+    };
+    let mut slot = 0;
+    for r in regions {
+        let mut at = r.start;
+        while slot < saved {
+            let a = store.addr(slot) & !abi::ADDR_FAILED;
+            if a >= r.end {
+                break;
+            }
+            if a >= at {
+                push(at, a);
+                at = a + PAGE;
+            }
+            slot += 1;
+        }
+        push(at, r.end);
+    }
+    out
+}
+
 /// Zeroes, from user space, pages of the zero ranges that are present (or
 /// swapped) now; untouched pages are left alone (they read as zero).
 fn zero_dirty(
@@ -787,7 +991,7 @@ fn zero_dirty(
 
 /// Pages a checkpoint would save now: present or swapped anonymous pages,
 /// every page of shared-anonymous and file-backed regions.
-fn count_to_save(pid: i32, regions: &[Region]) -> Result<u64> {
+fn count_to_save(pid: i32, regions: &[Region], written: &Written) -> Result<u64> {
     let pm = Pagemap::open(pid)?;
     let mut flags = Vec::new();
     let mut n = 0;
@@ -800,10 +1004,28 @@ fn count_to_save(pid: i32, regions: &[Region]) -> Result<u64> {
         pm.read(r.start, r.pages(), &mut flags)?;
         n += flags
             .iter()
-            .filter(|f| *f & (PM_PRESENT | PM_SWAPPED) != 0)
+            .enumerate()
+            .filter(|(i, f)| {
+                *f & (PM_PRESENT | PM_SWAPPED) != 0
+                    && written.may_hold_data(r.start + *i as u64 * PAGE)
+            })
             .count() as u64;
     }
     Ok(n)
+}
+
+/// The `ever` bitmaps of one target, as user space sees them; `None` when
+/// writes are not tracked (every page may hold data).
+struct Written(Option<HashMap<u64, [u64; 8]>>);
+
+impl Written {
+    fn may_hold_data(&self, addr: u64) -> bool {
+        let Some(chunks) = &self.0 else { return true };
+        let bit = (addr / PAGE) % abi::CHUNK_PAGES;
+        chunks
+            .get(&(addr >> abi::CHUNK_SHIFT))
+            .is_some_and(|w| w[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+    }
 }
 
 /// Where a restore may write now: inside a current mapping that is private

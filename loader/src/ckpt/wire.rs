@@ -1,7 +1,7 @@
 //! Byte encodings of the structs in `abi.rs`, written field by field (no
 //! unsafe transmutes); the offsets are checked against the compiler's layout.
 
-use super::abi::{Config, Event, Region};
+use super::abi::{ChunkKey, Config, Event, Region, State, Touched};
 use std::mem::offset_of;
 
 const _: () = {
@@ -18,8 +18,13 @@ const _: () = {
     assert!(size_of::<Config>() == 328);
     assert!(offset_of!(Event, seq) == 16);
     assert!(offset_of!(Event, stale) == 48);
-    assert!(size_of::<Event>() == 56);
-    assert!(size_of::<Region>() == 16);
+    assert!(offset_of!(Event, d) == 56);
+    assert!(size_of::<Event>() == 64);
+    assert!(size_of::<Region>() == 32);
+    assert!(offset_of!(State, exec_gen) == 16);
+    assert!(offset_of!(State, untracked) == 24);
+    assert!(size_of::<ChunkKey>() == 16);
+    assert!(size_of::<Touched>() == 128);
 };
 
 pub fn config_bytes(c: &Config) -> Vec<u8> {
@@ -39,10 +44,19 @@ pub fn config_bytes(c: &Config) -> Vec<u8> {
     b
 }
 
-pub fn region_bytes(start: u64, npages: u64) -> [u8; 16] {
-    let mut b = [0u8; 16];
+pub fn region_bytes(start: u64, npages: u64, flags: u64) -> [u8; 32] {
+    let mut b = [0u8; 32];
     b[..8].copy_from_slice(&start.to_ne_bytes());
-    b[8..].copy_from_slice(&npages.to_ne_bytes());
+    b[8..16].copy_from_slice(&npages.to_ne_bytes());
+    b[16..24].copy_from_slice(&flags.to_ne_bytes());
+    b
+}
+
+pub fn chunk_key(tgid: u32, image: u32, chunk: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&tgid.to_ne_bytes());
+    b[4..8].copy_from_slice(&image.to_ne_bytes());
+    b[8..].copy_from_slice(&chunk.to_ne_bytes());
     b
 }
 
@@ -71,6 +85,7 @@ pub fn event(b: &[u8]) -> Option<Event> {
         b: u64_at(b, 32),
         c: u64_at(b, 40),
         stale: u64_at(b, 48),
+        d: u64_at(b, 56),
     })
 }
 
@@ -88,14 +103,14 @@ mod tests {
 
     #[test]
     fn event_round_trip_from_bytes() {
-        let mut b = vec![0u8; 56];
+        let mut b = vec![0u8; 64];
         b[0] = 3;
         b[4] = 7;
         b[16] = 9;
         b[48] = 1;
         let e = event(&b).unwrap();
         assert_eq!((e.kind, e.tgid, e.seq, e.stale), (3, 7, 9, 1));
-        assert!(event(&b[..55]).is_none());
+        assert!(event(&b[..63]).is_none());
         assert_eq!(fixed::<4>(b"abcdef"), *b"abc\0");
     }
 }
