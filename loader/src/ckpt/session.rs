@@ -193,8 +193,24 @@ impl Engine {
         let ring = RingBuf::new(loaded.map("EVENTS")?)?;
         let mut links = Vec::new();
         let mut exhaustive = opts.exhaustive;
-        for p in &loaded.programs {
-            match p.attach() {
+        // Attaching waits on the kernel's tracepoint registration; in
+        // parallel those waits overlap.
+        let attached: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = loaded
+                .programs
+                .iter()
+                .map(|p| s.spawn(move || p.attach()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::new("attach thread panicked")))
+                })
+                .collect()
+        });
+        for (p, a) in loaded.programs.iter().zip(attached) {
+            match a {
                 Ok(l) => links.push(l),
                 Err(e) if TRACK_NAMES.contains(&p.name.as_str()) => {
                     if !exhaustive {
@@ -959,6 +975,19 @@ fn gaps(regions: &[Region], store: &Storage, saved: u64) -> Vec<(u64, u64)> {
         push(at, r.end);
     }
     out
+}
+
+impl Drop for Engine {
+    /// Detaching a tracepoint waits for RCU grace periods (30-60 ms per
+    /// close here); closing them all at once lets those waits overlap.
+    fn drop(&mut self) {
+        let links = std::mem::take(&mut self._links);
+        std::thread::scope(|s| {
+            for l in links {
+                s.spawn(move || drop(l));
+            }
+        });
+    }
 }
 
 /// Zeroes, from user space, pages of the zero ranges that are present (or
