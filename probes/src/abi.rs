@@ -82,6 +82,10 @@ pub struct State {
     /// Set once the target asked for transparent huge pages
     /// (MADV_HUGEPAGE): faults then mark whole chunks.
     pub thp_seen: u64,
+    /// 1 while a layout notification is unread (user space clears it).
+    pub notified: u64,
+    /// Checkpoint/restore events the ring buffer refused.
+    pub lost: u64,
 }
 
 /// Key of `TOUCHED`: one 2 MiB chunk of one program image.

@@ -17,7 +17,7 @@ mod abi;
 
 use abi::*;
 use core::ffi::c_void;
-use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or, atomic_xadd, atomic_xchg};
 use core::ptr::{null_mut, read_volatile, write_volatile};
 
 #[panic_handler]
@@ -55,7 +55,7 @@ const fn array(value_size: usize, max_entries: u32, flags: u32) -> MapDef {
 pub static CONFIG: MapDef = array(size_of::<Config>(), 1, 0);
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "maps")]
-pub static STATE: MapDef = array(size_of::<State>(), 1, 0);
+pub static STATE: MapDef = array(size_of::<State>(), 1, F_MMAPABLE);
 /// Live table of the target's captured ranges, written by user space.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "maps")]
@@ -206,9 +206,17 @@ unsafe fn served() -> *mut Config {
 
 #[inline(always)]
 unsafe fn emit(ev: &Event) {
-    // SAFETY: `ev` is a stack object of the size passed.
+    // SAFETY: `ev` is a stack object of the size passed; STATE is null checked.
     unsafe {
-        h::ringbuf_output(map(&EVENTS), ev as *const Event as *const c_void, size_of::<Event>() as u64, 0);
+        let r = h::ringbuf_output(map(&EVENTS), ev as *const Event as *const c_void, size_of::<Event>() as u64, 0);
+        if r != 0 && (ev.kind == EV_CHECKPOINT || ev.kind == EV_RESTORE) {
+            // A request user space never hears of would leave the target
+            // waiting (or stopped): count it, user space polls the count.
+            let st = state();
+            if !st.is_null() {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*st).lost, 1);
+            }
+        }
     }
 }
 
@@ -936,8 +944,12 @@ unsafe fn layout_changed(ret: i64) -> u32 {
                 mark_range(st, ret as u64, len, false);
             }
         }
-        let ev = Event { kind: EV_LAYOUT, tgid, tid, held: 0, seq, a: ret as u64, b: 0, c: 0, stale: 0, d: 0 };
-        emit(&ev);
+        // One notification until user space has read the layout: a target
+        // that maps in a loop must not flood the ring buffer.
+        if atomic_xchg::<u64, { AtomicOrdering::Relaxed }>(&raw mut (*st).notified, 1) == 0 {
+            let ev = Event { kind: EV_LAYOUT, tgid, tid, held: 0, seq, a: ret as u64, b: 0, c: 0, stale: 0, d: 0 };
+            emit(&ev);
+        }
     }
     0
 }

@@ -91,10 +91,19 @@ struct Target {
     layout_dirty: bool,
     /// Consecutive failed attempts to read the layout.
     layout_failures: u32,
+    /// `State::lost` when serving began.
+    lost_seen: u64,
     store: Option<Storage>,
     image: Option<Image>,
     stats: Stats,
 }
+
+/// Offsets of the fields of `abi::State`, read through the mapping.
+const ST_LAYOUT_SEQ: usize = std::mem::offset_of!(abi::State, layout_seq);
+const ST_EXEC_GEN: usize = std::mem::offset_of!(abi::State, exec_gen);
+const ST_UNTRACKED: usize = std::mem::offset_of!(abi::State, untracked);
+const ST_NOTIFIED: usize = std::mem::offset_of!(abi::State, notified);
+const ST_LOST: usize = std::mem::offset_of!(abi::State, lost);
 
 const EXEC_NAMES: [&str; 6] = [
     "layout_mmap",
@@ -127,6 +136,7 @@ pub struct Engine {
     cfg: Config,
     /// Config flags that hold for every target (exhaustive, THP).
     base_flags: u32,
+    state_mm: ArrayMmap,
     regions_mm: ArrayMmap,
     zero_mm: ArrayMmap,
     zero_todo_mm: ArrayMmap,
@@ -227,6 +237,7 @@ impl Engine {
             .is_ok_and(|s| s.contains("[always]"));
         let base_flags = if exhaustive { abi::F_EXHAUSTIVE } else { 0 }
             | if thp_always { abi::F_THP_ALWAYS } else { 0 };
+        let state_mm = loaded.map("STATE")?.mmap()?;
         let regions_mm = loaded.map("REGIONS")?.mmap()?;
         let zero_mm = loaded.map("ZERO_RANGES")?.mmap()?;
         let zero_todo_mm = loaded.map("ZERO_TODO")?.mmap()?;
@@ -262,6 +273,7 @@ impl Engine {
             _templates: templates,
             cfg,
             base_flags,
+            state_mm,
             regions_mm,
             zero_mm,
             zero_todo_mm,
@@ -315,12 +327,9 @@ impl Engine {
             .update(&0u32.to_ne_bytes(), &wire::config_bytes(&self.cfg), 0)
     }
 
-    fn layout_seq(&self) -> Result<u64> {
-        let mut v = [0u8; size_of::<abi::State>()];
-        self.loaded
-            .map("STATE")?
-            .lookup(&0u32.to_ne_bytes(), &mut v)?;
-        Ok(wire::u64_at(&v, 0))
+    /// A field of the probes' STATE (read through its mapping: no syscall).
+    fn state(&self, field: usize) -> Result<u64> {
+        self.state_mm.read_u64(field)
     }
 
     /// Sets the process name `watch` waits for (first 15 bytes, as the kernel keeps it).
@@ -387,6 +396,7 @@ impl Engine {
             applied_seq: u64::MAX,
             layout_dirty: true,
             layout_failures: 0,
+            lost_seen: self.state(ST_LOST)?,
             store: None,
             image: None,
             stats: Stats::default(),
@@ -447,6 +457,14 @@ impl Engine {
                 return Ok(Outcome::Interrupted(sig));
             }
             let events = self.poll(Duration::from_millis(50))?;
+            let lost = self.state(ST_LOST)?;
+            if lost != t.lost_seen {
+                cont(t.pid);
+                return Err(Error::new(format!(
+                    "the probes could not report a request of pid {} (ring buffer full); released it",
+                    t.pid
+                )));
+            }
             for ev in &events {
                 if ev.tgid != t.pid as u32 {
                     if ev.kind == abi::EV_EXEC && ev.held != 0 {
@@ -510,7 +528,8 @@ impl Engine {
     fn apply_layout(&mut self, t: &mut Target) -> Result<()> {
         // The sequence number first: a change after this point bumps it
         // again and the probe sees the table as stale.
-        let seq = self.layout_seq()?;
+        self.state_mm.write_u64(ST_NOTIFIED, 0)?;
+        let seq = self.state(ST_LAYOUT_SEQ)?;
         let maps = procfs::read_maps(t.pid)?;
         let regions = procfs::captured(&maps, &procfs::stack_pointers(t.pid), self.opts.anon_only);
         if regions.len() > abi::MAX_REGIONS as usize {
@@ -595,14 +614,10 @@ impl Engine {
     /// The touched-page bitmaps of `pid`'s current image (cost follows the
     /// number of touched chunks, not the size of the mappings).
     fn written(&self, pid: i32) -> Result<Written> {
-        let mut v = [0u8; size_of::<abi::State>()];
-        self.loaded
-            .map("STATE")?
-            .lookup(&0u32.to_ne_bytes(), &mut v)?;
-        if self.base_flags & abi::F_EXHAUSTIVE != 0 || wire::u64_at(&v, 24) != 0 {
+        if self.base_flags & abi::F_EXHAUSTIVE != 0 || self.state(ST_UNTRACKED)? != 0 {
             return Ok(Written(None));
         }
-        let image = wire::u64_at(&v, 16) as u32;
+        let image = self.image_gen()?;
         let map = self.loaded.map("TOUCHED")?;
         let mut chunks = HashMap::new();
         let mut val = [0u8; size_of::<abi::Touched>()];
@@ -627,11 +642,7 @@ impl Engine {
 
     /// The program-image number the probes key the bitmaps with.
     fn image_gen(&self) -> Result<u32> {
-        let mut v = [0u8; size_of::<abi::State>()];
-        self.loaded
-            .map("STATE")?
-            .lookup(&0u32.to_ne_bytes(), &mut v)?;
-        Ok(wire::u64_at(&v, 16) as u32)
+        Ok(self.state(ST_EXEC_GEN)? as u32)
     }
 
     /// Forgets the touched-page bitmaps of `pid` except those of program
