@@ -453,23 +453,28 @@ unsafe fn mark_range(st: *const State, start: u64, len: u64, clear: bool) {
 }
 
 /// Page faults of the target: a write fault is a page that may now hold
-/// data. (A read fault maps the shared zero page: still zero.)
+/// data. (A read fault maps the shared zero page: still zero.) Raw
+/// tracepoints: every page fault of every process passes here, and a raw
+/// tracepoint skips the perf record a classic one builds first.
+/// `TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long error_code)`.
 #[repr(C)]
-pub struct FaultCtx {
-    common: u64,
+pub struct FaultArgs {
     address: u64,
-    ip: u64,
+    regs: u64,
     error_code: u64,
 }
 
 const PF_WRITE: u64 = 1 << 1;
 
 #[inline(always)]
-unsafe fn on_fault(ctx: *const FaultCtx) -> u32 {
-    // SAFETY: the tracepoint record is readable; map values null checked.
+unsafe fn on_fault(ctx: *const FaultArgs) -> u32 {
+    // SAFETY: the raw tracepoint arguments are readable; map values null checked.
     unsafe {
+        if (*ctx).error_code & PF_WRITE == 0 {
+            return 0;
+        }
         let cfg = served();
-        if cfg.is_null() || (*ctx).error_code & PF_WRITE == 0 {
+        if cfg.is_null() {
             return 0;
         }
         let st = state();
@@ -485,16 +490,16 @@ unsafe fn on_fault(ctx: *const FaultCtx) -> u32 {
 }
 
 #[unsafe(no_mangle)]
-#[unsafe(link_section = "tracepoint/exceptions/page_fault_user")]
-pub extern "C" fn fault_user(ctx: *const FaultCtx) -> u32 {
+#[unsafe(link_section = "raw_tracepoint/page_fault_user")]
+pub extern "C" fn fault_user(ctx: *const FaultArgs) -> u32 {
     // SAFETY: see on_fault.
     unsafe { on_fault(ctx) }
 }
 
 /// The kernel writing into the target (read(2) into a fresh buffer).
 #[unsafe(no_mangle)]
-#[unsafe(link_section = "tracepoint/exceptions/page_fault_kernel")]
-pub extern "C" fn fault_kernel(ctx: *const FaultCtx) -> u32 {
+#[unsafe(link_section = "raw_tracepoint/page_fault_kernel")]
+pub extern "C" fn fault_kernel(ctx: *const FaultArgs) -> u32 {
     // SAFETY: see on_fault.
     unsafe { on_fault(ctx) }
 }
