@@ -87,6 +87,9 @@ struct Image {
 struct Target {
     pid: i32,
     regions: Vec<Region>,
+    /// `/proc/PID/maps` as read for `regions` (valid while the layout
+    /// sequence number still equals `applied_seq`).
+    maps: Vec<Mapping>,
     applied_seq: u64,
     layout_dirty: bool,
     /// Consecutive failed attempts to read the layout.
@@ -393,6 +396,7 @@ impl Engine {
         let mut t = Target {
             pid,
             regions: Vec::new(),
+            maps: Vec::new(),
             applied_seq: u64::MAX,
             layout_dirty: true,
             layout_failures: 0,
@@ -576,6 +580,7 @@ impl Engine {
         self.cfg.applied_seq = seq;
         self.push_config()?;
         t.regions = regions;
+        t.maps = maps;
         t.applied_seq = seq;
         t.layout_dirty = false;
         Ok(())
@@ -875,7 +880,14 @@ impl Engine {
         let by_bpf = self.bpf_write;
         let (mut written, mut zeroed, mut skipped) = (0u64, 0u64, 0u64);
         if ev.held != 0 {
-            let maps = procfs::read_maps(t.pid)?;
+            // The mappings as last read, unless they changed since.
+            let fresh;
+            let maps = if self.state(ST_LAYOUT_SEQ)? == t.applied_seq {
+                &t.maps
+            } else {
+                fresh = procfs::read_maps(t.pid)?;
+                &fresh
+            };
             let stacks = procfs::stack_pointers(t.pid);
             // Opened per request: /proc/PID/mem stays bound to the mm it
             // was opened on, and the target may have exec'd since.
@@ -892,7 +904,7 @@ impl Engine {
                     continue;
                 }
                 let a = a & !abi::ADDR_FAILED;
-                if writable(&maps, &stacks, a) {
+                if writable(maps, &stacks, a) {
                     slots.push((s, a));
                 } else {
                     skipped += 1;
@@ -911,12 +923,12 @@ impl Engine {
                 let todo = self.zero_todo_mm.as_slice();
                 let pages: Vec<u64> = (0..ev.d as usize)
                     .map(|i| wire::u64_at(todo, i * 8))
-                    .filter(|&a| writable(&maps, &stacks, a))
+                    .filter(|&a| writable(maps, &stacks, a))
                     .collect();
                 mem.write_pages(pages.iter().map(|&a| (a, &ZERO_PAGE[..])))?;
                 zeroed = pages.len() as u64;
             } else if !by_bpf || image.zero_in_user || ev.stale != 0 {
-                zeroed = zero_dirty(t.pid, &mem, &image.zero, &maps, &stacks)?;
+                zeroed = zero_dirty(t.pid, &mem, &image.zero, maps, &stacks)?;
             }
         }
         let s = &mut t.stats;
