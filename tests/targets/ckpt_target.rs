@@ -162,15 +162,22 @@ fn main() {
             // must never roll a live thread stack back under them. Each also
             // records its current seed in file-shared memory, which bpfckpt
             // never captures, so a rolled-back stack cannot go unnoticed.
+            // Rolling memory back under a thread that is still setting itself
+            // up (its malloc arena, its thread cache) breaks it; like any
+            // target, this one reaches a quiet point before the first
+            // checkpoint: the workers are running and allocate no more.
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let ready = std::sync::Arc::new(std::sync::Barrier::new(3));
             let shared = sys::mmap_file_shared(PAGE);
             let workers: Vec<_> = (0..2usize)
                 .map(|k| {
                     let stop = stop.clone();
+                    let ready = ready.clone();
                     let mut shared = shared;
                     std::thread::spawn(move || {
                         let mut buf = [0u64; 512];
                         let mut seed = 1u64;
+                        ready.wait();
                         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                             buf.fill(seed);
                             shared.bytes_mut()[k * 8..k * 8 + 8]
@@ -197,6 +204,7 @@ fn main() {
                 })
                 .collect();
             let r = sys::malloc(MIB);
+            ready.wait();
             bytes += r.len;
             cycles(&m, a.cycles, &mut [r], |_, _| {});
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
