@@ -144,6 +144,8 @@ pub struct Engine {
     zero_mm: ArrayMmap,
     zero_todo_mm: ArrayMmap,
     bpf_write: bool,
+    /// Swap is on: a page BPF cannot write may be swapped out, not absent.
+    swap: bool,
     opts: Options,
     triggers: Triggers,
     signals: SignalFd,
@@ -281,6 +283,7 @@ impl Engine {
             zero_mm,
             zero_todo_mm,
             bpf_write,
+            swap: swap_enabled(),
             opts,
             triggers,
             signals,
@@ -736,11 +739,7 @@ impl Engine {
         self.cfg.zero_pages = if zero_in_user { 0 } else { zero_pages };
         self.cfg.flags = self.flags(
             if zero_in_user { abi::F_HOLD_RESTORE } else { 0 }
-                | if swap_enabled() {
-                    abi::F_VERIFY_ZERO
-                } else {
-                    0
-                },
+                | if self.swap { abi::F_VERIFY_ZERO } else { 0 },
         );
         self.push_config()?;
         t.image = Some(Image {
@@ -910,7 +909,9 @@ impl Engine {
                     skipped += 1;
                 }
             }
-            mem.write_pages(slots.iter().map(|&(s, a)| (a, store.page(s))))?;
+            // Consecutive slots holding consecutive pages go as one iovec:
+            // per-page iovecs cost the kernel a page pin each.
+            mem.write_pages(runs(&slots).map(|(s, a, n)| (a, store.pages(s, n))))?;
             written = slots.len() as u64;
             for &(s, a) in &slots {
                 store.set_addr(s, a)?;
@@ -966,6 +967,24 @@ impl Engine {
         );
         self.triggers.create(markers::RESTORE_DONE)
     }
+}
+
+/// Runs of `(slot, address)` pairs where both advance by one page, as
+/// `(first slot, first address, pages)`.
+fn runs(slots: &[(u64, u64)]) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let &(s, a) = slots.get(i)?;
+        let mut n = 1;
+        while slots
+            .get(i + n as usize)
+            .is_some_and(|&(s2, a2)| s2 == s + n && a2 == a + n * PAGE)
+        {
+            n += 1;
+        }
+        i += n as usize;
+        Some((s, a, n))
+    })
 }
 
 /// The pages of `regions` not among the first `saved` slots of `store`
@@ -1175,4 +1194,25 @@ fn check_privileges() -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_merge_consecutive_slots_and_pages_only() {
+        let p = PAGE;
+        let slots = [
+            (0, 10 * p),
+            (1, 11 * p),
+            (2, 12 * p),
+            (4, 13 * p),
+            (5, 20 * p),
+            (6, 21 * p),
+        ];
+        let got: Vec<_> = runs(&slots).collect();
+        assert_eq!(got, vec![(0, 10 * p, 3), (4, 13 * p, 1), (5, 20 * p, 2)]);
+        assert_eq!(runs(&[]).count(), 0);
+    }
 }

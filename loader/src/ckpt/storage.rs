@@ -96,10 +96,10 @@ impl Storage {
         Ok(())
     }
 
-    /// Page `slot` (callers keep `slot < capacity`).
-    pub fn page(&self, slot: u64) -> &[u8] {
+    /// `n` consecutive pages from `slot` (callers keep `slot + n <= capacity`).
+    pub fn pages(&self, slot: u64, n: u64) -> &[u8] {
         let at = (slot * PAGE) as usize;
-        &self.pages_mm.as_slice()[at..at + PAGE as usize]
+        &self.pages_mm.as_slice()[at..at + (n * PAGE) as usize]
     }
 
     /// `n` consecutive pages from `slot`, writable.
