@@ -42,6 +42,7 @@ pub struct MapDef {
 const HASH: u32 = 1;
 const ARRAY: u32 = 2;
 const F_NO_PREALLOC: u32 = 1;
+const PERCPU_ARRAY: u32 = 6;
 const ARRAY_OF_MAPS: u32 = 12;
 const RINGBUF: u32 = 27;
 const F_MMAPABLE: u32 = 1 << 10;
@@ -304,33 +305,76 @@ unsafe fn tracking(cfg: *const Config, st: *const State) -> u64 {
     }
 }
 
+/// The bitmap words of the chunk a loop is in, copied once per chunk so
+/// that each page costs one array read instead of a hash lookup.
+#[repr(C)]
+pub struct ChunkCache {
+    chunk: u64,
+    words: [u64; 8],
+}
+
+/// Per CPU: a BPF program does not migrate while it runs.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "maps")]
+pub static CHUNK_CACHE: MapDef = MapDef {
+    ty: PERCPU_ARRAY,
+    key_size: 4,
+    value_size: size_of::<ChunkCache>() as u32,
+    max_entries: 1,
+    flags: 0,
+};
+
+/// Forgets the cached chunk (at the start of each loop).
+#[inline(always)]
+unsafe fn reset_chunk_cache() {
+    // SAFETY: the map value is null checked.
+    unsafe {
+        let c: *mut ChunkCache = lookup(map(&CHUNK_CACHE), 0);
+        if !c.is_null() {
+            write_volatile(&mut (*c).chunk, u64::MAX);
+        }
+    }
+}
+
 /// How many pages from `addr` (below `end`) can be skipped: the rest of the
 /// chunk if it has no bitmap, 1 if this page's bit is clear, else 0. At a
-/// checkpoint the `ever` bit decides and the `since` bit is cleared; at a
-/// restore the `since` bit decides.
+/// checkpoint the `ever` bits decide and the chunk's `since` bits are
+/// cleared when the loop enters it; at a restore the `since` bits decide.
 #[inline(always)]
 unsafe fn untouched_run(key: &mut ChunkKey, addr: u64, end: u64, checkpoint: bool) -> u64 {
-    // SAFETY: `key` is on the stack; the map value is null checked and the
-    // word index is masked to its 8 words.
+    // SAFETY: `key` is on the stack; map values are null checked and word
+    // indices are masked to their 8 words.
     unsafe {
-        key.chunk = addr >> CHUNK_SHIFT;
-        let v: *mut Touched = h::map_lookup_elem(map(&TOUCHED), key as *const ChunkKey as *const c_void) as *mut Touched;
-        if v.is_null() {
-            let chunk_end = (key.chunk + 1) << CHUNK_SHIFT;
-            let stop = if chunk_end < end { chunk_end } else { end };
-            return (stop - addr) / PAGE_SIZE;
+        let cache: *mut ChunkCache = lookup(map(&CHUNK_CACHE), 0);
+        if cache.is_null() {
+            return 0;
+        }
+        let chunk = addr >> CHUNK_SHIFT;
+        if read_volatile(&(*cache).chunk) != chunk {
+            key.chunk = chunk;
+            let v: *mut Touched = h::map_lookup_elem(map(&TOUCHED), key as *const ChunkKey as *const c_void) as *mut Touched;
+            if v.is_null() {
+                let chunk_end = (chunk + 1) << CHUNK_SHIFT;
+                let stop = if chunk_end < end { chunk_end } else { end };
+                return (stop - addr) / PAGE_SIZE;
+            }
+            let mut w = 0usize;
+            while w < 8 {
+                let since = (&raw mut (*v).since as *mut u64).add(w);
+                let word = if checkpoint {
+                    atomic_and::<u64, u64, { AtomicOrdering::Relaxed }>(since, 0);
+                    read_volatile((&raw const (*v).ever as *const u64).add(w))
+                } else {
+                    read_volatile(since)
+                };
+                write_volatile((&raw mut (*cache).words as *mut u64).add(w), word);
+                w += 1;
+            }
+            write_volatile(&mut (*cache).chunk, chunk);
         }
         let bit = (addr / PAGE_SIZE) & (CHUNK_PAGES - 1);
-        let w = ((bit >> 6) & 7) as usize;
-        let m = 1u64 << (bit & 63);
-        let since = (&raw mut (*v).since as *mut u64).add(w);
-        let set = if checkpoint {
-            atomic_and::<u64, u64, { AtomicOrdering::Relaxed }>(since, !m);
-            read_volatile((&raw const (*v).ever as *const u64).add(w)) & m
-        } else {
-            read_volatile(since) & m
-        };
-        (set == 0) as u64
+        let word = read_volatile((&raw const (*cache).words as *const u64).add(((bit >> 6) & 7) as usize));
+        (word & (1u64 << (bit & 63)) == 0) as u64
     }
 }
 
@@ -724,6 +768,7 @@ unsafe fn checkpoint(cfg: *mut Config) {
             stale = STALE_LAYOUT;
         } else if c.nregions > 0 {
             let total = read_volatile(&(*cfg).total_pages);
+            reset_chunk_cache();
             h::bpf_loop(
                 total as u32,
                 checkpoint_page as *const c_void,
@@ -883,12 +928,14 @@ unsafe fn restore<const W: bool>(cfg: *mut Config) {
                 h::bpf_loop(slots as u32, restore_page as *const c_void, &mut pages as *mut WriteCtx as *mut c_void, 0);
             }
             if nzero > 0 {
+                reset_chunk_cache();
                 h::bpf_loop(zero_pages as u32, zero_page::<true> as *const c_void, &mut zeros as *mut WriteCtx as *mut c_void, 0);
             }
             let verify_zero = flags & F_VERIFY_ZERO != 0 && zeros.fails != 0;
             held = (pages.fails != 0 || verify_zero || flags & F_HOLD_RESTORE != 0) as u32;
         } else if nzero > 0 {
             if tracked != 0 {
+                reset_chunk_cache();
                 h::bpf_loop(zero_pages as u32, zero_page::<false> as *const c_void, &mut zeros as *mut WriteCtx as *mut c_void, 0);
                 todo = if zeros.fails != 0 { u64::MAX } else { zeros.n };
                 zeros.n = z;
