@@ -69,6 +69,8 @@ enum Cmd {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    #[command(hide = true, name = "__watchdog")]
+    Watchdog,
     #[command(hide = true, name = "__demo-target")]
     DemoTarget {
         #[arg(long)]
@@ -180,6 +182,7 @@ fn run(cli: Cli) -> bpfckpt::Result<ExitCode> {
         } => Ok(ExitCode::from(gate::exec_when_released(
             &fifo, parent, &command,
         ))),
+        Cmd::Watchdog => Ok(ExitCode::from(bpfckpt::ckpt::watchdog::watchdog_main())),
         Cmd::DemoTarget { cycles, dir } => Ok(ExitCode::from(demo::target(cycles, &dir))),
         Cmd::Run { common, command } => {
             let mut engine = Engine::new(common.options())?;

@@ -588,6 +588,23 @@ fn parse_aligned(bytes: &[u8]) -> Result<ObjectSpec> {
                     cs.name
                 );
             }
+            // A function must not end between the two slots of an
+            // ld_imm64: its second half would belong to the next function.
+            let mut i = start;
+            while i < end {
+                i += if cs.insns.get(i).is_some_and(|x| x.is_ld_imm64()) {
+                    2
+                } else {
+                    1
+                };
+            }
+            if i > end {
+                bail!(
+                    "invalid BPF object: function `{}` in `{}` ends in the middle of an ld_imm64",
+                    y.label(),
+                    cs.name
+                );
+            }
             cs.funcs.push(Function {
                 name: y.name.clone(),
                 start,

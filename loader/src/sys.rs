@@ -1243,6 +1243,46 @@ pub fn effective_caps() -> Result<u64> {
     Ok(u64::from(data[0].effective) | (u64::from(data[1].effective) << 32))
 }
 
+// ---------------------------------------------------------------------------------------
+// Process handles (pidfd), for the watchdog (ckpt/watchdog.rs). Added by the reliability
+// work; kept at the end of the module, apart from the BPF wrappers.
+
+/// pidfd_open(2): a handle on process `pid` that keeps naming that process even after it
+/// exits and its pid is reused (signals sent through it then fail with ESRCH).
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd> {
+    if pid <= 0 {
+        return Err(Error::sys(format!("pidfd_open({pid})"), libc::EINVAL));
+    }
+    // SAFETY: pidfd_open takes a pid and a flags word by value; no memory is passed.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long) };
+    if r < 0 {
+        return Err(Error::sys(format!("pidfd_open({pid})"), last_errno()));
+    }
+    let fd = RawFd::try_from(r).map_err(|_| Error::sys("pidfd_open", libc::EBADF))?;
+    // SAFETY: the kernel just returned this new descriptor (O_CLOEXEC by default); nobody
+    // else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// pidfd_send_signal(2): sends `sig` to the process behind `pidfd` (no siginfo).
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> Result<()> {
+    // SAFETY: a descriptor, a signal number, a null siginfo pointer (allowed: the kernel
+    // then fills in a SI_USER siginfo) and zero flags; no memory is passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd() as libc::c_long,
+            sig as libc::c_long,
+            std::ptr::null::<libc::siginfo_t>(),
+            0 as libc::c_long,
+        )
+    };
+    if r < 0 {
+        return Err(Error::sys("pidfd_send_signal", last_errno()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

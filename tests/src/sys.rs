@@ -136,3 +136,97 @@ pub fn mmap_file_shared(len: usize) -> Region {
         len,
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Process and mapping faults for the reliability targets (rel-target, rel-soak).
+
+impl Region {
+    /// `len` bytes at byte offset `off` of this region (clamped to it).
+    pub fn sub(&self, off: usize, len: usize) -> Region {
+        let off = off.min(self.len);
+        let len = len.min(self.len - off);
+        Region {
+            // SAFETY: `off <= self.len`, so the pointer stays inside (or one
+            // past the end of) the same mapping.
+            ptr: NonNull::new(unsafe { self.ptr.as_ptr().add(off) }).expect("non-null"),
+            len,
+        }
+    }
+}
+
+/// `mmap` of anonymous private memory with the given protection.
+pub fn mmap_anon_prot(len: usize, writable: bool) -> Region {
+    let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+    // SAFETY: a new anonymous mapping at an address of the kernel's choice.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    Region {
+        ptr: check(p, "mmap"),
+        len,
+    }
+}
+
+/// Unmaps `r`. The caller gives the region up: the targets keep no other
+/// copy of it and never touch its addresses again, except through a new
+/// mapping made there (see [`mmap_file_shared_at`]).
+pub fn unmap(r: Region) {
+    // SAFETY: the range is our own mapping and no reference into it outlives
+    // this call (the caller gave the region up).
+    let rc = unsafe { libc::munmap(r.ptr.as_ptr() as *mut libc::c_void, r.len) };
+    assert_eq!(rc, 0, "munmap: {}", std::io::Error::last_os_error());
+}
+
+/// A `MAP_SHARED` mapping of `f` (its first `len` bytes) at exactly `at`,
+/// which must be free (`MAP_FIXED_NOREPLACE`).
+pub fn mmap_file_shared_at(f: &std::fs::File, len: usize, at: usize) -> Region {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a new shared mapping of our own file at a free address;
+    // MAP_FIXED_NOREPLACE never replaces an existing mapping.
+    let p = unsafe {
+        libc::mmap(
+            at as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    let r = Region {
+        ptr: check(p, "mmap file at a fixed address"),
+        len,
+    };
+    assert_eq!(r.addr(), at, "mmap ignored the fixed address");
+    r
+}
+
+/// `fork()`: 0 in the child, the child's pid in the parent. The targets are
+/// single-threaded when they fork.
+pub fn fork() -> i32 {
+    // SAFETY: fork has no memory arguments; the caller is single-threaded,
+    // so the child may run ordinary code.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    pid
+}
+
+/// Waits for child `pid`: its exit code, or 128 + the signal that killed it.
+pub fn wait_child(pid: i32) -> i32 {
+    let mut status = 0;
+    // SAFETY: `status` is a live local the kernel writes one int into.
+    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(rc, pid, "waitpid: {}", std::io::Error::last_os_error());
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    }
+}

@@ -1,7 +1,9 @@
 //! `cargo xtask <command>`: the project's build and test entry points.
 
 mod bench;
+mod fuzz;
 mod inspect;
+mod soak;
 mod util;
 mod vm;
 
@@ -13,9 +15,11 @@ usage: cargo xtask <command>
 
 commands:
   build-probes   build the BPF probes; list each program, map and section
-  test           run every test: unit, loader, kernel, scenarios, VM tier, bench smoke
+  test           run every test: unit, loader, kernel, scenarios, fuzz, soak, VM tier, bench smoke
   vm-test        boot guest kernels under QEMU and run the scenarios with the BPF restore path
   bench          measure throughput, cycle rate, overhead; write target/bench/latest.json
+  fuzz           mutation-fuzz the object parser and linker for a while [--seconds N]
+  soak           checkpoint/restore cycles with random damage, every byte verified [--minutes M]
   demo           build the release binary and run `bpfckpt demo`
 ";
 
@@ -39,6 +43,8 @@ fn main() -> ExitCode {
         "test" => test(&ctx, rest),
         "vm-test" => vm::run(&ctx, rest),
         "bench" => bench::run(&ctx, rest),
+        "fuzz" => fuzz::run(&ctx, rest),
+        "soak" => soak::run(&ctx, rest),
         "demo" => demo(&ctx, rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
@@ -75,6 +81,10 @@ fn test(ctx: &Ctx, rest: &[String]) -> Result<()> {
     ctx.cargo(&["build", "--workspace", "--all-targets"])?;
     util::step("unit, loader, kernel and scenario tests");
     ctx.cargo(&["test", "--workspace", "--", "--test-threads=2"])?;
+    util::step("fuzz the object parser and linker (60 s)");
+    fuzz::run(ctx, &["--seconds".to_string(), "60".to_string()])?;
+    util::step("soak: checkpoint/restore with random damage (1 minute)");
+    soak::run(ctx, &["--minutes".to_string(), "1".to_string()])?;
     util::step("bench smoke");
     bench::run(ctx, &["--smoke".to_string()])?;
     if quick {

@@ -11,6 +11,7 @@ pub mod procfs;
 pub mod report;
 pub mod session;
 pub mod storage;
+pub mod watchdog;
 mod wire;
 
 pub use session::{Engine, Options, RestorePath, Waiter};

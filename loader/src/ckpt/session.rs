@@ -149,6 +149,8 @@ pub struct Engine {
     opts: Options,
     triggers: Triggers,
     signals: SignalFd,
+    /// Continues a held target if bpfckpt dies (ckpt/watchdog.rs).
+    watchdog: super::watchdog::Watchdog,
     pub total: Stats,
 }
 
@@ -179,6 +181,8 @@ impl Engine {
             .map_err(|e| Error::sys("block SIGINT/SIGTERM", e as i32))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| Error::sys("signalfd", e as i32))?;
+        // After the mask: the watchdog inherits SIGINT/SIGTERM blocked.
+        let watchdog = super::watchdog::Watchdog::spawn()?;
 
         let templates = super::storage::templates()?;
         let suffix = if bpf_write { "_w" } else { "" };
@@ -287,6 +291,7 @@ impl Engine {
             opts,
             triggers,
             signals,
+            watchdog,
             total: Stats::default(),
         };
         e.push_config()?;
@@ -340,6 +345,7 @@ impl Engine {
 
     /// Sets the process name `watch` waits for (first 15 bytes, as the kernel keeps it).
     pub fn set_watch(&mut self, comm: &str) -> Result<()> {
+        self.watchdog.watching(comm);
         self.cfg.watch_comm = wire::fixed(comm.as_bytes());
         self.push_config()
     }
@@ -396,6 +402,7 @@ impl Engine {
         mut waiter: Waiter,
         release: impl FnOnce() -> Result<()>,
     ) -> Result<Outcome> {
+        self.watchdog.serving(pid);
         let mut t = Target {
             pid,
             regions: Vec::new(),
@@ -444,6 +451,7 @@ impl Engine {
         if procfs::process_state(pid).is_some_and(|s| s == 'T') {
             cont(pid);
         }
+        self.watchdog.idle();
         self.total.add(&t.stats);
         self.report().summary(&format!("pid {pid}"), &t.stats);
         if let (Err(_), Waiter::Child(c)) = (&result, &mut waiter) {
@@ -491,6 +499,17 @@ impl Engine {
                     }
                     abi::EV_EXEC => {
                         t.layout_dirty = true;
+                        // A checkpoint of the old program must never be
+                        // written into the new one.
+                        if t.image.take().is_some() {
+                            self.cfg.image_slots = 0;
+                            self.cfg.nzero = 0;
+                            self.cfg.zero_pages = 0;
+                            self.report().warn(&format!(
+                                "pid {} called exec: its checkpoint belongs to the old program and is dropped",
+                                t.pid
+                            ));
+                        }
                         // The old image's bitmaps are of no use any more.
                         self.image_gen()
                             .and_then(|g| self.forget_touched(t.pid, Some(g)))
@@ -500,10 +519,14 @@ impl Engine {
                     _ => Ok(()),
                 };
                 if let Err(e) = r {
-                    if !alive(t.pid) {
-                        return Err(
-                            e.context(format!("pid {} exited in the middle of a request", t.pid))
-                        );
+                    // A target that dies while held is an outcome, not an
+                    // error of ours: report it and end with its status.
+                    if let Some(out) = gone_soon(t.pid, waiter) {
+                        self.report().warn(&format!(
+                            "pid {} ended in the middle of a request ({e})",
+                            t.pid
+                        ));
+                        return Ok(out);
                     }
                     return Err(e);
                 }
@@ -1178,10 +1201,15 @@ fn gone(pid: i32, waiter: &mut Waiter) -> Option<Outcome> {
 
 /// One clear line when we cannot use BPF at all.
 fn check_privileges() -> Result<()> {
-    if nix::unistd::geteuid().is_root() {
-        return Ok(());
-    }
-    let caps = crate::sys::effective_caps().unwrap_or(0);
+    // Root is not enough on its own: a bounding set may have taken CAP_BPF
+    // away. What counts is the effective set.
+    let Ok(caps) = crate::sys::effective_caps() else {
+        return if nix::unistd::geteuid().is_root() {
+            Ok(())
+        } else {
+            Err(Error::new("bpfckpt needs root"))
+        };
+    };
     const CAP_SYS_ADMIN: u64 = 1 << 21;
     const CAP_PERFMON: u64 = 1 << 38;
     const CAP_BPF: u64 = 1 << 39;
