@@ -73,8 +73,8 @@ pub struct State {
     /// unknown scalars: with constants it tracks every bpf_loop iteration
     /// as a new state and never converges.
     pub opaque_zero: u64,
-    /// Bumped at each exec of the served target: part of the touched-page
-    /// keys, so that a new program image starts with empty bitmaps.
+    /// Part of the touched-page keys; 0. (An exec keeps the bitmaps: the
+    /// kernel writes pages of the new image before the exec tracepoint.)
     pub exec_gen: u64,
     /// Set when the target did something whose writes cannot be tracked
     /// (mlockall): from then on every page is tried.

@@ -1055,10 +1055,11 @@ pub extern "C" fn on_exec(_ctx: *const c_void) -> u32 {
             let st = state();
             if !st.is_null() {
                 bump_seq(st);
-                // A new image: fresh touched-page keys, tracking on again.
-                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*st).exec_gen, 1);
+                // The bitmaps stay: the kernel already wrote pages of the new
+                // image while loading it (before this tracepoint), and later
+                // writes to those pages fault no more. Bits of the old image
+                // only make the set larger, which is always safe.
                 write_volatile(&mut (*st).untracked, 0);
-                write_volatile(&mut (*st).thp_seen, 0);
             }
         }
         let ev = Event { kind: EV_EXEC, tgid, tid, held, seq: 0, a: 0, b: 0, c: 0, stale: 0, d: 0 };

@@ -170,7 +170,9 @@ pub fn captured(maps: &[Mapping], stack_pointers: &[u64], anon_only: bool) -> Ve
 /// thread's live stack must never be rolled back under it.
 /// (malloc arenas are the other way round: read-write below the reserve.)
 fn is_thread_stack(below: &Mapping, m: &Mapping) -> bool {
-    below.end == m.start
+    // musl guards the start of its brk heap the same way.
+    m.path != "[heap]"
+        && below.end == m.start
         && !below.read
         && !below.write
         && below.is_private_anon()
@@ -211,6 +213,24 @@ pub fn process_state(pid: i32) -> Option<char> {
 
 pub const PM_PRESENT: u64 = 1 << 63;
 pub const PM_SWAPPED: u64 = 1 << 62;
+/// Page frame number bits of a pagemap entry (zero without CAP_SYS_ADMIN).
+pub const PM_PFN: u64 = (1 << 55) - 1;
+
+/// The frame of the kernel's shared zero page, which a read of a
+/// never-written anonymous page maps: learned by reading such a page of our
+/// own. `None` when pagemap hides frame numbers (no CAP_SYS_ADMIN).
+pub fn zero_pfn() -> Option<u64> {
+    let page = memmap2::MmapOptions::new()
+        .len(PAGE as usize)
+        .map_anon()
+        .ok()?;
+    std::hint::black_box(page[0]);
+    let pm = Pagemap::open(std::process::id() as i32).ok()?;
+    let mut e = Vec::new();
+    pm.read(page.as_ptr() as u64, 1, &mut e).ok()?;
+    let pfn = e.first()? & PM_PFN;
+    (e[0] & PM_PRESENT != 0 && pfn != 0).then_some(pfn)
+}
 
 /// Reader of `/proc/PID/pagemap`: one u64 per virtual page.
 pub struct Pagemap {
@@ -261,6 +281,8 @@ mod tests {
 7f4ebb06a000-7f4ebb06b000 rw-p 00000000 00:00 0                          [anon:thread stack]
 7f4ebb06b000-7f4ebb06c000 rw-p 00000000 00:00 0 
 7f4ebb06c000-7f4ebb06d000 ---p 00000000 00:00 0 
+7f4ebb06d000-7f4ebb06e000 ---p 00000000 00:00 0                          [heap]
+7f4ebb06e000-7f4ebb070000 rw-p 00000000 00:00 0                          [heap]
 7f4ebb073000-7f4ebb077000 r--p 00000000 00:00 0                          [vvar]
 7f4ebb079000-7f4ebb07b000 r-xp 00000000 00:00 0                          [vdso]
 7ffe48531000-7ffe48552000 rw-p 00000000 00:00 0                          [stack]
@@ -269,7 +291,7 @@ mod tests {
     #[test]
     fn parses_maps_lines_with_spaces_in_paths() {
         let m = parse_maps(MAPS).unwrap();
-        assert_eq!(m.len(), 13);
+        assert_eq!(m.len(), 15);
         assert_eq!(m[4].path, "/tmp/some file");
         assert!(m[4].shared && !m[4].is_shared_anon());
         assert!(m[5].is_shared_anon());
@@ -294,6 +316,7 @@ mod tests {
                 (0x5593f8638000, Kind::Anon),
                 (0x7f4ebb068000, Kind::SharedAnon),
                 (0x7f4ebb06b000, Kind::Anon),
+                (0x7f4ebb06e000, Kind::Anon),
             ]
         );
         let anon = captured(&m, &[], true);
@@ -302,6 +325,8 @@ mod tests {
         // stack pointer; a malloc arena (read-write below its reserve) is not.
         assert!(!anon.iter().any(|r| r.start == 0x7f4ebb06a000));
         assert!(anon.iter().any(|r| r.start == 0x7f4ebb06b000));
+        // musl's guarded brk heap is the heap, not a stack.
+        assert!(anon.iter().any(|r| r.start == 0x7f4ebb06e000));
     }
 
     #[test]
@@ -315,5 +340,19 @@ mod tests {
             Some(0x7ffe48540000)
         );
         assert_eq!(parse_syscall_sp("running"), None);
+    }
+}
+
+#[cfg(test)]
+mod root_tests {
+    #[test]
+    fn the_zero_page_frame_is_found_as_root() {
+        if !nix::unistd::geteuid().is_root() {
+            // Frame numbers need CAP_SYS_ADMIN: then it must say so with None.
+            assert_eq!(super::zero_pfn(), None);
+            return;
+        }
+        let z = super::zero_pfn().expect("root sees page frame numbers");
+        assert_eq!(super::zero_pfn(), Some(z), "the zero page does not move");
     }
 }

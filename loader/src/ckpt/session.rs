@@ -146,6 +146,8 @@ pub struct Engine {
     bpf_write: bool,
     /// Swap is on: a page BPF cannot write may be swapped out, not absent.
     swap: bool,
+    /// Frame of the shared zero page, if pagemap shows frames.
+    zero_pfn: Option<u64>,
     opts: Options,
     triggers: Triggers,
     signals: SignalFd,
@@ -288,6 +290,7 @@ impl Engine {
             zero_todo_mm,
             bpf_write,
             swap: swap_enabled(),
+            zero_pfn: procfs::zero_pfn(),
             opts,
             triggers,
             signals,
@@ -510,9 +513,7 @@ impl Engine {
                                 t.pid
                             ));
                         }
-                        // The old image's bitmaps are of no use any more.
-                        self.image_gen()
-                            .and_then(|g| self.forget_touched(t.pid, Some(g)))
+                        Ok(())
                     }
                     abi::EV_CHECKPOINT => self.on_checkpoint(t, ev),
                     abi::EV_RESTORE => self.on_restore(t, ev),
@@ -595,7 +596,7 @@ impl Engine {
         if t.image.is_none() {
             // Nothing to preserve yet: size the store to what a checkpoint
             // would save now, with a little room to grow.
-            let need = count_to_save(t.pid, &regions, &self.written(t.pid)?)?;
+            let need = count_to_save(t.pid, &regions, &self.written(t.pid)?, self.zero_pfn)?;
             let want = need + need / 32 + 16;
             if t.store.as_ref().is_none_or(|s| s.capacity() < need) {
                 self.install_store(t, Storage::create(want, self.opts.max_memory)?)?;
@@ -831,10 +832,8 @@ impl Engine {
                 if next_saved(addr) {
                     continue;
                 }
-                // A never-written anonymous page is zero even when present
-                // (a read maps the shared zero page).
                 let maybe_data = r.kind != Kind::Anon
-                    || (written.may_hold_data(addr) && f & (PM_PRESENT | PM_SWAPPED) != 0);
+                    || written.anon_page_may_hold_data(addr, *f, self.zero_pfn);
                 if maybe_data {
                     todo.push(addr);
                 } else if let Some(last) = zero.last_mut().filter(|z| z.0 + z.1 * PAGE == addr) {
@@ -1085,7 +1084,12 @@ fn zero_dirty(
 
 /// Pages a checkpoint would save now: present or swapped anonymous pages,
 /// every page of shared-anonymous and file-backed regions.
-fn count_to_save(pid: i32, regions: &[Region], written: &Written) -> Result<u64> {
+fn count_to_save(
+    pid: i32,
+    regions: &[Region],
+    written: &Written,
+    zero_pfn: Option<u64>,
+) -> Result<u64> {
     let pm = Pagemap::open(pid)?;
     let mut flags = Vec::new();
     let mut n = 0;
@@ -1100,8 +1104,7 @@ fn count_to_save(pid: i32, regions: &[Region], written: &Written) -> Result<u64>
             .iter()
             .enumerate()
             .filter(|(i, f)| {
-                *f & (PM_PRESENT | PM_SWAPPED) != 0
-                    && written.may_hold_data(r.start + *i as u64 * PAGE)
+                written.anon_page_may_hold_data(r.start + *i as u64 * PAGE, **f, zero_pfn)
             })
             .count() as u64;
     }
@@ -1113,6 +1116,20 @@ fn count_to_save(pid: i32, regions: &[Region], written: &Written) -> Result<u64>
 struct Written(Option<HashMap<u64, [u64; 8]>>);
 
 impl Written {
+    /// Whether a private anonymous page with pagemap entry `pm` may hold
+    /// data. Swapped: yes. Present: if it was written, or (should a write
+    /// have escaped the tracking) unless it is the shared zero page.
+    /// Absent: no.
+    fn anon_page_may_hold_data(&self, addr: u64, pm: u64, zero_pfn: Option<u64>) -> bool {
+        if pm & PM_SWAPPED != 0 {
+            return true;
+        }
+        if pm & PM_PRESENT == 0 {
+            return false;
+        }
+        self.may_hold_data(addr) || zero_pfn.is_none_or(|z| pm & procfs::PM_PFN != z)
+    }
+
     fn may_hold_data(&self, addr: u64) -> bool {
         let Some(chunks) = &self.0 else { return true };
         let bit = (addr / PAGE) % abi::CHUNK_PAGES;
