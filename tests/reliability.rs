@@ -10,11 +10,14 @@
 use bpfckpt::sys;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+mod support;
+use support::{bpfckpt, need_root};
 
 const REL: &str = env!("CARGO_BIN_EXE_rel-target");
 const SOAK: &str = env!("CARGO_BIN_EXE_rel-soak");
@@ -22,40 +25,6 @@ const TARGET: &str = env!("CARGO_BIN_EXE_ckpt-target");
 
 // ---------------------------------------------------------------------------------------
 // Helpers (the first ones as in scenarios.rs).
-
-fn need_root() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.to_string())
-        })
-        .unwrap_or_default();
-    assert!(
-        uid.split_whitespace().nth(2) == Some("0"),
-        "these tests need root (BPF, tracefs, other processes' memory)"
-    );
-}
-
-/// The `bpfckpt` binary: `BPFCKPT_BIN`, else `target/<profile>/bpfckpt`.
-fn bpfckpt() -> PathBuf {
-    if let Some(p) = std::env::var_os("BPFCKPT_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .join("bpfckpt");
-    assert!(
-        p.exists(),
-        "{} is missing: build it first (`cargo build -p bpfckpt`, or run `cargo xtask test`)",
-        p.display()
-    );
-    p
-}
 
 /// Tests that need a lot of memory or a quiet machine take turns.
 fn heavy() -> MutexGuard<'static, ()> {

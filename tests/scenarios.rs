@@ -3,44 +3,12 @@
 //! every restore and exits non-zero on the first difference. Needs root.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-fn need_root() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.to_string())
-        })
-        .unwrap_or_default();
-    assert!(
-        uid.split_whitespace().nth(2) == Some("0"),
-        "these tests need root (BPF, tracefs, other processes' memory)"
-    );
-}
-
-/// The `bpfckpt` binary: `BPFCKPT_BIN`, else next to this test's own
-/// directory (`target/<profile>/bpfckpt`, built by `cargo xtask test`).
-fn bpfckpt() -> PathBuf {
-    if let Some(p) = std::env::var_os("BPFCKPT_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let p = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .join("bpfckpt");
-    assert!(
-        p.exists(),
-        "{} is missing: build it first (`cargo build -p bpfckpt`, or run `cargo xtask test`)",
-        p.display()
-    );
-    p
-}
+mod support;
+use support::{bpfckpt, need_root};
 
 const TARGET: &str = env!("CARGO_BIN_EXE_ckpt-target");
 const BSS_TARGET: &str = env!("CARGO_BIN_EXE_ckpt-bss400");
@@ -317,12 +285,16 @@ fn target_killed_mid_cycle_ends_the_session() {
 fn watch_by_name_serves_two_targets_one_after_the_other() {
     need_root();
     let dir = Dir::new("watch");
+    // A copy under a name of its own: a watcher matching `ckpt-target`
+    // would also adopt the targets of tests running at the same time.
+    let program = dir.0.join("scen-watch");
+    std::fs::copy(TARGET, &program).expect("copy the target");
     let mut watcher = Command::new(bpfckpt())
         .args([
             "watch",
             "--json",
             "--comm",
-            "ckpt-target",
+            "scen-watch",
             "--trigger-dir",
             &dir.s(),
         ])
@@ -339,7 +311,7 @@ fn watch_by_name_serves_two_targets_one_after_the_other() {
     }
     for scenario in ["heap-small", "zapped"] {
         // Started by us, not by bpfckpt: found by name at its exec.
-        let out = Command::new(TARGET)
+        let out = Command::new(&program)
             .args([scenario, "--cycles", "2", "--dir", &dir.s()])
             .output()
             .expect("run target");

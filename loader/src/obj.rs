@@ -600,7 +600,7 @@ fn parse_aligned(bytes: &[u8]) -> Result<ObjectSpec> {
             }
             if i > end {
                 bail!(
-                    "invalid BPF object: function `{}` in `{}` ends in the middle of an ld_imm64",
+                    "invalid BPF object: truncated ld_imm64 at the end of function `{}` in `{}`",
                     y.label(),
                     cs.name
                 );

@@ -581,10 +581,10 @@ pub extern "C" fn madvise_enter(ctx: *const SysEnter) -> u32 {
     0
 }
 
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "tracepoint/syscalls/sys_enter_mlock")]
-pub extern "C" fn mlock_enter(ctx: *const SysEnter) -> u32 {
-    // SAFETY: as above.
+/// mlock and mlock2 populate their range without a fault per page.
+#[inline(always)]
+unsafe fn on_mlock(ctx: *const SysEnter) -> u32 {
+    // SAFETY: tracepoint record and map values, null checked.
     unsafe {
         let st = state();
         if !served().is_null() && !st.is_null() {
@@ -595,16 +595,17 @@ pub extern "C" fn mlock_enter(ctx: *const SysEnter) -> u32 {
 }
 
 #[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_mlock")]
+pub extern "C" fn mlock_enter(ctx: *const SysEnter) -> u32 {
+    // SAFETY: see on_mlock.
+    unsafe { on_mlock(ctx) }
+}
+
+#[unsafe(no_mangle)]
 #[unsafe(link_section = "tracepoint/syscalls/sys_enter_mlock2")]
 pub extern "C" fn mlock2_enter(ctx: *const SysEnter) -> u32 {
-    // SAFETY: as above.
-    unsafe {
-        let st = state();
-        if !served().is_null() && !st.is_null() {
-            mark_range(st, (*ctx).args[0], (*ctx).args[1], false);
-        }
-    }
-    0
+    // SAFETY: see on_mlock.
+    unsafe { on_mlock(ctx) }
 }
 
 /// mlockall populates every mapping, now and (MCL_FUTURE) later: tracking

@@ -139,7 +139,8 @@ impl BuildConfig {
     }
 }
 
-fn run(cmd: &mut Command) -> Result<String, String> {
+/// Runs `cmd`, returning its stdout, or an error with both its outputs.
+pub fn run_output(cmd: &mut Command) -> Result<String, String> {
     let out = cmd
         .output()
         .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
@@ -189,7 +190,7 @@ pub fn ensure_sysroot(cfg: &BuildConfig) -> Result<PathBuf, String> {
     let target_json = cfg.root.join("probes/target.json");
     let spec = std::fs::read_to_string(&target_json)
         .map_err(|e| format!("read {}: {e}", target_json.display()))?;
-    let version = run(Command::new(&cfg.rustc).arg("-vV"))?;
+    let version = run_output(Command::new(&cfg.rustc).arg("-vV"))?;
     let key = format!("{version}\n{spec}");
     let dir = cfg.target_dir.join("bpf-sysroot");
     let stamp = dir.join("stamp");
@@ -197,7 +198,7 @@ pub fn ensure_sysroot(cfg: &BuildConfig) -> Result<PathBuf, String> {
         return Ok(dir);
     }
 
-    let host_sysroot = run(Command::new(&cfg.rustc).arg("--print").arg("sysroot"))?;
+    let host_sysroot = run_output(Command::new(&cfg.rustc).arg("--print").arg("sysroot"))?;
     let core_src =
         Path::new(host_sysroot.trim()).join("lib/rustlib/src/rust/library/core/src/lib.rs");
     if !core_src.exists() {
@@ -248,8 +249,8 @@ pub fn ensure_sysroot(cfg: &BuildConfig) -> Result<PathBuf, String> {
             .arg(lib.join(format!("lib{name}.rlib")));
         c
     };
-    run(&mut rustc("core", &core_src))?;
-    run(&mut rustc("compiler_builtins", &stub))?;
+    run_output(&mut rustc("core", &core_src))?;
+    run_output(&mut rustc("compiler_builtins", &stub))?;
     std::fs::write(tmp.join("stamp"), &key).map_err(|e| format!("write stamp: {e}"))?;
 
     let _ = std::fs::remove_dir_all(&dir);

@@ -47,22 +47,7 @@ pub fn run_status(cmd: &mut Command) -> Result<()> {
     }
 }
 
-#[allow(dead_code)] // used by the vm and bench commands
-pub fn run_output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{:?} failed ({}):\n{}{}",
-            cmd.get_program(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+pub use xtask::probes::run_output;
 
 pub fn step(what: &str) {
     eprintln!("\n==> {what}");
