@@ -871,6 +871,9 @@ impl Engine {
             }
             i += n;
         }
+        // Pages saved here hold data whether or not a fault announced it:
+        // make sure the next checkpoint reads them too.
+        self.mark_written(t.pid, todo.iter().copied())?;
         Ok((todo.len() as u64, zero))
     }
 
