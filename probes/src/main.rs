@@ -675,26 +675,34 @@ struct CopyCtx {
     key: ChunkKey,
 }
 
+/// The region of `table` holding page `*page` of region `*region`, moving
+/// on to the next region when that one is done; null at the end. Regions
+/// are never empty, so one step always lands in a page.
+#[inline(always)]
+unsafe fn cursor(table: *const c_void, region: &mut u32, page: &mut u64, nregions: u32) -> *mut Region {
+    // SAFETY: map values are null checked.
+    unsafe {
+        let r: *mut Region = lookup(table, *region);
+        if r.is_null() || *page < (*r).npages {
+            return r;
+        }
+        *region += 1;
+        *page = 0;
+        if *region >= nregions {
+            return null_mut();
+        }
+        lookup(table, *region)
+    }
+}
+
 /// One page per iteration over the flattened region table.
 extern "C" fn checkpoint_page(_i: u64, ctx: *mut CopyCtx) -> i64 {
     // SAFETY: `ctx` is the caller's stack object; map values are null checked.
     unsafe {
         let c = &mut *ctx;
-        let mut r: *mut Region = lookup(map(&REGIONS), c.region);
+        let r = cursor(map(&REGIONS), &mut c.region, &mut c.page, c.nregions);
         if r.is_null() {
             return 1;
-        }
-        if c.page >= (*r).npages {
-            // Regions are never empty, so one step always lands in a page.
-            c.region += 1;
-            c.page = 0;
-            if c.region >= c.nregions {
-                return 1;
-            }
-            r = lookup(map(&REGIONS), c.region);
-            if r.is_null() {
-                return 1;
-            }
         }
         let addr = (*r).start + c.page * PAGE_SIZE;
         if c.tracked != 0 && (*r).flags & R_TRACKED != 0 {
@@ -853,20 +861,9 @@ extern "C" fn zero_page<const W: bool>(_i: u64, ctx: *mut WriteCtx) -> i64 {
     // SAFETY: as in restore_page.
     unsafe {
         let c = &mut *ctx;
-        let mut r: *mut Region = lookup(map(&ZERO_RANGES), c.region);
+        let r = cursor(map(&ZERO_RANGES), &mut c.region, &mut c.page, c.nregions);
         if r.is_null() {
             return 1;
-        }
-        if c.page >= (*r).npages {
-            c.region += 1;
-            c.page = 0;
-            if c.region >= c.nregions {
-                return 1;
-            }
-            r = lookup(map(&ZERO_RANGES), c.region);
-            if r.is_null() {
-                return 1;
-            }
         }
         let addr = (*r).start + c.page * PAGE_SIZE;
         if c.tracked != 0 {
