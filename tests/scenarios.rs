@@ -373,3 +373,59 @@ fn max_memory_too_small_is_a_clear_error() {
     assert!(!r.status.success(), "{}", r.stdout);
     assert!(r.stderr.contains("--max-memory"), "{}", r.stderr);
 }
+
+#[test]
+fn watch_by_executable_path_once() {
+    need_root();
+    let dir = Dir::new("watch-exe");
+    let program = dir.0.join("scen-exe");
+    std::fs::copy(TARGET, &program).expect("copy the target");
+    // Same name, other path: must not be served.
+    let decoy_dir = Dir::new("watch-exe-decoy");
+    let decoy = decoy_dir.0.join("scen-exe");
+    std::fs::copy(TARGET, &decoy).expect("copy the decoy");
+    let mut watcher = Command::new(bpfckpt())
+        .args(["watch", "--json", "--once", "--trigger-dir", &dir.s()])
+        .arg("--exe")
+        .arg(&program)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bpfckpt watch");
+    let mut lines = BufReader::new(watcher.stdout.take().expect("stdout")).lines();
+    for line in lines.by_ref() {
+        if line.expect("read").contains("\"event\":\"watch\"") {
+            break;
+        }
+    }
+    // The decoy asks for a checkpoint in the watched directory, but it is
+    // not the watched executable: nobody may answer.
+    let mut d = Command::new(&decoy)
+        .args(["heap-small", "--dir", &dir.s()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run decoy");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        d.try_wait().expect("try_wait").is_none(),
+        "the decoy was served"
+    );
+    assert!(
+        !dir.0.join("checkpoint_complete").exists(),
+        "the decoy was served"
+    );
+    let _ = d.kill();
+    let _ = d.wait();
+    let out = Command::new(&program)
+        .args(["heap-small", "--cycles", "2", "--dir", &dir.s()])
+        .output()
+        .expect("run target");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("PASS heap-small"),
+        "{text}"
+    );
+    // --once: bpfckpt exits on its own after the target.
+    let st = wait_timeout(&mut watcher, Duration::from_secs(30));
+    assert!(st.success(), "watch --once status {st}");
+}
