@@ -947,7 +947,7 @@ impl Engine {
             if !by_bpf && ev.d != u64::MAX {
                 // The probe listed the zero-range pages written since.
                 let todo = self.zero_todo_mm.as_slice();
-                let pages: Vec<u64> = (0..ev.d as usize)
+                let pages: Vec<u64> = (0..ev.d.min(u64::from(abi::ZERO_TODO_MAX)) as usize)
                     .map(|i| wire::u64_at(todo, i * 8))
                     .filter(|&a| writable(maps, &stacks, a))
                     .collect();
