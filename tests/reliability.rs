@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{bpfckpt, need_root};
+use support::{bpfckpt, json_num, need_root, target_summary};
 
 const REL: &str = env!("CARGO_BIN_EXE_rel-target");
 const SOAK: &str = env!("CARGO_BIN_EXE_rel-soak");
@@ -198,15 +198,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn json_num(line: &str, key: &str) -> Option<u64> {
-    let pat = format!("\"{key}\":");
-    let rest = &line[line.find(&pat)? + pat.len()..];
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
 }
 
 fn word_num(line: &str, key: &str) -> Option<u64> {
@@ -961,10 +952,7 @@ fn target_unmaps_captured_regions_restore_skips_them() {
         .or_else(|| json_num(restore, "pages_skipped_unmapped"))
         .unwrap_or(0);
     assert!(skipped >= 1024, "restore event: {restore}");
-    let summary = out
-        .lines()
-        .find(|l| l.contains("\"scope\":\"pid"))
-        .unwrap_or_else(|| panic!("no summary\n{}", p.dump()));
+    let summary = target_summary(&out).unwrap_or_else(|| panic!("no summary\n{}", p.dump()));
     assert_eq!(
         json_num(summary, "pages_skipped_unmapped"),
         Some(skipped),
@@ -989,10 +977,7 @@ fn target_exits_between_checkpoint_and_restore() {
         "{}",
         p.dump()
     );
-    let summary = out
-        .lines()
-        .find(|l| l.contains("\"scope\":\"pid"))
-        .unwrap_or_else(|| panic!("no summary\n{}", p.dump()));
+    let summary = target_summary(&out).unwrap_or_else(|| panic!("no summary\n{}", p.dump()));
     assert_eq!(json_num(summary, "checkpoints"), Some(1), "{summary}");
     assert_eq!(json_num(summary, "cycles"), Some(0), "{summary}");
 }
@@ -1215,10 +1200,7 @@ fn another_process_opening_ready_to_checkpoint_triggers_nothing() {
         "{st}\n{}",
         s.dump()
     );
-    let summary = out
-        .lines()
-        .find(|l| l.contains("\"scope\":\"pid"))
-        .expect("summary");
+    let summary = target_summary(&out).expect("summary");
     assert_eq!(json_num(summary, "checkpoints"), Some(1), "{summary}");
 }
 
@@ -1251,10 +1233,7 @@ fn two_instances_with_different_trigger_dirs_work_independently() {
             "{st}\n{}",
             p.dump()
         );
-        let summary = out
-            .lines()
-            .find(|l| l.contains("\"scope\":\"pid"))
-            .expect("summary");
+        let summary = target_summary(&out).expect("summary");
         assert_eq!(json_num(summary, "cycles"), Some(10), "{summary}");
     }
 }
@@ -1375,10 +1354,7 @@ fn ten_thousand_mappings() {
         "{st}\n{}",
         p.dump()
     );
-    let summary = out
-        .lines()
-        .find(|l| l.contains("\"scope\":\"pid"))
-        .expect("summary");
+    let summary = target_summary(&out).expect("summary");
     assert_eq!(json_num(summary, "cycles"), Some(2), "{summary}");
 }
 
@@ -1491,9 +1467,6 @@ fn soak_smoke_ten_seconds() {
     assert_eq!(word_num(line, "corruptions"), Some(0), "{line}");
     let cycles = word_num(line, "cycles").unwrap_or(0);
     assert!(cycles >= 3, "{line}");
-    let summary = out
-        .lines()
-        .find(|l| l.contains("\"scope\":\"pid"))
-        .expect("summary");
+    let summary = target_summary(&out).expect("summary");
     assert_eq!(json_num(summary, "cycles"), Some(cycles), "{summary}");
 }

@@ -4,11 +4,11 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{bpfckpt, need_root};
+use support::{bpfckpt, json_num, need_root, target_summary};
 
 const TARGET: &str = env!("CARGO_BIN_EXE_ckpt-target");
 const BSS_TARGET: &str = env!("CARGO_BIN_EXE_ckpt-bss400");
@@ -33,6 +33,32 @@ impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+type Lines = std::io::Lines<BufReader<ChildStdout>>;
+
+/// Starts `bpfckpt args...` with its output piped; its stdout as lines.
+fn spawn_bpfckpt(args: &[&str]) -> (Child, Lines) {
+    need_root();
+    let mut child = Command::new(bpfckpt())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bpfckpt");
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, lines)
+}
+
+/// Reads `lines` up to the first that contains `needle`, and returns it.
+fn wait_line(lines: &mut Lines, needle: &str) -> String {
+    for line in lines.by_ref() {
+        let line = line.expect("read");
+        if line.contains(needle) {
+            return line;
+        }
+    }
+    panic!("bpfckpt's output ended before a line with {needle}");
 }
 
 struct Run {
@@ -108,11 +134,8 @@ fn assert_pass(r: &Run, scenario: &str, cycles: u32) {
         r.stdout,
         r.stderr
     );
-    let summary = r
-        .stdout
-        .lines()
-        .find(|l| l.contains("\"event\":\"summary\"") && l.contains("\"scope\":\"pid"))
-        .unwrap_or_else(|| panic!("no summary in:\n{}", r.stdout));
+    let summary =
+        target_summary(&r.stdout).unwrap_or_else(|| panic!("no summary in:\n{}", r.stdout));
     assert!(
         summary.contains(&format!("\"cycles\":{cycles},")),
         "summary: {summary}"
@@ -156,12 +179,8 @@ fn both_modes(tag: &str, program: &str, args: &[&str], pass: &str, cycles: u32) 
 }
 
 fn summary_field(r: &Run, key: &str) -> u64 {
-    r.stdout
-        .lines()
-        .find(|l| l.contains("\"scope\":\"pid"))
-        .and_then(|l| l.split(&format!("\"{key}\":")).nth(1))
-        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|v| v.parse().ok())
+    target_summary(&r.stdout)
+        .and_then(|l| json_num(l, key))
         .unwrap_or_else(|| panic!("no {key} in the summary:\n{}", r.stdout))
 }
 
@@ -236,38 +255,20 @@ fn anon_only_still_restores_anonymous_memory() {
 fn target_killed_mid_cycle_ends_the_session() {
     let dir = Dir::new("killed");
     need_root();
-    let mut child = Command::new(bpfckpt())
-        .args([
-            "run",
-            "--json",
-            "--trigger-dir",
-            &dir.s(),
-            "--",
-            TARGET,
-            "hold",
-            "--dir",
-            &dir.s(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bpfckpt");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut target_pid = None;
-    for line in lines.by_ref() {
-        let line = line.expect("read");
-        if line.contains("\"event\":\"target\"") {
-            target_pid = line
-                .split("\"pid\":")
-                .nth(1)
-                .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|s| s.parse::<i32>().ok());
-        }
-        if line.contains("CHECKPOINTED") {
-            break;
-        }
-    }
-    let pid = target_pid.expect("bpfckpt reported the target pid");
+    let (mut child, mut lines) = spawn_bpfckpt(&[
+        "run",
+        "--json",
+        "--trigger-dir",
+        &dir.s(),
+        "--",
+        TARGET,
+        "hold",
+        "--dir",
+        &dir.s(),
+    ]);
+    let target = wait_line(&mut lines, "\"event\":\"target\"");
+    let pid = json_num(&target, "pid").expect("bpfckpt reported the target pid");
+    wait_line(&mut lines, "CHECKPOINTED");
     // SIGKILL the target between checkpoint and restore.
     assert!(
         Command::new("kill")
@@ -289,26 +290,16 @@ fn watch_by_name_serves_two_targets_one_after_the_other() {
     // would also adopt the targets of tests running at the same time.
     let program = dir.0.join("scen-watch");
     std::fs::copy(TARGET, &program).expect("copy the target");
-    let mut watcher = Command::new(bpfckpt())
-        .args([
-            "watch",
-            "--json",
-            "--comm",
-            "scen-watch",
-            "--trigger-dir",
-            &dir.s(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bpfckpt watch");
-    let mut lines = BufReader::new(watcher.stdout.take().expect("stdout")).lines();
+    let (mut watcher, mut lines) = spawn_bpfckpt(&[
+        "watch",
+        "--json",
+        "--comm",
+        "scen-watch",
+        "--trigger-dir",
+        &dir.s(),
+    ]);
     // Ready once it says it is waiting.
-    for line in lines.by_ref() {
-        if line.expect("read").contains("\"event\":\"watch\"") {
-            break;
-        }
-    }
+    wait_line(&mut lines, "\"event\":\"watch\"");
     for scenario in ["heap-small", "zapped"] {
         // Started by us, not by bpfckpt: found by name at its exec.
         let out = Command::new(&program)
@@ -321,11 +312,7 @@ fn watch_by_name_serves_two_targets_one_after_the_other() {
             "{scenario}: {text}"
         );
         // Wait until bpfckpt has noticed the exit and is waiting again.
-        for line in lines.by_ref() {
-            if line.expect("read").contains("\"event\":\"target_gone\"") {
-                break;
-            }
-        }
+        wait_line(&mut lines, "\"event\":\"target_gone\"");
     }
     // SIGTERM: orderly shutdown with the summary over both targets.
     let pid = watcher.id().to_string();
@@ -384,20 +371,17 @@ fn watch_by_executable_path_once() {
     let decoy_dir = Dir::new("watch-exe-decoy");
     let decoy = decoy_dir.0.join("scen-exe");
     std::fs::copy(TARGET, &decoy).expect("copy the decoy");
-    let mut watcher = Command::new(bpfckpt())
-        .args(["watch", "--json", "--once", "--trigger-dir", &dir.s()])
-        .arg("--exe")
-        .arg(&program)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bpfckpt watch");
-    let mut lines = BufReader::new(watcher.stdout.take().expect("stdout")).lines();
-    for line in lines.by_ref() {
-        if line.expect("read").contains("\"event\":\"watch\"") {
-            break;
-        }
-    }
+    let program_s = program.display().to_string();
+    let (mut watcher, mut lines) = spawn_bpfckpt(&[
+        "watch",
+        "--json",
+        "--once",
+        "--trigger-dir",
+        &dir.s(),
+        "--exe",
+        &program_s,
+    ]);
+    wait_line(&mut lines, "\"event\":\"watch\"");
     // The decoy asks for a checkpoint in the watched directory, but it is
     // not the watched executable: nobody may answer.
     let mut d = Command::new(&decoy)

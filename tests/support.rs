@@ -36,3 +36,20 @@ pub fn bpfckpt() -> PathBuf {
     );
     p
 }
+
+/// The per-target `summary` event in bpfckpt's `--json` output.
+pub fn target_summary(stdout: &str) -> Option<&str> {
+    stdout
+        .lines()
+        .find(|l| l.contains("\"event\":\"summary\"") && l.contains("\"scope\":\"pid"))
+}
+
+/// The number after `"key":` in a JSON line.
+pub fn json_num(line: &str, key: &str) -> Option<u64> {
+    let pat = format!("\"{key}\":");
+    let rest = &line[line.find(&pat)? + pat.len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
