@@ -42,10 +42,15 @@ pub fn args() -> Args {
 /// under (the restore request's buffer is not allocated in the checkpoint's
 /// heap). Targets must hold no heap pointer across a trigger.
 pub struct Markers {
-    ckpt_req: PathBuf,
-    ckpt_done: PathBuf,
-    restore_req: PathBuf,
-    restore_done: PathBuf,
+    pub ckpt_req: PathBuf,
+    pub ckpt_done: PathBuf,
+    pub restore_req: PathBuf,
+    pub restore_done: PathBuf,
+    /// How long a request waits for its answer.
+    pub limit: Duration,
+    /// Poll by yielding the CPU instead of sleeping, so that a benchmark
+    /// times the server, not a polling interval.
+    spin: bool,
 }
 
 impl Markers {
@@ -55,11 +60,25 @@ impl Markers {
             ckpt_done: dir.join(CHECKPOINT_DONE),
             restore_req: dir.join(RESTORE_REQUEST),
             restore_done: dir.join(RESTORE_DONE),
+            limit: Duration::from_secs(120),
+            spin: false,
         };
         m.clean();
         m
     }
 
+    pub fn with_limit(mut self, limit: Duration) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    pub fn spinning(mut self) -> Self {
+        self.spin = true;
+        self
+    }
+
+    /// Removes the markers in protocol order (requests before their
+    /// answers); the bench's handshake server relies on this order.
     pub fn clean(&self) {
         for p in [
             &self.ckpt_req,
@@ -71,29 +90,67 @@ impl Markers {
         }
     }
 
-    pub fn checkpoint(&self) {
-        request(&self.ckpt_req, &self.ckpt_done);
+    /// Asks for a checkpoint: nanoseconds from just before the request's
+    /// `openat` until `checkpoint_complete` was seen, `None` past `limit`.
+    pub fn try_checkpoint(&self) -> Option<u64> {
+        self.request(&self.ckpt_req, &self.ckpt_done)
     }
 
-    pub fn restore(&self) {
-        request(&self.restore_req, &self.restore_done);
+    /// Asks for a restore, timed like `try_checkpoint`; the markers are
+    /// removed once it completes (not timed).
+    pub fn try_restore(&self) -> Option<u64> {
+        let ns = self.request(&self.restore_req, &self.restore_done)?;
         self.clean();
+        Some(ns)
+    }
+
+    /// `try_checkpoint`, failing the target when no answer comes.
+    pub fn checkpoint(&self) -> u64 {
+        self.try_checkpoint().unwrap_or_else(|| {
+            fail(&format!(
+                "no {} after {:?}",
+                self.ckpt_done.display(),
+                self.limit
+            ))
+        })
+    }
+
+    /// `try_restore`, failing the target when no answer comes.
+    pub fn restore(&self) -> u64 {
+        self.try_restore().unwrap_or_else(|| {
+            fail(&format!(
+                "no {} after {:?}",
+                self.restore_done.display(),
+                self.limit
+            ))
+        })
+    }
+
+    /// Creates `req` (an openat with O_CREAT) and waits for `done`. Short
+    /// paths stay on the stack in std's open and stat: nothing is allocated.
+    fn request(&self, req: &Path, done: &Path) -> Option<u64> {
+        let t0 = Instant::now();
+        if let Err(e) = File::create(req) {
+            fail(&format!("create {}: {e}", req.display()));
+        }
+        wait_for(done, self.limit, self.spin).then(|| t0.elapsed().as_nanos() as u64)
     }
 }
 
-/// Creates `req` (an openat with O_CREAT) and waits for `done`. Short paths
-/// stay on the stack in std's open and stat: nothing is allocated here.
-fn request(req: &Path, done: &Path) {
-    if let Err(e) = File::create(req) {
-        fail(&format!("create {}: {e}", req.display()));
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !done.exists() {
+/// Polls for `path` (following symlinks, as `access` does) up to `limit`.
+pub fn wait_for(path: &Path, limit: Duration, spin: bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !path.exists() {
         if Instant::now() > deadline {
-            fail(&format!("no {} after 120 s", done.display()));
+            return false;
         }
-        std::thread::sleep(Duration::from_micros(100));
+        if spin {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
+    true
 }
 
 pub fn fail(msg: &str) -> ! {

@@ -19,7 +19,7 @@ mod proto;
 #[path = "../src/sys.rs"]
 mod sys;
 
-use bench_common::{Args, Proto, emit};
+use bench_common::{Args, emit};
 use proto::{fail, fill, word};
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ fn main() {
     if min_cycles == 0 || max_cycles < min_cycles {
         fail("need 1 <= --min-cycles <= --max-cycles");
     }
-    let p = Proto::new(&a.dir());
+    let p = proto::Markers::new(&a.dir()).spinning();
     // Mapped by execve, never touched: keep it (and its size) in the binary.
     let big = sys::from_static(std::hint::black_box(&raw mut BIG as *mut u8), BIG_SIZE);
     std::hint::black_box(big.addr());

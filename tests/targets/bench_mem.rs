@@ -17,7 +17,7 @@ mod proto;
 #[path = "../src/sys.rs"]
 mod sys;
 
-use bench_common::{Args, Proto, emit};
+use bench_common::{Args, emit};
 use proto::fail;
 
 const PAGE: usize = 4096;
@@ -38,7 +38,7 @@ fn main() {
     if cycles == 0 || cycles > MAX_CYCLES {
         fail(&format!("--cycles must be 1..={MAX_CYCLES}"));
     }
-    let p = Proto::new(&a.dir());
+    let p = proto::Markers::new(&a.dir()).spinning();
     let mut mem = sys::mmap_anon(bytes, false, None);
     mem.bytes_mut().fill(0xa5);
     let pages = bytes / PAGE;

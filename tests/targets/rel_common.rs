@@ -11,10 +11,8 @@
 
 #![allow(dead_code)]
 
-use crate::proto::{CHECKPOINT_DONE, CHECKPOINT_REQUEST, RESTORE_DONE, RESTORE_REQUEST, fail};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use crate::proto::fail;
+use std::path::PathBuf;
 
 pub const PAGE: usize = 4096;
 pub const MIB: usize = 1 << 20;
@@ -65,87 +63,6 @@ impl Args {
     pub fn dir(&self) -> PathBuf {
         PathBuf::from(self.get("dir").unwrap_or("/tmp"))
     }
-}
-
-/// The four marker paths (built once) and a deadline per request.
-pub struct Proto {
-    pub ckpt_req: PathBuf,
-    pub ckpt_done: PathBuf,
-    pub restore_req: PathBuf,
-    pub restore_done: PathBuf,
-    pub limit: Duration,
-}
-
-impl Proto {
-    pub fn new(dir: &Path, limit: Duration) -> Self {
-        let p = Self {
-            ckpt_req: dir.join(CHECKPOINT_REQUEST),
-            ckpt_done: dir.join(CHECKPOINT_DONE),
-            restore_req: dir.join(RESTORE_REQUEST),
-            restore_done: dir.join(RESTORE_DONE),
-            limit,
-        };
-        p.clean();
-        p
-    }
-
-    pub fn clean(&self) {
-        for f in [
-            &self.ckpt_req,
-            &self.ckpt_done,
-            &self.restore_req,
-            &self.restore_done,
-        ] {
-            let _ = std::fs::remove_file(f);
-        }
-    }
-
-    /// Asks for a checkpoint; false if no `checkpoint_complete` came in time.
-    pub fn checkpoint(&self) -> bool {
-        request(&self.ckpt_req, &self.ckpt_done, self.limit)
-    }
-
-    /// Asks for a restore; false if no `restore_complete` came in time. The
-    /// markers are removed when it completes.
-    pub fn restore(&self) -> bool {
-        let ok = request(&self.restore_req, &self.restore_done, self.limit);
-        if ok {
-            self.clean();
-        }
-        ok
-    }
-
-    /// `checkpoint`, failing the target when it does not complete.
-    pub fn must_checkpoint(&self) {
-        if !self.checkpoint() {
-            fail(&format!("no checkpoint_complete within {:?}", self.limit));
-        }
-    }
-
-    pub fn must_restore(&self) {
-        if !self.restore() {
-            fail(&format!("no restore_complete within {:?}", self.limit));
-        }
-    }
-}
-
-fn request(req: &Path, done: &Path, limit: Duration) -> bool {
-    if let Err(e) = File::create(req) {
-        fail(&format!("create {}: {e}", req.display()));
-    }
-    wait_for(done, limit)
-}
-
-/// Polls for `path` (following symlinks, as `access` does).
-pub fn wait_for(path: &Path, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while !path.exists() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    true
 }
 
 /// Pages of a region: a template page per seed, stamped with the seed and

@@ -17,6 +17,7 @@ mod rel_common;
 #[path = "../src/sys.rs"]
 mod sys;
 
+use proto::Markers;
 use rel_common::*;
 use std::time::{Duration, Instant};
 use sys::Region;
@@ -60,7 +61,7 @@ fn main() {
     let a = Args::parse();
     let seconds: f64 = a.num("seconds", 60.0);
     let seed: u64 = a.num("seed", 0x50a6_u64);
-    let p = Proto::new(&a.dir(), Duration::from_secs_f64(a.num("wait", 120.0f64)));
+    let p = Markers::new(&a.dir()).with_limit(Duration::from_secs_f64(a.num("wait", 120.0f64)));
     say(&format!("READY pid={} seed={seed:#x}", std::process::id()));
     let mut rng = Rng(seed | 1);
 
@@ -127,7 +128,7 @@ fn main() {
                 sparse_pat.write_page(i, sparse.sub(i * PAGE, PAGE).bytes_mut());
             }
         }
-        if !p.checkpoint() {
+        if p.try_checkpoint().is_none() {
             say("NO-MARKER checkpoint");
             std::process::exit(3);
         }
@@ -179,7 +180,7 @@ fn main() {
                 readonly = Some(ro);
             }
         }
-        if !p.restore() {
+        if p.try_restore().is_none() {
             say("NO-MARKER restore");
             std::process::exit(3);
         }

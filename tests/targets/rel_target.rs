@@ -38,7 +38,7 @@ mod rel_common;
 #[path = "../src/sys.rs"]
 mod sys;
 
-use proto::fail;
+use proto::{Markers, fail, wait_for};
 use rel_common::*;
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,7 @@ fn main() {
         .first()
         .cloned()
         .unwrap_or_else(|| fail("usage: rel-target SCENARIO --dir DIR"));
-    let p = Proto::new(&a.dir(), Duration::from_secs_f64(a.num("wait", 60.0f64)));
+    let p = Markers::new(&a.dir()).with_limit(Duration::from_secs_f64(a.num("wait", 60.0f64)));
     // First use of stdout before any checkpoint: its buffer is allocated now,
     // not between a checkpoint and its restore.
     say(&format!(
@@ -71,7 +71,7 @@ fn main() {
         "exit-after-ckpt" => {
             let mut r = sys::mmap_anon(MIB, false, None);
             Pattern::new(1).fill(r.bytes_mut());
-            p.must_checkpoint();
+            p.checkpoint();
             say("CHECKPOINTED");
             std::process::exit(7);
         }
@@ -82,7 +82,7 @@ fn main() {
     }
 }
 
-fn kill_window(a: &Args, p: &Proto) {
+fn kill_window(a: &Args, p: &Markers) {
     let mib: usize = a.num("mib", 256);
     let mut r = sys::mmap_anon(mib * MIB, false, None);
     let mut pat = Pattern::new(0xa11ce);
@@ -91,7 +91,7 @@ fn kill_window(a: &Args, p: &Proto) {
     let damage = Pattern::new(0xdead);
     pat.fill(r.bytes_mut());
     say("FILLED");
-    if !p.checkpoint() {
+    if p.try_checkpoint().is_none() {
         // bpfckpt is gone: nothing may have changed our memory.
         let bad = pat.bad_pages(r.bytes());
         say(&format!("RELEASED checkpoint bad_pages={bad}"));
@@ -103,7 +103,7 @@ fn kill_window(a: &Args, p: &Proto) {
     }
     say("CHECKPOINTED");
     damage.fill(r.bytes_mut());
-    if !p.restore() {
+    if p.try_restore().is_none() {
         // Each page is restored or left as the damage wrote it: never torn,
         // never anything else.
         let (mut restored, mut damaged, mut torn) = (0usize, 0usize, 0usize);
@@ -130,7 +130,7 @@ fn kill_window(a: &Args, p: &Proto) {
     say("PASS kill-window completed");
 }
 
-fn late_hold(a: &Args, p: &Proto) {
+fn late_hold(a: &Args, p: &Markers) {
     // Cycle 1 sizes the page store to `--mib`; cycle 2 adds 64 MiB more, so
     // its checkpoint copies `--mib` in BPF, inside the trigger system call,
     // and only then finds the store full and stops the target for user
@@ -141,9 +141,9 @@ fn late_hold(a: &Args, p: &Proto) {
     let pat2 = Pattern::new(0x1a7f);
     let damage = Pattern::new(0xdead);
     pat.fill(r.bytes_mut());
-    p.must_checkpoint();
+    p.checkpoint();
     damage.fill(r.bytes_mut());
-    p.must_restore();
+    p.restore();
     pat.verify("late-hold region after cycle 1", r.bytes());
     let mut more = sys::mmap_anon(64 * MIB, false, None);
     pat2.fill(more.bytes_mut());
@@ -151,7 +151,7 @@ fn late_hold(a: &Args, p: &Proto) {
     // Let bpfckpt apply the new layout before the request.
     std::thread::sleep(Duration::from_millis(300));
     say("REQUESTING");
-    if !p.checkpoint() {
+    if p.try_checkpoint().is_none() {
         let bad = pat2.bad_pages(r.bytes()) + pat2.bad_pages(more.bytes());
         say(&format!("RELEASED checkpoint bad_pages={bad}"));
         if bad != 0 {
@@ -163,7 +163,7 @@ fn late_hold(a: &Args, p: &Proto) {
     say("PASS late-hold completed");
 }
 
-fn exec(p: &Proto) {
+fn exec(p: &Markers) {
     let exe = std::env::current_exe().unwrap_or_else(|e| fail(&format!("current_exe: {e}")));
     let dir = p
         .ckpt_req
@@ -172,7 +172,7 @@ fn exec(p: &Proto) {
         .unwrap_or_default();
     let mut r = sys::mmap_anon(MIB, false, Some(EXEC_ADDR));
     Pattern::new(0xe1).fill(r.bytes_mut());
-    p.must_checkpoint();
+    p.checkpoint();
     say("CHECKPOINTED");
     // Markers stay: the new program asks for the restore.
     use std::os::unix::process::CommandExt;
@@ -186,7 +186,7 @@ fn exec(p: &Proto) {
     fail(&format!("exec: {err}"));
 }
 
-fn exec_child(p: &Proto) {
+fn exec_child(p: &Markers) {
     // A new program: same pid, new memory, with a mapping where the old
     // program's captured region was.
     let mut r = sys::mmap_anon(MIB, false, Some(EXEC_ADDR));
@@ -196,7 +196,7 @@ fn exec_child(p: &Proto) {
     let _ = std::fs::remove_file(&p.ckpt_done);
     // A restore request right after the exec: the old program's image must
     // not be written into this one.
-    let completed = p.restore();
+    let completed = p.try_restore().is_some();
     p.clean();
     let bad = mine.bad_pages(r.bytes());
     say(&format!(
@@ -209,14 +209,14 @@ fn exec_child(p: &Proto) {
     let pat = Pattern::new(0xe3);
     let damage = Pattern::new(0xe4);
     pat.fill(r.bytes_mut());
-    p.must_checkpoint();
+    p.checkpoint();
     damage.fill(r.bytes_mut());
-    p.must_restore();
+    p.restore();
     pat.verify("new program's region after its own cycle", r.bytes());
     say("PASS exec cycles=1");
 }
 
-fn fork(p: &Proto) {
+fn fork(p: &Markers) {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     let mut r = sys::mmap_anon(4 * MIB, false, None);
@@ -230,7 +230,7 @@ fn fork(p: &Proto) {
     // Sockets before the checkpoint: nothing is allocated in between.
     let (mut to_child, mut from_parent) =
         UnixStream::pair().unwrap_or_else(|e| fail(&e.to_string()));
-    p.must_checkpoint();
+    p.checkpoint();
     let pid = sys::fork();
     if pid == 0 {
         drop(to_child);
@@ -250,7 +250,7 @@ fn fork(p: &Proto) {
     }
     damage.fill(r.bytes_mut());
     damage.fill(h.bytes_mut());
-    p.must_restore();
+    p.restore();
     pat.verify("parent's region after restore", r.bytes());
     heap_pat.verify("parent's heap block after restore", h.bytes());
     let _ = to_child.write_all(b"g");
@@ -265,7 +265,7 @@ fn fork(p: &Proto) {
     say("PASS fork cycles=1");
 }
 
-fn munmap(a: &Args, p: &Proto) {
+fn munmap(a: &Args, p: &Markers) {
     let dir = a.dir();
     let len = 2 * MIB;
     let mut gone = sys::mmap_anon(len, false, Some(UNMAP_ADDR));
@@ -288,12 +288,12 @@ fn munmap(a: &Args, p: &Proto) {
         .write(true)
         .open(&path)
         .unwrap_or_else(|e| fail(&format!("open file: {e}")));
-    p.must_checkpoint();
+    p.checkpoint();
     damage.fill(keep.bytes_mut());
     sys::unmap(gone);
     sys::unmap(replaced);
     let shared = sys::mmap_file_shared_at(&f, len, FILE_ADDR);
-    p.must_restore();
+    p.restore();
     pat.verify("region still mapped", keep.bytes());
     if mapped(UNMAP_ADDR, len) {
         fail("the unmapped range is mapped again after the restore");
@@ -305,22 +305,22 @@ fn munmap(a: &Args, p: &Proto) {
     say("PASS munmap cycles=1");
 }
 
-fn wait_go(a: &Args, p: &Proto) {
+fn wait_go(a: &Args, p: &Markers) {
     let mut r = sys::mmap_anon(MIB, false, None);
     let go = a.dir().join("go");
-    if !wait_for(&go, Duration::from_secs(120)) {
+    if !wait_for(&go, Duration::from_secs(120), false) {
         fail("no go file");
     }
     let _ = std::fs::remove_file(&go);
     let pat = Pattern::new(0x60);
     let damage = Pattern::new(0x61);
     pat.fill(r.bytes_mut());
-    if !p.checkpoint() {
+    if p.try_checkpoint().is_none() {
         say("NO-MARKER checkpoint");
         std::process::exit(3);
     }
     damage.fill(r.bytes_mut());
-    if !p.restore() {
+    if p.try_restore().is_none() {
         say("NO-MARKER restore");
         std::process::exit(3);
     }
@@ -328,7 +328,7 @@ fn wait_go(a: &Args, p: &Proto) {
     say("PASS wait-go cycles=1");
 }
 
-fn maps10k(a: &Args, p: &Proto) {
+fn maps10k(a: &Args, p: &Markers) {
     const N: usize = 10_000;
     let cycles: u32 = a.num("cycles", 2);
     let all = sys::mmap_anon_prot(2 * N * PAGE, true);
@@ -348,7 +348,7 @@ fn maps10k(a: &Args, p: &Proto) {
         for i in 0..N {
             pat.write_page(i, all.sub(2 * i * PAGE, PAGE).bytes_mut());
         }
-        p.must_checkpoint();
+        p.checkpoint();
         for i in 0..N {
             damage.write_page(i, all.sub(2 * i * PAGE, PAGE).bytes_mut());
         }
@@ -356,7 +356,7 @@ fn maps10k(a: &Args, p: &Proto) {
         for i in (0..N).step_by(7) {
             sys::zap(&all.sub(2 * i * PAGE, PAGE));
         }
-        p.must_restore();
+        p.restore();
         for i in 0..N {
             let w = all.sub(2 * i * PAGE, PAGE);
             if !pat.page_ok(i, w.bytes()) {
@@ -371,7 +371,7 @@ fn maps10k(a: &Args, p: &Proto) {
     say(&format!("PASS maps10k cycles={cycles} mappings={}", 2 * N));
 }
 
-fn big(a: &Args, p: &Proto) {
+fn big(a: &Args, p: &Markers) {
     let mib: usize = a.num("mib", 4096);
     let cycles: u32 = a.num("cycles", 1);
     let len = mib * MIB;
@@ -384,7 +384,7 @@ fn big(a: &Args, p: &Proto) {
         pat.fill(r.bytes_mut());
         let fill = t.elapsed();
         let t = Instant::now();
-        p.must_checkpoint();
+        p.checkpoint();
         let ckpt = t.elapsed();
         // Damage: one page in every 2 MiB rewritten, every 64th 2 MiB
         // discarded, the first 16 MiB rewritten whole.
@@ -396,7 +396,7 @@ fn big(a: &Args, p: &Proto) {
         }
         damage.fill(&mut r.bytes_mut()[..16 * MIB]);
         let t = Instant::now();
-        p.must_restore();
+        p.restore();
         let restore = t.elapsed();
         let t = Instant::now();
         pat.verify("big region", r.bytes());
