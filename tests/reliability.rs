@@ -7,7 +7,7 @@
 //! The target programs are `rel-target` (tests/targets/rel_target.rs, one
 //! scenario per fault) and `ckpt-target`.
 
-use bpfckpt::sys;
+use bpfload::sys;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 mod support;
+use bpfckpt_protocol::{CHECKPOINT_DONE, CHECKPOINT_REQUEST, RESTORE_DONE, RESTORE_REQUEST};
 use support::{bpfckpt, json_num, need_root, target_summary};
 
 const REL: &str = env!("CARGO_BIN_EXE_rel-target");
@@ -330,7 +331,7 @@ fn link_prog(id: u32) -> Option<u32> {
         .map(|i| i.prog_id)
 }
 
-fn all_ids(next: fn(u32) -> bpfckpt::Result<Option<u32>>) -> Vec<u32> {
+fn all_ids(next: fn(u32) -> bpfload::Result<Option<u32>>) -> Vec<u32> {
     let mut v = Vec::new();
     let mut id = 0;
     while let Ok(Some(n)) = next(id) {
@@ -486,12 +487,12 @@ fn kill_in(
     let target = word_num(&base_ready, "pid").expect("pid") as i32;
     let _cleanup = KillOnPanic(target);
     let (req, done) = match phase {
-        Phase::Checkpoint => ("ready_to_checkpoint", "checkpoint_complete"),
+        Phase::Checkpoint => (CHECKPOINT_REQUEST, CHECKPOINT_DONE),
         Phase::Restore => {
             target_out.wait_line("CHECKPOINTED", Duration::from_secs(120), |l| {
                 l == "CHECKPOINTED"
             });
-            ("ready_to_restore", "restore_complete")
+            (RESTORE_REQUEST, RESTORE_DONE)
         }
     };
     let bp = bpfckpt.id() as i32;
@@ -682,7 +683,7 @@ fn kill_during_bpf_copy(watch: bool, name: &str) {
     std::thread::sleep(Duration::from_millis(40));
     s.child.kill().expect("SIGKILL bpfckpt");
     // The request file appears when the probe (sys_enter) has returned.
-    let in_copy = !dir.join("ready_to_checkpoint").exists();
+    let in_copy = !dir.join(CHECKPOINT_REQUEST).exists();
     let _ = s.child.wait();
     eprintln!(
         "killed bpfckpt {} the BPF copy (t+{:?})",
@@ -1009,7 +1010,7 @@ fn target_killed_while_held_for_a_restore() {
         l == "CHECKPOINTED"
     });
     assert!(wait_until(Duration::from_secs(60), || dir
-        .join("ready_to_restore")
+        .join(RESTORE_REQUEST)
         .exists()));
     let held = wait_until(Duration::from_secs(5), || state(target) == Some('T'));
     send(target, "KILL");
@@ -1024,7 +1025,7 @@ fn target_killed_while_held_for_a_restore() {
         "{st}\n{}",
         s.dump()
     );
-    assert!(!dir.join("restore_complete").exists() || st.code() == Some(137));
+    assert!(!dir.join(RESTORE_DONE).exists() || st.code() == Some(137));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1096,7 +1097,7 @@ fn assert_refused(s: &mut Proc) {
     let err = s.stderr();
     assert_eq!(st.code(), Some(1), "{st}\n{}", s.dump());
     assert!(
-        err.contains("checkpoint_complete") && err.contains("refusing"),
+        err.contains(CHECKPOINT_DONE) && err.contains("refusing"),
         "no clear error\n{}",
         s.dump()
     );
@@ -1107,11 +1108,11 @@ fn symlink_at_checkpoint_complete_is_refused_not_followed() {
     let victim = Victim::new("victim-symlink");
     let vp = victim.path.clone();
     let (mut s, dir) = with_planted("symlink", |d| {
-        std::os::unix::fs::symlink(&vp, d.join("checkpoint_complete")).expect("symlink");
+        std::os::unix::fs::symlink(&vp, d.join(CHECKPOINT_DONE)).expect("symlink");
     });
     assert_refused(&mut s);
     victim.assert_untouched();
-    let l = std::fs::symlink_metadata(dir.join("checkpoint_complete")).expect("link");
+    let l = std::fs::symlink_metadata(dir.join(CHECKPOINT_DONE)).expect("link");
     assert!(l.file_type().is_symlink(), "the symlink was replaced");
 }
 
@@ -1121,7 +1122,7 @@ fn dangling_symlink_at_checkpoint_complete_creates_nothing() {
     let absent = victim.dir.join("created-by-root");
     let a = absent.clone();
     let (mut s, _dir) = with_planted("dangling", |d| {
-        std::os::unix::fs::symlink(&a, d.join("checkpoint_complete")).expect("symlink");
+        std::os::unix::fs::symlink(&a, d.join(CHECKPOINT_DONE)).expect("symlink");
     });
     // The target polls with access(), which fails on a dangling link: it
     // waits for a marker that never comes while bpfckpt refuses.
@@ -1133,7 +1134,7 @@ fn dangling_symlink_at_checkpoint_complete_creates_nothing() {
 #[test]
 fn file_precreated_at_checkpoint_complete_is_refused_not_reused() {
     let (mut s, dir) = with_planted("precreated", |d| {
-        let p = d.join("checkpoint_complete");
+        let p = d.join(CHECKPOINT_DONE);
         std::fs::write(&p, b"planted\n").expect("plant");
         let _ = Command::new("chown")
             .args(["65534:65534", &p.display().to_string()])
@@ -1141,7 +1142,7 @@ fn file_precreated_at_checkpoint_complete_is_refused_not_reused() {
     });
     assert_refused(&mut s);
     assert_eq!(
-        std::fs::read(dir.join("checkpoint_complete")).expect("read"),
+        std::fs::read(dir.join(CHECKPOINT_DONE)).expect("read"),
         b"planted\n"
     );
 }
@@ -1165,7 +1166,7 @@ fn another_process_opening_ready_to_checkpoint_triggers_nothing() {
     });
     // This test process, and a second rel-target (same program, not
     // served), both ask for a checkpoint in the served directory.
-    std::fs::write(dir.join("ready_to_checkpoint"), b"").expect("create");
+    std::fs::write(dir.join(CHECKPOINT_REQUEST), b"").expect("create");
     let other = Command::new(REL)
         .args([
             "kill-window",
@@ -1184,14 +1185,14 @@ fn another_process_opening_ready_to_checkpoint_triggers_nothing() {
         "an unserved process got a checkpoint: {other_out}"
     );
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!dir.join("checkpoint_complete").exists());
+    assert!(!dir.join(CHECKPOINT_DONE).exists());
     assert!(
         !s.stdout().contains("\"event\":\"checkpoint\""),
         "a checkpoint for a process that is not the target\n{}",
         s.dump()
     );
     // The real target is still served normally.
-    let _ = std::fs::remove_file(dir.join("ready_to_checkpoint"));
+    let _ = std::fs::remove_file(dir.join(CHECKPOINT_REQUEST));
     std::fs::write(dir.join("go"), b"").expect("go");
     let st = s.finish(Duration::from_secs(60));
     let out = s.stdout();

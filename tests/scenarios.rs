@@ -8,6 +8,7 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
+use bpfckpt_protocol::CHECKPOINT_DONE;
 use support::{bpfckpt, json_num, need_root, target_summary};
 
 const TARGET: &str = env!("CARGO_BIN_EXE_ckpt-target");
@@ -395,7 +396,7 @@ fn watch_by_executable_path_once() {
         "the decoy was served"
     );
     assert!(
-        !dir.0.join("checkpoint_complete").exists(),
+        !dir.0.join(CHECKPOINT_DONE).exists(),
         "the decoy was served"
     );
     let _ = d.kill();

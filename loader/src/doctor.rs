@@ -7,9 +7,10 @@
 
 use std::path::Path;
 
-use crate::insn::{Insn, asm};
-use crate::maps::Map;
-use crate::{Error, attach, sys};
+use crate::os;
+use bpfload::insn::{Insn, asm};
+use bpfload::maps::Map;
+use bpfload::{Error, attach, sys};
 
 /// One verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +107,7 @@ pub fn probe_write_user_available() -> (bool, String) {
 
 fn kernel() -> Check {
     let name = "kernel version";
-    match sys::uname() {
+    match os::uname() {
         Ok((_, release, _, machine)) => {
             let mut it = release
                 .split(|c: char| !c.is_ascii_digit())
@@ -210,7 +211,7 @@ const CAP_BPF: u32 = 39;
 fn privileges() -> Check {
     let name = "privileges";
     let euid = nix::unistd::geteuid().as_raw();
-    let caps = match sys::effective_caps() {
+    let caps = match os::effective_caps() {
         Ok(c) => c,
         Err(e) => return Check::new(name, false, format!("euid {euid}; {}", e.msg)),
     };

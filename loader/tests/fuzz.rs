@@ -6,7 +6,7 @@
 
 mod common;
 
-use bpfckpt::{btf, link, obj};
+use bpfload::{btf, linker, obj};
 use common::*;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -113,7 +113,7 @@ fn exercise(bytes: &[u8]) -> bool {
         let _ = (m.kernel_name(), m.frozen());
         let _ = spec.map_index(&m.name);
     }
-    let Ok(mut progs) = link::link(&spec) else {
+    let Ok(mut progs) = linker::link(&spec) else {
         return false;
     };
     let fds: Vec<i32> = (0..spec.maps.len() as i32).collect();

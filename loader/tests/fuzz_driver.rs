@@ -1,4 +1,4 @@
-//! Time-bounded mutation fuzzing of `obj::parse` + `link::link` +
+//! Time-bounded mutation fuzzing of `obj::parse` + `linker::link` +
 //! `btf::program_btf`, run by `cargo xtask fuzz [--seconds N]` (ignored in a
 //! plain `cargo test`). Environment:
 //!

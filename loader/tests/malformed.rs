@@ -2,15 +2,15 @@
 
 mod common;
 
-use bpfckpt::insn::{Insn, asm};
-use bpfckpt::{link, obj};
+use bpfload::insn::{Insn, asm};
+use bpfload::{linker, obj};
 use common::*;
 use object::SectionKind;
 use object::write::SectionId;
 
 /// parse + link must fail; returns the message.
 fn err(bytes: &[u8]) -> String {
-    match obj::parse(bytes).and_then(|s| link::link(&s)) {
+    match obj::parse(bytes).and_then(|s| linker::link(&s)) {
         Ok(_) => panic!("expected an error"),
         Err(e) => e.msg,
     }

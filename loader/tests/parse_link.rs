@@ -3,10 +3,10 @@
 
 mod common;
 
-use bpfckpt::btf;
-use bpfckpt::insn::{self, Insn, asm};
-use bpfckpt::link::{self, LinkedProgram, MapRef, MapRefKind};
-use bpfckpt::obj::{self, AttachPoint, MapKind, ObjectSpec};
+use bpfload::btf;
+use bpfload::insn::{self, Insn, asm};
+use bpfload::linker::{self, LinkedProgram, MapRef, MapRefKind};
+use bpfload::obj::{self, AttachPoint, MapKind, ObjectSpec};
 use common::*;
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
 
@@ -37,7 +37,7 @@ fn probes_obj_parses_and_every_program_links() {
         spec.license
     );
     assert!(!spec.programs.is_empty());
-    let progs = link::link(&spec).expect("link PROBES_OBJ");
+    let progs = linker::link(&spec).expect("link PROBES_OBJ");
     assert_eq!(progs.len(), spec.programs.len());
     assert_eq!(
         progs.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
@@ -169,7 +169,7 @@ fn rustc_fixture_parse() {
 #[test]
 fn rustc_fixture_link_callback_subprogs_and_data() {
     let spec = obj::parse(RUSTC_FIXTURE).unwrap();
-    let progs = link::link(&spec).unwrap();
+    let progs = linker::link(&spec).unwrap();
     for p in &progs {
         check_linked(&spec, p);
     }
@@ -266,7 +266,7 @@ fn rustc_fixture_link_callback_subprogs_and_data() {
 #[test]
 fn rustc_fixture_btf() {
     let spec = obj::parse(RUSTC_FIXTURE).unwrap();
-    let progs = link::link(&spec).unwrap();
+    let progs = linker::link(&spec).unwrap();
     let p = prog(&progs, "on_openat");
     let b = btf::program_btf(p);
     check_btf(&b, p);
@@ -332,7 +332,7 @@ fn rich_parse() {
 #[test]
 fn rich_link_every_relocation_case() {
     let spec = obj::parse(&rich_object()).unwrap();
-    let progs = link::link(&spec).unwrap();
+    let progs = linker::link(&spec).unwrap();
     for p in &progs {
         check_linked(&spec, p);
     }
@@ -426,7 +426,7 @@ fn rich_link_every_relocation_case() {
 #[test]
 fn resolve_maps_writes_fds_and_offsets() {
     let spec = obj::parse(&rich_object()).unwrap();
-    let mut progs = link::link(&spec).unwrap();
+    let mut progs = linker::link(&spec).unwrap();
     let fds: Vec<i32> = (0..spec.maps.len() as i32).map(|i| 100 + i).collect();
     let p = progs.iter_mut().find(|p| p.name == "on_openat").unwrap();
     p.resolve_maps(&fds).unwrap();
@@ -455,7 +455,7 @@ fn resolve_maps_writes_fds_and_offsets() {
 #[test]
 fn rich_btf_linkage_and_func_info() {
     let spec = obj::parse(&rich_object()).unwrap();
-    let progs = link::link(&spec).unwrap();
+    let progs = linker::link(&spec).unwrap();
     let p = prog(&progs, "on_openat");
     let b = btf::program_btf(p);
     check_btf(&b, p);
@@ -499,7 +499,7 @@ fn btf_names_are_sanitized_and_unique() {
         funcs: ["ma-in", "x::y", "x_y", "9lives", "", &"z".repeat(300)]
             .iter()
             .enumerate()
-            .map(|(i, n)| link::FuncInfo {
+            .map(|(i, n)| linker::FuncInfo {
                 insn_off: i as u32,
                 name: n.to_string(),
                 is_main: i == 0,
@@ -515,7 +515,7 @@ fn btf_names_are_sanitized_and_unique() {
         funcs: ["a.b", "a_b", "a-b"]
             .iter()
             .enumerate()
-            .map(|(i, n)| link::FuncInfo {
+            .map(|(i, n)| linker::FuncInfo {
                 insn_off: i as u32,
                 name: n.to_string(),
                 is_main: i == 0,
@@ -569,7 +569,7 @@ fn recursive_and_mutual_calls_are_laid_out_once() {
     let f0 = e.section_symbol(t.unwrap());
     e.reloc(p, 0, f0, R_BPF_64_32);
     let spec = obj::parse(&e.finish()).unwrap();
-    let progs = link::link(&spec).unwrap();
+    let progs = linker::link(&spec).unwrap();
     let p = &progs[0];
     check_linked(&spec, p);
     assert_eq!(
@@ -597,7 +597,7 @@ fn code_without_func_symbols_is_one_function() {
             name: "sys_enter".into()
         }
     );
-    let progs = link::link(&spec).unwrap();
+    let progs = linker::link(&spec).unwrap();
     assert_eq!(progs[0].insns.len(), 2);
 }
 
@@ -613,7 +613,7 @@ fn two_programs_in_one_section() {
     e.license(b"GPL\0");
     let spec = obj::parse(&e.finish()).unwrap();
     assert_eq!(spec.program_names(), ["first", "second"]);
-    let progs = link::link(&spec).unwrap();
+    let progs = linker::link(&spec).unwrap();
     assert_eq!(progs[1].insns, [asm::mov64_imm(0, 1), asm::exit()]);
 }
 

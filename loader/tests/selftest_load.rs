@@ -14,12 +14,13 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bpfckpt::insn::{self, Insn};
-use bpfckpt::load::{self, LoadOptions, Loaded, MapOverride};
-use bpfckpt::maps::Map;
-use bpfckpt::ringbuf::RingBuf;
-use bpfckpt::sys::{self, MapCreateAttr};
-use bpfckpt::{PROBES_OBJ, doctor, link, obj};
+use bpfckpt::{PROBES_OBJ, doctor};
+use bpfload::insn::{self, Insn};
+use bpfload::load::{self, LoadOptions, Loaded, MapOverride};
+use bpfload::maps::Map;
+use bpfload::ringbuf::RingBuf;
+use bpfload::sys::{self, MapCreateAttr};
+use bpfload::{linker, obj};
 
 /// What the probe keeps in `.data` / `.rodata` (probes/src/main.rs).
 const DATA: u64 = 0x1111_2222_3333_4444;
@@ -226,7 +227,7 @@ fn selftest_ignores_other_processes() {
 }
 
 /// Maps for `p` as `load` would make them, by spec index (`-1` for unused ones).
-fn create_maps(spec: &obj::ObjectSpec, p: &link::LinkedProgram) -> (Vec<Map>, Vec<i32>) {
+fn create_maps(spec: &obj::ObjectSpec, p: &linker::LinkedProgram) -> (Vec<Map>, Vec<i32>) {
     let used: BTreeSet<usize> = p.map_refs.iter().map(|r| r.map).collect();
     let mut fds = vec![-1; spec.maps.len()];
     let mut maps = Vec::new();
@@ -296,7 +297,7 @@ fn key_setup_after_helper_call(insns: &[Insn]) -> (usize, u8) {
 fn verifier_error_from_a_real_linked_program_shows_the_verifier_message() {
     need_root();
     let spec = obj::parse(PROBES_OBJ).unwrap();
-    let mut p = link::link_program(&spec, spec.program("selftest").unwrap()).unwrap();
+    let mut p = linker::link_program(&spec, spec.program("selftest").unwrap()).unwrap();
     let (_maps, fds) = create_maps(&spec, &p);
     p.resolve_maps(&fds).unwrap();
 
@@ -327,7 +328,7 @@ fn is_write_trigger(name: &str) -> bool {
 }
 
 /// Ids of every program (or map) the kernel currently has.
-fn all_ids(next: fn(u32) -> bpfckpt::Result<Option<u32>>) -> BTreeSet<u32> {
+fn all_ids(next: fn(u32) -> bpfload::Result<Option<u32>>) -> BTreeSet<u32> {
     let mut ids = BTreeSet::new();
     let mut id = 0;
     while let Some(n) = next(id).unwrap() {
@@ -401,7 +402,7 @@ fn all_probe_programs_load_on_this_kernel() {
     // Every map the loaded programs use, by the kernel's ids.
     let mut used = BTreeSet::new();
     for n in &others {
-        let lp = link::link_program(&spec, spec.program(n).unwrap()).unwrap();
+        let lp = linker::link_program(&spec, spec.program(n).unwrap()).unwrap();
         used.extend(lp.map_refs.iter().map(|r| r.map));
     }
     let map_ids: BTreeSet<u32> = used

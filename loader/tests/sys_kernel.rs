@@ -7,12 +7,12 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bpfckpt::attach::{self, TracepointMode};
 use bpfckpt::doctor;
-use bpfckpt::insn::{Insn, asm};
-use bpfckpt::maps::Map;
-use bpfckpt::ringbuf::RingBuf;
-use bpfckpt::sys::{self, MapCreateAttr, ProgLoadAttr};
+use bpfload::attach::{self, TracepointMode};
+use bpfload::insn::{Insn, asm};
+use bpfload::maps::Map;
+use bpfload::ringbuf::RingBuf;
+use bpfload::sys::{self, MapCreateAttr, ProgLoadAttr};
 
 /// Tests that attach to the same tracepoint and spawn children run one at a time, so
 /// one test's child does not count in another's program (they filter on tgid anyway).
@@ -25,7 +25,7 @@ fn need_root() {
     );
 }
 
-fn load_tp(name: &str, insns: &[Insn]) -> bpfckpt::Result<OwnedFd> {
+fn load_tp(name: &str, insns: &[Insn]) -> bpfload::Result<OwnedFd> {
     sys::prog_load(&ProgLoadAttr {
         prog_type: sys::BPF_PROG_TYPE_TRACEPOINT,
         insns,
@@ -232,7 +232,7 @@ fn sys_ids_track_map_lifetime() {
     let m = Map::array("sys_test_ids", 8, 1, 0).unwrap();
     let id = m.id();
     assert_eq!(m.info().unwrap().id, id);
-    let all = |next: fn(u32) -> bpfckpt::Result<Option<u32>>| {
+    let all = |next: fn(u32) -> bpfload::Result<Option<u32>>| {
         let mut ids = vec![];
         let mut cur = 0;
         while let Some(n) = next(cur).unwrap() {

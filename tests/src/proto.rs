@@ -8,10 +8,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub const CHECKPOINT_REQUEST: &str = "ready_to_checkpoint";
-pub const CHECKPOINT_DONE: &str = "checkpoint_complete";
-pub const RESTORE_REQUEST: &str = "ready_to_restore";
-pub const RESTORE_DONE: &str = "restore_complete";
+pub use bpfckpt_protocol::{CHECKPOINT_DONE, CHECKPOINT_REQUEST, RESTORE_DONE, RESTORE_REQUEST};
 
 /// Parsed `--dir DIR --cycles N` plus positional words.
 pub struct Args {

@@ -137,10 +137,7 @@ const PAGE: u64 = 4096;
 const MUSL: &str = "x86_64-unknown-linux-musl";
 
 // The protocol's marker names (loader/src/ckpt/markers.rs).
-const CHECKPOINT_REQUEST: &str = "ready_to_checkpoint";
-const CHECKPOINT_DONE: &str = "checkpoint_complete";
-const RESTORE_REQUEST: &str = "ready_to_restore";
-const RESTORE_DONE: &str = "restore_complete";
+use bpfckpt_protocol::{CHECKPOINT_DONE, CHECKPOINT_REQUEST, RESTORE_DONE, RESTORE_REQUEST};
 
 // ------------------------------------------------------------------- plan
 

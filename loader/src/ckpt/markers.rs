@@ -7,10 +7,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub const CHECKPOINT_REQUEST: &str = "ready_to_checkpoint";
-pub const CHECKPOINT_DONE: &str = "checkpoint_complete";
-pub const RESTORE_REQUEST: &str = "ready_to_restore";
-pub const RESTORE_DONE: &str = "restore_complete";
+pub use bpfckpt_protocol::{CHECKPOINT_DONE, CHECKPOINT_REQUEST, RESTORE_DONE, RESTORE_REQUEST};
 
 #[derive(Debug, Clone)]
 pub struct Triggers {

@@ -18,10 +18,10 @@ use super::procfs::{self, Kind, Mapping, PAGE, PM_PRESENT, PM_SWAPPED, Pagemap, 
 use super::report::{J, Reporter, Stats};
 use super::storage::{Storage, human};
 use super::wire;
-use crate::load::{self, Link, LoadOptions, Loaded, MapOverride};
-use crate::maps::{ArrayMmap, Map};
-use crate::ringbuf::RingBuf;
 use crate::{Error, Result};
+use bpfload::load::{self, Link, LoadOptions, Loaded, MapOverride};
+use bpfload::maps::{ArrayMmap, Map};
+use bpfload::ringbuf::RingBuf;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::signalfd::{SfdFlags, SigSet, SignalFd};
 use nix::unistd::Pid;
@@ -1223,7 +1223,7 @@ fn gone(pid: i32, waiter: &mut Waiter) -> Option<Outcome> {
 fn check_privileges() -> Result<()> {
     // Root is not enough on its own: a bounding set may have taken CAP_BPF
     // away. What counts is the effective set.
-    let Ok(caps) = crate::sys::effective_caps() else {
+    let Ok(caps) = crate::os::effective_caps() else {
         return if nix::unistd::geteuid().is_root() {
             Ok(())
         } else {

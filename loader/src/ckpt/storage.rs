@@ -4,9 +4,9 @@
 //! replaced by bigger ones without reloading any program.
 
 use super::procfs::PAGE;
-use crate::maps::{ArrayMmap, Map};
-use crate::sys::BPF_F_MMAPABLE;
 use crate::{Error, Result};
+use bpfload::maps::{ArrayMmap, Map};
+use bpfload::sys::BPF_F_MMAPABLE;
 use std::os::fd::{AsFd, AsRawFd};
 
 /// Lets inner maps of one outer map differ in `max_entries`.

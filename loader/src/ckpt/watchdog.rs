@@ -148,7 +148,7 @@ impl State {
                 if let Ok(pid) = pid.trim().parse::<i32>()
                     && pid > 0
                 {
-                    self.serving = Some((pid, crate::sys::pidfd_open(pid).ok()));
+                    self.serving = Some((pid, crate::os::pidfd_open(pid).ok()));
                 }
             }
             (Some("idle"), None) => self.serving = None,
@@ -179,10 +179,10 @@ fn comm(pid: i32) -> Option<String> {
 
 fn cont(pid: i32, why: &str) {
     // A pidfd, so that the pid cannot have been reused under us.
-    let Ok(fd) = crate::sys::pidfd_open(pid) else {
+    let Ok(fd) = crate::os::pidfd_open(pid) else {
         return;
     };
-    if stopped(pid) && crate::sys::pidfd_send_signal(fd.as_fd(), Signal::SIGCONT as i32).is_ok() {
+    if stopped(pid) && crate::os::pidfd_send_signal(fd.as_fd(), Signal::SIGCONT as i32).is_ok() {
         eprintln!(
             "bpfckpt: watchdog: bpfckpt exited while pid {pid} was stopped ({why}); sent SIGCONT"
         );
@@ -225,7 +225,7 @@ pub fn watchdog_main() -> u8 {
         let deadline = Instant::now() + GRACE;
         loop {
             if stopped(*pid)
-                && crate::sys::pidfd_send_signal(fd.as_fd(), Signal::SIGCONT as i32).is_ok()
+                && crate::os::pidfd_send_signal(fd.as_fd(), Signal::SIGCONT as i32).is_ok()
             {
                 eprintln!(
                     "bpfckpt: watchdog: bpfckpt exited while pid {pid} was held; sent SIGCONT"

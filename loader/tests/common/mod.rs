@@ -3,10 +3,10 @@
 //! on linked programs.
 #![allow(dead_code)]
 
-use bpfckpt::btf::{self, ProgramBtf};
-use bpfckpt::insn::{self, Insn, asm};
-use bpfckpt::link::{LinkedProgram, MapRefKind};
-use bpfckpt::obj::ObjectSpec;
+use bpfload::btf::{self, ProgramBtf};
+use bpfload::insn::{self, Insn, asm};
+use bpfload::linker::{LinkedProgram, MapRefKind};
+use bpfload::obj::ObjectSpec;
 use object::write::{Object, Relocation, SectionId, Symbol, SymbolId, SymbolSection};
 use object::{
     Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags, SymbolKind,

@@ -16,7 +16,7 @@
 #![allow(dead_code)]
 
 use crate::common::{Rng, check_linked, rich_object};
-use bpfckpt::{btf, link, obj};
+use bpfload::{btf, linker, obj};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
@@ -122,7 +122,7 @@ pub fn exercise(bytes: &[u8]) -> String {
         let _ = (m.kernel_name(), m.frozen());
         let _ = spec.map_index(&m.name);
     }
-    let mut progs = match link::link(&spec) {
+    let mut progs = match linker::link(&spec) {
         Ok(p) => p,
         Err(e) => return signature("link", &e.msg),
     };

@@ -15,7 +15,7 @@
 //! global functions only, and only the main program is global. Callbacks must
 //! be static ("callback function not static").
 
-use crate::link::LinkedProgram;
+use crate::linker::LinkedProgram;
 use crate::obj::demangled_tail;
 use std::collections::HashSet;
 

@@ -4,7 +4,7 @@
 
 use crate::attach::{self, RawTracepointLink, TracepointLink};
 use crate::btf;
-use crate::link::{self, LinkedProgram};
+use crate::linker::{self, LinkedProgram};
 use crate::maps::Map;
 use crate::obj::{self, AttachPoint, ObjectSpec};
 use crate::sys::{self, MapCreateAttr};
@@ -152,7 +152,7 @@ pub fn load(bytes: &[u8], opts: &LoadOptions<'_>) -> Result<Loaded> {
 
 fn select(spec: &ObjectSpec, names: &[String]) -> Result<Vec<LinkedProgram>> {
     if names.is_empty() {
-        return link::link(spec);
+        return linker::link(spec);
     }
     names
         .iter()
@@ -163,7 +163,7 @@ fn select(spec: &ObjectSpec, names: &[String]) -> Result<Vec<LinkedProgram>> {
                     spec.program_names().join(", ")
                 ))
             })?;
-            link::link_program(spec, p)
+            linker::link_program(spec, p)
         })
         .collect()
 }

@@ -1,0 +1,26 @@
+//! bpfload: loads eBPF objects into the kernel with no framework.
+//!
+//! Layers, from pure to kernel-facing (see ARCHITECTURE.md):
+//! - [`obj`] parses an ELF object into an [`obj::ObjectSpec`]; [`linker`] turns
+//!   each program into one loadable instruction stream; [`btf`] writes the
+//!   minimal type information the verifier needs. All three are pure: no
+//!   system calls, testable without root.
+//! - [`sys`] is the only module with `unsafe`: thin typed wrappers of bpf(2),
+//!   perf_event_open(2), their ioctls and mmap of map memory.
+//! - [`load`] creates maps and loads programs; [`attach`] attaches them to
+//!   tracepoints; [`maps`] and [`ringbuf`] access maps from user space.
+//!
+//! The crate knows nothing of what the programs do.
+
+pub mod attach;
+pub mod btf;
+pub mod error;
+pub mod insn;
+pub mod linker;
+pub mod load;
+pub mod maps;
+pub mod obj;
+pub mod ringbuf;
+pub mod sys;
+
+pub use error::{Error, Result};
