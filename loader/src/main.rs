@@ -1,7 +1,7 @@
 //! The `bpfckpt` command line.
 
+use bpfckpt::ckpt::Outcome;
 use bpfckpt::ckpt::report::{J, Reporter};
-use bpfckpt::ckpt::session::Outcome;
 use bpfckpt::ckpt::storage::parse_size;
 use bpfckpt::ckpt::{Engine, Options, RestorePath, Waiter, demo, gate};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -235,7 +235,7 @@ fn run(cli: Cli) -> bpfckpt::Result<ExitCode> {
                         return Ok(ExitCode::from(128 + sig as u8));
                     }
                     Ok(pid) => match engine.serve(pid, Waiter::Pid, || {
-                        bpfckpt::ckpt::session::cont(pid);
+                        bpfckpt::ckpt::engine::cont(pid);
                         Ok(())
                     }) {
                         Ok(Outcome::Interrupted(sig)) => {

@@ -116,38 +116,91 @@ pub struct Region {
     pub _pad: u64,
 }
 
+/// Ring buffer record kinds (`EventHeader::kind`); each has its own struct.
 pub const EV_EXEC: u32 = 1;
 pub const EV_LAYOUT: u32 = 2;
-/// Checkpoint copied by BPF; `a` = pages saved, `b` = pages it could not read,
-/// `c` = ns spent; `held` says whether the target was stopped for completion.
 pub const EV_CHECKPOINT: u32 = 3;
-/// Restore request; `a` = pages written, `b` = writes that failed, `c` = ns.
 pub const EV_RESTORE: u32 = 4;
 
-/// `Event::stale` of a checkpoint: the region table was stale (nothing
-/// usable was saved), or the store filled up (the first `a` pages are good).
+/// `CheckpointEvent::stale`: the region table was stale or torn (nothing
+/// usable was saved), or the store filled up (the first `saved` pages are good).
 pub const STALE_LAYOUT: u64 = 1;
 pub const STALE_OVERFLOW: u64 = 2;
 
-/// Ring buffer record.
+/// The first 16 bytes of every ring buffer record.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Event {
+pub struct EventHeader {
+    /// `EV_*`: which struct the record is.
     pub kind: u32,
+    /// The thread group and thread that hit the tracepoint.
     pub tgid: u32,
     pub tid: u32,
-    /// 1 when the probe sent SIGSTOP and user space must finish and SIGCONT.
+    /// 1 when the probe sent SIGSTOP: user space finishes the request while
+    /// the target is stopped, then continues it.
     pub held: u32,
+}
+
+/// `EV_EXEC`: the served process called exec (its old image is void), or a
+/// process with the name `watch` waits for did (then it is held until user
+/// space decides whether to serve it).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    pub hdr: EventHeader,
+}
+
+/// `EV_LAYOUT`: the served process changed its mappings (mmap, munmap,
+/// mremap, brk, mprotect). Sent once until user space has reread them.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LayoutEvent {
+    pub hdr: EventHeader,
+    /// `State::layout_seq` after the change.
     pub seq: u64,
-    pub a: u64,
-    pub b: u64,
-    pub c: u64,
-    /// Set when the layout was stale (checkpoint) or slots overflowed.
+    /// The system call's return value.
+    pub ret: i64,
+}
+
+/// `EV_CHECKPOINT`: a checkpoint request, after the probe's copy.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CheckpointEvent {
+    pub hdr: EventHeader,
+    /// `Config::applied_seq` when the copy began: the region table it walked.
+    pub table_seq: u64,
+    /// Pages copied into the store (slots `0..saved`, in region-table order).
+    pub saved: u64,
+    /// Pages `bpf_probe_read_user` could not read (not present, swapped out).
+    pub unreadable: u64,
+    /// Pages skipped as never written (the touched-page bitmaps).
+    pub skipped: u64,
+    /// 0, `STALE_LAYOUT` or `STALE_OVERFLOW`.
     pub stale: u64,
-    /// Checkpoint: pages skipped as never written. Restore: entries of
-    /// `ZERO_TODO` (pages to zero from user space), or `u64::MAX` if it
-    /// overflowed.
-    pub d: u64,
+    /// Time spent in the probe.
+    pub ns: u64,
+}
+
+/// `EV_RESTORE`: a restore request, after the probe's part of it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RestoreEvent {
+    pub hdr: EventHeader,
+    /// Saved pages BPF wrote back (write path only).
+    pub written: u64,
+    /// Saved pages BPF could not write; marked `ADDR_FAILED` in `ADDRS`.
+    pub write_failed: u64,
+    /// Pages of the zero ranges BPF zeroed (write path only).
+    pub zeroed: u64,
+    /// Write path: zero-range pages BPF could not zero. Otherwise: non-zero
+    /// when `ZERO_TODO` overflowed.
+    pub zero_failed: u64,
+    /// Without the write path: entries of `ZERO_TODO` (zero-range pages
+    /// written since the checkpoint, for user space to zero), or `u64::MAX`
+    /// when user space must scan the zero ranges itself. 0 otherwise.
+    pub zero_todo: u64,
+    /// Time spent in the probe.
+    pub ns: u64,
 }
 
 /// Result slots of the loader self-test program (`SELFTEST_OUT[i]`).

@@ -2,8 +2,8 @@
 //! small heap buffer, a large mmap'd buffer and a `.bss` array, damages them
 //! between checkpoint and restore, and verifies every byte after each restore.
 
+use super::engine::{Engine, Outcome};
 use super::markers::{CHECKPOINT_DONE, CHECKPOINT_REQUEST, RESTORE_DONE, RESTORE_REQUEST};
-use super::session::{Engine, Outcome};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

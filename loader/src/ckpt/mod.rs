@@ -4,14 +4,17 @@
 #[path = "../../../probes/src/abi.rs"]
 pub mod abi;
 pub mod demo;
+pub mod engine;
+pub mod events;
 pub mod gate;
 pub mod markers;
 pub mod memio;
+pub mod probes;
 pub mod procfs;
 pub mod report;
-pub mod session;
 pub mod storage;
+pub mod touched;
 pub mod watchdog;
 mod wire;
 
-pub use session::{Engine, Options, RestorePath, Waiter};
+pub use engine::{Engine, Options, Outcome, RestorePath, Waiter};

@@ -67,6 +67,13 @@ impl Storage {
         })
     }
 
+    /// The capacity to create for `need` pages: a little room to grow, so
+    /// that a target allocating a few pages more does not need a new store
+    /// at its next checkpoint.
+    pub fn with_headroom(need: u64) -> u64 {
+        need + need / 32 + 16
+    }
+
     /// Kernel memory a store of `capacity` pages costs.
     pub fn cost(capacity: u64) -> u64 {
         capacity * PAGE + (capacity * 8).div_ceil(PAGE) * PAGE

@@ -1,7 +1,7 @@
 //! Byte encodings of the structs in `abi.rs`, written field by field (no
 //! unsafe transmutes); the offsets are checked against the compiler's layout.
 
-use super::abi::{ChunkKey, Config, Event, Region, State, Touched};
+use super::abi::{ChunkKey, Config, Region, State, Touched};
 use std::mem::offset_of;
 
 const _: () = {
@@ -16,10 +16,6 @@ const _: () = {
     assert!(offset_of!(Config, ckpt_path) == 72);
     assert!(offset_of!(Config, restore_path) == 200);
     assert!(size_of::<Config>() == 328);
-    assert!(offset_of!(Event, seq) == 16);
-    assert!(offset_of!(Event, stale) == 48);
-    assert!(offset_of!(Event, d) == 56);
-    assert!(size_of::<Event>() == 64);
     assert!(size_of::<Region>() == 32);
     assert!(offset_of!(State, exec_gen) == 16);
     assert!(offset_of!(State, untracked) == 24);
@@ -60,7 +56,7 @@ pub fn chunk_key(tgid: u32, image: u32, chunk: u64) -> [u8; 16] {
     b
 }
 
-fn u32_at(b: &[u8], o: usize) -> u32 {
+pub fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
@@ -68,25 +64,6 @@ pub fn u64_at(b: &[u8], o: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[o..o + 8]);
     u64::from_ne_bytes(a)
-}
-
-/// Decodes a ring buffer record; `None` if it is too short.
-pub fn event(b: &[u8]) -> Option<Event> {
-    if b.len() < size_of::<Event>() {
-        return None;
-    }
-    Some(Event {
-        kind: u32_at(b, 0),
-        tgid: u32_at(b, 4),
-        tid: u32_at(b, 8),
-        held: u32_at(b, 12),
-        seq: u64_at(b, 16),
-        a: u64_at(b, 24),
-        b: u64_at(b, 32),
-        c: u64_at(b, 40),
-        stale: u64_at(b, 48),
-        d: u64_at(b, 56),
-    })
 }
 
 /// A NUL-padded fixed buffer from a string (the caller checked the length).
@@ -102,15 +79,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn event_round_trip_from_bytes() {
-        let mut b = vec![0u8; 64];
-        b[0] = 3;
-        b[4] = 7;
-        b[16] = 9;
-        b[48] = 1;
-        let e = event(&b).unwrap();
-        assert_eq!((e.kind, e.tgid, e.seq, e.stale), (3, 7, 9, 1));
-        assert!(event(&b[..63]).is_none());
+    fn fixed_buffers_keep_a_nul() {
         assert_eq!(fixed::<4>(b"abcdef"), *b"abc\0");
+        assert_eq!(fixed::<4>(b"ab"), *b"ab\0\0");
     }
 }

@@ -1,0 +1,265 @@
+//! The engine: loads and attaches the probes once, then serves targets.
+//!
+//! Division of work per request:
+//! - checkpoint: the probe copies every page of the live region table into
+//!   the page store, inside the trigger syscall. If the table was stale, the
+//!   store too small, or a page unreadable, the probe also stops the target
+//!   (SIGSTOP right after the trigger syscall) and user space completes the
+//!   image at that same instant, then releases it (`checkpoint.rs`).
+//! - restore: with the BPF write path, the probe writes every saved page and
+//!   zeroes pages absent at the checkpoint; pages it could not write are
+//!   finished from user space while the target is held. Without it (kernel
+//!   lockdown), the probe only holds the target and user space restores
+//!   (`restore.rs`).
+//!
+//! `serve.rs` is the event loop and the target's lifecycle; `layout.rs`
+//! keeps the probes' region table in step with the target's mappings.
+
+mod checkpoint;
+mod layout;
+mod restore;
+mod serve;
+
+pub use serve::cont;
+
+use super::abi::{self, Config};
+use super::markers::{self, Triggers};
+use super::probes::Probes;
+use super::report::{J, Reporter, Stats};
+use super::watchdog::Watchdog;
+use super::wire;
+use crate::{Error, Result};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::{SfdFlags, SigSet, SignalFd};
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus};
+
+/// How restores are carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestorePath {
+    /// BPF if the kernel allows `bpf_probe_write_user`, else user space.
+    Auto,
+    /// `bpf_probe_write_user` in the target's context (error if refused).
+    Bpf,
+    /// `process_vm_writev` / `/proc/PID/mem` while the target is held.
+    User,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub trigger_dir: PathBuf,
+    pub restore_path: RestorePath,
+    /// Most kernel memory the page store may use.
+    pub max_memory: Option<u64>,
+    /// Capture anonymous memory only (no writable private file mappings).
+    pub anon_only: bool,
+    /// Try every page at each checkpoint instead of only pages written
+    /// since the program started (the touched-page bitmaps).
+    pub exhaustive: bool,
+    pub report: Reporter,
+}
+
+/// How the engine learns that a target is gone.
+pub enum Waiter {
+    /// Our child (`run`): its exit status is collected.
+    Child(Child),
+    /// Someone else's process (`watch`).
+    Pid,
+}
+
+/// How serving one target ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Exited(ExitStatus),
+    /// Gone, status unknown (not our child).
+    Gone,
+    /// SIGINT / SIGTERM to bpfckpt.
+    Interrupted(Signal),
+}
+
+pub struct Engine {
+    probes: Probes,
+    cfg: Config,
+    /// Config flags that hold for every target (exhaustive, THP).
+    base_flags: u32,
+    bpf_write: bool,
+    /// Swap is on: a page BPF cannot write may be swapped out, not absent.
+    swap: bool,
+    /// Frame of the shared zero page, if pagemap shows frames.
+    zero_pfn: Option<u64>,
+    opts: Options,
+    triggers: Triggers,
+    signals: SignalFd,
+    /// Continues a held target if bpfckpt dies (ckpt/watchdog.rs).
+    watchdog: Watchdog,
+    pub total: Stats,
+}
+
+impl Engine {
+    /// Checks privileges, picks the restore path, loads and attaches the probes.
+    pub fn new(opts: Options) -> Result<Self> {
+        check_privileges()?;
+        let triggers = Triggers::new(&opts.trigger_dir, abi::PATH_MAX)?;
+        let (bpf_write, write_why) = choose_restore_path(opts.restore_path)?;
+        let signals = signals_as_events()?;
+        // After the mask: the watchdog inherits SIGINT/SIGTERM blocked.
+        let watchdog = Watchdog::spawn()?;
+        let probes = Probes::load(bpf_write, opts.report, opts.exhaustive)?;
+        let base_flags = base_flags(opts.exhaustive || !probes.tracking());
+        let e = Self {
+            cfg: initial_config(&triggers),
+            probes,
+            base_flags,
+            bpf_write,
+            swap: swap_enabled(),
+            zero_pfn: super::procfs::zero_pfn(),
+            opts,
+            triggers,
+            signals,
+            watchdog,
+            total: Stats::default(),
+        };
+        e.push_config()?;
+        e.announce_restore_path(&write_why);
+        Ok(e)
+    }
+
+    fn announce_restore_path(&self, write_why: &str) {
+        let path = if self.bpf_write {
+            "restore path: BPF (bpf_probe_write_user in the target's context)".to_string()
+        } else if self.opts.restore_path == RestorePath::User {
+            "restore path: user space (requested)".to_string()
+        } else {
+            format!(
+                "restore path: user space (process_vm_writev, /proc/PID/mem) with the target held; \
+                 the kernel refuses bpf_probe_write_user: {write_why}"
+            )
+        };
+        self.report().event(
+            "start",
+            &path,
+            &[
+                (
+                    "restore_path",
+                    J::S(if self.bpf_write { "bpf" } else { "user" }),
+                ),
+                (
+                    "trigger_dir",
+                    J::S(&self.opts.trigger_dir.display().to_string()),
+                ),
+            ],
+        );
+    }
+
+    /// Config flags for a served target, plus `extra`.
+    fn flags(&self, extra: u32) -> u32 {
+        abi::F_ACTIVE | self.base_flags | if self.bpf_write { abi::F_BPF_WRITE } else { 0 } | extra
+    }
+
+    /// Whether every page is tried (no touched-page tracking).
+    fn exhaustive(&self) -> bool {
+        self.base_flags & abi::F_EXHAUSTIVE != 0
+    }
+
+    pub fn report(&self) -> Reporter {
+        self.opts.report
+    }
+
+    pub fn bpf_write(&self) -> bool {
+        self.bpf_write
+    }
+
+    fn push_config(&self) -> Result<()> {
+        self.probes.push_config(&self.cfg)
+    }
+
+    /// Sets the process name `watch` waits for (first 15 bytes, as the kernel keeps it).
+    pub fn set_watch(&mut self, comm: &str) -> Result<()> {
+        self.watchdog.watching(comm);
+        self.cfg.watch_comm = wire::fixed(comm.as_bytes());
+        self.push_config()
+    }
+}
+
+/// Whether to restore with `bpf_probe_write_user`, and if not why.
+fn choose_restore_path(requested: RestorePath) -> Result<(bool, String)> {
+    let (write_ok, write_why) = match requested {
+        RestorePath::User => (false, String::new()),
+        _ => crate::doctor::probe_write_user_available(),
+    };
+    if requested == RestorePath::Bpf && !write_ok {
+        return Err(Error::new(format!(
+            "--restore-path bpf: this kernel refuses bpf_probe_write_user ({write_why}); \
+             use --restore-path user or auto"
+        )));
+    }
+    Ok((write_ok, write_why))
+}
+
+/// SIGINT/SIGTERM become readable events, so that a session ends in order
+/// (target released, summary printed). Blocked before any child is spawned;
+/// `run` unblocks them in the child again before exec.
+fn signals_as_events() -> Result<SignalFd> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGINT);
+    mask.add(Signal::SIGTERM);
+    mask.thread_block()
+        .map_err(|e| Error::sys("block SIGINT/SIGTERM", e as i32))?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| Error::sys("signalfd", e as i32))
+}
+
+/// Flags for every target: exhaustive, and whether THP maps whole chunks.
+fn base_flags(exhaustive: bool) -> u32 {
+    let thp_always = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| s.contains("[always]"));
+    (if exhaustive { abi::F_EXHAUSTIVE } else { 0 })
+        | if thp_always { abi::F_THP_ALWAYS } else { 0 }
+}
+
+fn initial_config(triggers: &Triggers) -> Config {
+    let path = |name| wire::fixed(triggers.path(name).as_os_str().as_encoded_bytes());
+    Config {
+        tgid: 0,
+        flags: 0,
+        applied_seq: u64::MAX,
+        nregions: 0,
+        nzero: 0,
+        total_pages: 0,
+        zero_pages: 0,
+        capacity: 0,
+        image_slots: 0,
+        watch_comm: [0; abi::COMM_LEN],
+        ckpt_path: path(markers::CHECKPOINT_REQUEST),
+        restore_path: path(markers::RESTORE_REQUEST),
+    }
+}
+
+fn swap_enabled() -> bool {
+    std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1)
+}
+
+/// One clear line when we cannot use BPF at all.
+fn check_privileges() -> Result<()> {
+    // Root is not enough on its own: a bounding set may have taken CAP_BPF
+    // away. What counts is the effective set.
+    let Ok(caps) = crate::os::effective_caps() else {
+        return if nix::unistd::geteuid().is_root() {
+            Ok(())
+        } else {
+            Err(Error::new("bpfckpt needs root"))
+        };
+    };
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_PERFMON: u64 = 1 << 38;
+    const CAP_BPF: u64 = 1 << 39;
+    let ok = caps & CAP_SYS_ADMIN != 0 || (caps & CAP_BPF != 0 && caps & CAP_PERFMON != 0);
+    // Writing another process's memory also needs ptrace rights.
+    if !ok {
+        return Err(Error::new(
+            "bpfckpt needs root, or CAP_BPF and CAP_PERFMON (plus CAP_SYS_PTRACE to read the target's memory); \
+             run it with sudo",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! The event loop and the target's lifecycle: waiting for a watched exec,
+//! serving one target until it is gone, holding and releasing it.
+
+use super::checkpoint::Image;
+use super::{Engine, Outcome, Waiter};
+use crate::ckpt::events::Event;
+use crate::ckpt::probes::StateField;
+use crate::ckpt::procfs::{self, Mapping, Region};
+use crate::ckpt::report::{J, Stats};
+use crate::ckpt::storage::Storage;
+use crate::ckpt::touched::Written;
+use crate::{Error, Result};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::time::{Duration, Instant};
+
+/// One target being served.
+pub(super) struct Target {
+    pub pid: i32,
+    pub regions: Vec<Region>,
+    /// `/proc/PID/maps` as read for `regions` (valid while the layout
+    /// sequence number still equals `applied_seq`).
+    pub maps: Vec<Mapping>,
+    pub applied_seq: u64,
+    pub layout_dirty: bool,
+    /// Consecutive failed attempts to read the layout.
+    pub layout_failures: u32,
+    /// `State::lost` when serving began.
+    pub lost_seen: u64,
+    pub store: Option<Storage>,
+    pub image: Option<Image>,
+    pub stats: Stats,
+}
+
+impl Engine {
+    /// Waits for a process whose exec matches the watch name (and `exe`, if
+    /// given). It is held at its exec; returns its pid, still held.
+    pub fn wait_for_exec(
+        &mut self,
+        exe: Option<&std::path::Path>,
+    ) -> Result<std::result::Result<i32, Signal>> {
+        loop {
+            if let Some(sig) = self.pending_signal() {
+                return Ok(Err(sig));
+            }
+            for ev in self.probes.poll(Duration::from_millis(100))? {
+                let Event::Exec { tgid, held: true } = ev else {
+                    continue;
+                };
+                let pid = tgid as i32;
+                if let Some(exe) = exe {
+                    let real = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+                    if real.as_deref() != Some(exe) {
+                        cont(pid);
+                        continue;
+                    }
+                }
+                return Ok(Ok(pid));
+            }
+        }
+    }
+
+    fn pending_signal(&mut self) -> Option<Signal> {
+        match self.signals.read_signal() {
+            Ok(Some(info)) => Signal::try_from(info.ssi_signo as i32).ok(),
+            _ => None,
+        }
+    }
+
+    /// Serves `pid` until it is gone. `release` lets the target go once the
+    /// probes are set up for it (it is held at its exec, or gated).
+    pub fn serve(
+        &mut self,
+        pid: i32,
+        mut waiter: Waiter,
+        release: impl FnOnce() -> Result<()>,
+    ) -> Result<Outcome> {
+        self.watchdog.serving(pid);
+        let mut t = Target {
+            pid,
+            regions: Vec::new(),
+            maps: Vec::new(),
+            applied_seq: u64::MAX,
+            layout_dirty: true,
+            layout_failures: 0,
+            lost_seen: self.probes.state(StateField::Lost)?,
+            store: None,
+            image: None,
+            stats: Stats::default(),
+        };
+        self.start_serving(pid)?;
+        let result = self
+            .apply_layout(&mut t)
+            .and_then(|()| release())
+            .and_then(|()| self.serve_loop(&mut t, &mut waiter));
+        self.stop_serving(&t);
+        self.total.add(&t.stats);
+        self.report().summary(&format!("pid {pid}"), &t.stats);
+        if let (Err(_), Waiter::Child(c)) = (&result, &mut waiter) {
+            // The session failed: don't leave an orphan waiting for markers.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        result
+    }
+
+    fn start_serving(&mut self, pid: i32) -> Result<()> {
+        self.cfg.tgid = pid as u32;
+        self.cfg.flags = self.flags(0);
+        self.cfg.applied_seq = u64::MAX;
+        self.cfg.capacity = 0;
+        self.drop_image_config();
+        self.push_config()?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        self.report().event(
+            "target",
+            &format!("serving pid {pid} ({exe})"),
+            &[("pid", J::N(pid as u64)), ("exe", J::S(&exe))],
+        );
+        Ok(())
+    }
+
+    /// Whatever happened: stop serving, never leave the target stopped.
+    fn stop_serving(&mut self, t: &Target) {
+        self.cfg.tgid = 0;
+        self.cfg.flags = 0;
+        let _ = self.push_config();
+        let _ = self.probes.bitmaps().forget(t.pid, None);
+        self.probes.remove_store();
+        if procfs::process_state(t.pid).is_some_and(|s| s == 'T') {
+            cont(t.pid);
+        }
+        self.watchdog.idle();
+    }
+
+    /// The probes must not use the image any more.
+    pub(super) fn drop_image_config(&mut self) {
+        self.cfg.image_slots = 0;
+        self.cfg.nzero = 0;
+        self.cfg.zero_pages = 0;
+    }
+
+    fn serve_loop(&mut self, t: &mut Target, waiter: &mut Waiter) -> Result<Outcome> {
+        loop {
+            if let Some(sig) = self.pending_signal() {
+                if let Waiter::Child(c) = waiter {
+                    let _ = kill(Pid::from_raw(c.id() as i32), sig);
+                    let _ = c.wait();
+                }
+                return Ok(Outcome::Interrupted(sig));
+            }
+            let events = self.probes.poll(Duration::from_millis(50))?;
+            if self.probes.state(StateField::Lost)? != t.lost_seen {
+                cont(t.pid);
+                return Err(Error::new(format!(
+                    "the probes could not report a request of pid {} (ring buffer full); released it",
+                    t.pid
+                )));
+            }
+            for ev in &events {
+                if let Err(e) = self.dispatch(t, ev) {
+                    // A target that dies while held is an outcome, not an
+                    // error of ours: report it and end with its status.
+                    if let Some(out) = gone_soon(t.pid, waiter) {
+                        self.report().warn(&format!(
+                            "pid {} ended in the middle of a request ({e})",
+                            t.pid
+                        ));
+                        return Ok(out);
+                    }
+                    return Err(e);
+                }
+            }
+            if let Some(out) = gone(t.pid, waiter) {
+                return Ok(out);
+            }
+            if let Some(out) = self.refresh_layout(t, waiter)? {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Rereads the layout when it changed. An exec swaps the mm under /proc
+    /// readers: a failure is retried on the next round (the exec event marks
+    /// the table dirty), but not forever.
+    fn refresh_layout(&mut self, t: &mut Target, waiter: &mut Waiter) -> Result<Option<Outcome>> {
+        if !t.layout_dirty {
+            return Ok(None);
+        }
+        match self.apply_layout(t) {
+            Ok(()) => {
+                t.layout_failures = 0;
+                Ok(None)
+            }
+            Err(e) => {
+                // An exiting target loses its mm before it can be reaped.
+                if let Some(out) = gone_soon(t.pid, waiter) {
+                    return Ok(Some(out));
+                }
+                t.layout_failures += 1;
+                if t.layout_failures > 20 {
+                    return Err(e.context(format!("reading the mappings of pid {}", t.pid)));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn dispatch(&mut self, t: &mut Target, ev: &Event) -> Result<()> {
+        if ev.tgid() != t.pid as u32 {
+            if let Event::Exec { tgid, held: true } = ev {
+                // `watch` matched another process while busy.
+                cont(*tgid as i32);
+                self.report().warn(&format!(
+                    "pid {tgid} matches the watched name but pid {} is being served; not serving it",
+                    t.pid
+                ));
+            }
+            return Ok(());
+        }
+        match ev {
+            Event::Layout { .. } => {
+                t.layout_dirty = true;
+                Ok(())
+            }
+            Event::Exec { .. } => {
+                self.on_exec(t);
+                Ok(())
+            }
+            Event::Checkpoint(c) => self.on_checkpoint(t, c),
+            Event::Restore(r) => self.on_restore(t, r),
+        }
+    }
+
+    fn on_exec(&mut self, t: &mut Target) {
+        t.layout_dirty = true;
+        // A checkpoint of the old program must never be written into the
+        // new one.
+        if t.image.take().is_some() {
+            self.drop_image_config();
+            self.report().warn(&format!(
+                "pid {} called exec: its checkpoint belongs to the old program and is dropped",
+                t.pid
+            ));
+        }
+    }
+
+    /// The touched-page bitmaps of `pid`'s current image, or untracked.
+    pub(super) fn written(&self, pid: i32) -> Result<Written> {
+        if self.exhaustive() || self.probes.state(StateField::Untracked)? != 0 {
+            return Ok(Written::untracked());
+        }
+        self.probes.bitmaps().written(pid, self.image_gen()?)
+    }
+
+    /// Records pages written from user space in the bitmaps.
+    pub(super) fn mark_written(&self, pid: i32, addrs: impl Iterator<Item = u64>) -> Result<()> {
+        if self.exhaustive() {
+            return Ok(());
+        }
+        self.probes.bitmaps().mark(pid, self.image_gen()?, addrs)
+    }
+
+    /// The program-image number the probes key the bitmaps with.
+    fn image_gen(&self) -> Result<u32> {
+        Ok(self.probes.state(StateField::ExecGen)? as u32)
+    }
+}
+
+/// Lets a held target run on.
+pub fn cont(pid: i32) {
+    let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+}
+
+fn alive(pid: i32) -> bool {
+    procfs::process_state(pid).is_some_and(|s| s != 'Z' && s != 'X')
+}
+
+/// The target stops on its way out of the trigger syscall.
+pub(super) fn wait_stopped(pid: i32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut spin = 0u32;
+    loop {
+        match procfs::process_state(pid) {
+            Some('T') | Some('t') => return Ok(()),
+            None | Some('Z') | Some('X') => {
+                return Err(Error::new(format!(
+                    "pid {pid} exited while held for a request"
+                )));
+            }
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            return Err(Error::new(format!(
+                "pid {pid} did not stop at its trigger within 10 s"
+            )));
+        }
+        spin += 1;
+        if spin > 100 {
+            std::thread::sleep(Duration::from_micros(50));
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// `gone`, allowing an exiting process a moment to become reapable.
+fn gone_soon(pid: i32, waiter: &mut Waiter) -> Option<Outcome> {
+    let deadline = Instant::now() + Duration::from_millis(500);
+    loop {
+        if let Some(o) = gone(pid, waiter) {
+            return Some(o);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn gone(pid: i32, waiter: &mut Waiter) -> Option<Outcome> {
+    match waiter {
+        Waiter::Child(c) => match c.try_wait() {
+            Ok(Some(st)) => Some(Outcome::Exited(st)),
+            Ok(None) => None,
+            Err(_) => Some(Outcome::Gone),
+        },
+        Waiter::Pid => (!alive(pid)).then_some(Outcome::Gone),
+    }
+}

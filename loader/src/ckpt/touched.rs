@@ -1,0 +1,159 @@
+//! The touched-page bitmaps (`TOUCHED`) as user space uses them: which
+//! pages of a private anonymous region may hold data, and recording the
+//! pages user space wrote itself (its writes fault nothing).
+
+use super::abi;
+use super::procfs::{self, PAGE, PM_PRESENT, PM_SWAPPED};
+use super::wire;
+use crate::Result;
+use bpfload::maps::Map;
+use std::collections::{BTreeMap, HashMap};
+
+/// Bit `(addr / PAGE) % CHUNK_PAGES` of chunk `addr >> CHUNK_SHIFT`, as
+/// (chunk, word index, mask).
+fn bit_of(addr: u64) -> (u64, usize, u64) {
+    let bit = (addr / PAGE) % abi::CHUNK_PAGES;
+    (
+        addr >> abi::CHUNK_SHIFT,
+        (bit / 64) as usize,
+        1 << (bit % 64),
+    )
+}
+
+pub struct Bitmaps {
+    map: Map,
+}
+
+impl Bitmaps {
+    pub fn new(map: Map) -> Self {
+        Self { map }
+    }
+
+    /// The `ever` bitmaps of `pid`'s program image `image` (cost follows
+    /// the number of touched chunks, not the size of the mappings).
+    pub fn written(&self, pid: i32, image: u32) -> Result<Written> {
+        let mut chunks = HashMap::new();
+        let mut val = [0u8; size_of::<abi::Touched>()];
+        for key in self.map.keys() {
+            let key = key?;
+            if key_owner(&key) != Some((pid as u32, image)) {
+                continue;
+            }
+            if self.map.lookup(&key, &mut val)? {
+                let mut ever = [0u64; 8];
+                for (w, e) in ever.iter_mut().enumerate() {
+                    *e = wire::u64_at(&val, w * 8);
+                }
+                chunks.insert(wire::u64_at(&key, 8), ever);
+            }
+        }
+        Ok(Written(Some(chunks)))
+    }
+
+    /// Sets the `ever` bits of pages written from user space (the target
+    /// is held, so no fault races with this read-modify-write).
+    pub fn mark(&self, pid: i32, image: u32, addrs: impl Iterator<Item = u64>) -> Result<()> {
+        let mut chunks: BTreeMap<u64, [u64; 8]> = BTreeMap::new();
+        for a in addrs {
+            let (chunk, w, m) = bit_of(a);
+            chunks.entry(chunk).or_default()[w] |= m;
+        }
+        let mut val = [0u8; size_of::<abi::Touched>()];
+        for (chunk, bits) in chunks {
+            let key = wire::chunk_key(pid as u32, image, chunk);
+            if !self.map.lookup(&key, &mut val)? {
+                val = [0; size_of::<abi::Touched>()];
+            }
+            for (w, b) in bits.iter().enumerate() {
+                let old = wire::u64_at(&val, w * 8);
+                val[w * 8..w * 8 + 8].copy_from_slice(&(old | b).to_ne_bytes());
+            }
+            self.map.update(&key, &val, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the bitmaps of `pid` except those of program image `keep`.
+    pub fn forget(&self, pid: i32, keep: Option<u32>) -> Result<()> {
+        let stale: Vec<Vec<u8>> = self
+            .map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| key_owner(k).is_some_and(|(p, img)| p == pid as u32 && keep != Some(img)))
+            .collect();
+        for k in stale {
+            self.map.delete(&k)?;
+        }
+        Ok(())
+    }
+}
+
+/// `(tgid, image)` of a `TOUCHED` key.
+fn key_owner(k: &[u8]) -> Option<(u32, u32)> {
+    (k.len() == size_of::<abi::ChunkKey>()).then(|| (wire::u32_at(k, 0), wire::u32_at(k, 4)))
+}
+
+/// The `ever` bitmaps of one target, as user space sees them; `None` when
+/// writes are not tracked (every page may hold data).
+pub struct Written(pub Option<HashMap<u64, [u64; 8]>>);
+
+impl Written {
+    /// Every page may hold data.
+    pub fn untracked() -> Self {
+        Self(None)
+    }
+
+    /// Whether a private anonymous page with pagemap entry `pm` may hold
+    /// data. Swapped: yes. Present: if it was written, or (should a write
+    /// have escaped the tracking) unless it is the shared zero page.
+    /// Absent: no.
+    pub fn anon_page_may_hold_data(&self, addr: u64, pm: u64, zero_pfn: Option<u64>) -> bool {
+        if pm & PM_SWAPPED != 0 {
+            return true;
+        }
+        if pm & PM_PRESENT == 0 {
+            return false;
+        }
+        self.may_hold_data(addr) || zero_pfn.is_none_or(|z| pm & procfs::PM_PFN != z)
+    }
+
+    fn may_hold_data(&self, addr: u64) -> bool {
+        let Some(chunks) = &self.0 else { return true };
+        let (chunk, w, m) = bit_of(addr);
+        chunks.get(&chunk).is_some_and(|bits| bits[w] & m != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_map_to_their_chunk_word_and_bit() {
+        assert_eq!(bit_of(0), (0, 0, 1));
+        assert_eq!(bit_of(65 * PAGE), (0, 1, 2));
+        assert_eq!(
+            bit_of((1 << abi::CHUNK_SHIFT) + 511 * PAGE),
+            (1, 7, 1 << 63)
+        );
+    }
+
+    #[test]
+    fn written_pages_decide_only_for_present_pages() {
+        let mut chunks = HashMap::new();
+        let (c, w, m) = bit_of(3 * PAGE);
+        let mut bits = [0u64; 8];
+        bits[w] = m;
+        chunks.insert(c, bits);
+        let wr = Written(Some(chunks));
+        let zero = Some(0x1234);
+        let present_zero_page = PM_PRESENT | 0x1234;
+        assert!(wr.anon_page_may_hold_data(3 * PAGE, present_zero_page, zero));
+        assert!(!wr.anon_page_may_hold_data(4 * PAGE, present_zero_page, zero));
+        // A present page that is not the zero page holds data whatever the bits say.
+        assert!(wr.anon_page_may_hold_data(4 * PAGE, PM_PRESENT | 0x99, zero));
+        assert!(wr.anon_page_may_hold_data(4 * PAGE, PM_SWAPPED, zero));
+        assert!(!wr.anon_page_may_hold_data(3 * PAGE, 0, zero));
+        assert!(Written::untracked().anon_page_may_hold_data(4 * PAGE, present_zero_page, zero));
+    }
+}

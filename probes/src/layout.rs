@@ -1,0 +1,116 @@
+//! Changes of the target's mappings and program image: the layout probes
+//! mark the region table stale and tell user space; the exec probe starts
+//! a new image (or catches a process `watch` waits for).
+
+use crate::abi::*;
+use crate::helpers as h;
+use crate::maps::*;
+use crate::target::*;
+use crate::track::mark_range;
+use core::ffi::c_void;
+use core::intrinsics::{AtomicOrdering, atomic_xadd, atomic_xchg};
+use core::ptr::{read_volatile, write_volatile};
+
+/// Marks the region table stale; returns the new sequence number.
+#[inline(always)]
+unsafe fn bump_seq(st: *mut State) -> u64 {
+    // SAFETY: `st` is a live map value. Atomic: two threads of the target
+    // may change mappings at once.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*st).layout_seq, 1) + 1 }
+}
+
+#[inline(always)]
+unsafe fn layout_changed(ret: i64) -> u32 {
+    // SAFETY: pointers from map lookups, null checked.
+    unsafe {
+        let cfg = served();
+        if cfg.is_null() {
+            return 0;
+        }
+        let st = state();
+        if st.is_null() {
+            return 0;
+        }
+        let seq = bump_seq(st);
+        let (_, tid) = current_tgid();
+        let pending: *const u64 = h::map_lookup_elem(map(&PENDING), &tid as *const u32 as *const c_void) as *const u64;
+        if !pending.is_null() {
+            let len = read_volatile(pending);
+            h::map_delete_elem(map(&PENDING), &tid as *const u32 as *const c_void);
+            // A successful mmap/mremap returns the address (never in the
+            // top 4095 values, which are errors).
+            if ret >= 0 || ret < -4095 {
+                mark_range(st, ret as u64, len, false);
+            }
+        }
+        // One notification until user space has read the layout: a target
+        // that maps in a loop must not flood the ring buffer.
+        if atomic_xchg::<u64, { AtomicOrdering::Relaxed }>(&raw mut (*st).notified, 1) == 0 {
+            let ev = LayoutEvent { hdr: header(EV_LAYOUT, 0), seq, ret };
+            emit(&ev, false);
+        }
+    }
+    0
+}
+
+macro_rules! layout_probe {
+    ($fn:ident, $sec:literal) => {
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = $sec)]
+        pub extern "C" fn $fn(ctx: *const SysExit) -> u32 {
+            // SAFETY: the tracepoint context is readable at this offset.
+            unsafe { layout_changed((*ctx).ret) }
+        }
+    };
+}
+
+layout_probe!(layout_mmap, "tracepoint/syscalls/sys_exit_mmap");
+layout_probe!(layout_munmap, "tracepoint/syscalls/sys_exit_munmap");
+layout_probe!(layout_mremap, "tracepoint/syscalls/sys_exit_mremap");
+layout_probe!(layout_brk, "tracepoint/syscalls/sys_exit_brk");
+layout_probe!(layout_mprotect, "tracepoint/syscalls/sys_exit_mprotect");
+
+/// A new program image: the target of `run` (by thread group) or a process
+/// `watch` waits for (by name). The latter is held until user space has read
+/// its layout, so that not a single trigger can be missed.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/sched/sched_process_exec")]
+pub extern "C" fn on_exec(_ctx: *const c_void) -> u32 {
+    // SAFETY: pointers from map lookups (null checked) or the stack.
+    unsafe {
+        let cfg: *mut Config = lookup(map(&CONFIG), 0);
+        if cfg.is_null() {
+            return 0;
+        }
+        let (tgid, _) = current_tgid();
+        let mine = read_volatile(&(*cfg).tgid) == tgid && read_volatile(&(*cfg).flags) & F_ACTIVE != 0;
+        let mut held = 0;
+        if !mine {
+            let want = &raw const (*cfg).watch_comm as *const u64;
+            let w0 = read_volatile(want);
+            if w0 == 0 {
+                return 0;
+            }
+            let mut comm = [0u64; 2];
+            h::get_current_comm(comm.as_mut_ptr() as *mut c_void, COMM_LEN as u32);
+            if comm[0] != w0 || comm[1] != read_volatile(want.add(1)) {
+                return 0;
+            }
+            h::send_signal(SIGSTOP);
+            held = 1;
+        } else {
+            let st = state();
+            if !st.is_null() {
+                bump_seq(st);
+                // The bitmaps stay: the kernel already wrote pages of the new
+                // image while loading it (before this tracepoint), and later
+                // writes to those pages fault no more. Bits of the old image
+                // only make the set larger, which is always safe.
+                write_volatile(&mut (*st).untracked, 0);
+            }
+        }
+        let ev = ExecEvent { hdr: header(EV_EXEC, held) };
+        emit(&ev, false);
+    }
+    0
+}

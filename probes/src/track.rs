@@ -1,0 +1,354 @@
+//! Which pages of the target may hold data: bitmaps of written pages per
+//! 2 MiB chunk (`TOUCHED`), fed by the target's write faults and by the
+//! calls that fill pages without faulting; read by the checkpoint and
+//! restore loops.
+
+use crate::abi::*;
+use crate::helpers as h;
+use crate::maps::*;
+use crate::target::*;
+use core::ffi::c_void;
+use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or};
+use core::ptr::{read_volatile, write_volatile};
+
+/// The bitmap words of the chunk a loop is in, copied once per chunk so
+/// that each page costs one array read instead of a hash lookup.
+#[repr(C)]
+pub struct ChunkCache {
+    chunk: u64,
+    words: [u64; 8],
+}
+
+/// Forgets the cached chunk (at the start of each loop).
+#[inline(always)]
+pub unsafe fn reset_chunk_cache() {
+    // SAFETY: the map value is null checked.
+    unsafe {
+        let c: *mut ChunkCache = lookup(map(&CHUNK_CACHE), 0);
+        if !c.is_null() {
+            write_volatile(&mut (*c).chunk, u64::MAX);
+        }
+    }
+}
+
+/// How many pages from `addr` (below `end`) can be skipped: the rest of the
+/// chunk if it has no bitmap, 1 if this page's bit is clear, else 0. At a
+/// checkpoint the `ever` bits decide and the chunk's `since` bits are
+/// cleared when the loop enters it; at a restore the `since` bits decide.
+#[inline(always)]
+pub unsafe fn untouched_run(key: &mut ChunkKey, addr: u64, end: u64, checkpoint: bool) -> u64 {
+    // SAFETY: `key` is on the stack; map values are null checked and word
+    // indices are masked to their 8 words.
+    unsafe {
+        let cache: *mut ChunkCache = lookup(map(&CHUNK_CACHE), 0);
+        if cache.is_null() {
+            return 0;
+        }
+        let chunk = addr >> CHUNK_SHIFT;
+        if read_volatile(&(*cache).chunk) != chunk {
+            key.chunk = chunk;
+            let v: *mut Touched = h::map_lookup_elem(map(&TOUCHED), key as *const ChunkKey as *const c_void) as *mut Touched;
+            if v.is_null() {
+                let chunk_end = (chunk + 1) << CHUNK_SHIFT;
+                let stop = if chunk_end < end { chunk_end } else { end };
+                return (stop - addr) / PAGE_SIZE;
+            }
+            let mut w = 0usize;
+            while w < 8 {
+                let since = (&raw mut (*v).since as *mut u64).add(w);
+                let word = if checkpoint {
+                    atomic_and::<u64, u64, { AtomicOrdering::Relaxed }>(since, 0);
+                    read_volatile((&raw const (*v).ever as *const u64).add(w))
+                } else {
+                    read_volatile(since)
+                };
+                write_volatile((&raw mut (*cache).words as *mut u64).add(w), word);
+                w += 1;
+            }
+            write_volatile(&mut (*cache).chunk, chunk);
+        }
+        let bit = (addr / PAGE_SIZE) & (CHUNK_PAGES - 1);
+        let word = read_volatile((&raw const (*cache).words as *const u64).add(((bit >> 6) & 7) as usize));
+        (word & (1u64 << (bit & 63)) == 0) as u64
+    }
+}
+
+/// The bitmaps of `key`'s chunk, created empty if missing.
+#[inline(always)]
+pub unsafe fn chunk_bits(key: &ChunkKey) -> *mut Touched {
+    // SAFETY: `key` is on the stack; a NOEXIST insert that loses a race is
+    // followed by a lookup of the winner's entry.
+    unsafe {
+        let k = key as *const ChunkKey as *const c_void;
+        let v = h::map_lookup_elem(map(&TOUCHED), k) as *mut Touched;
+        if !v.is_null() {
+            return v;
+        }
+        let z = Touched { ever: [0; 8], since: [0; 8] };
+        h::map_update_elem(map(&TOUCHED), k, &z as *const Touched as *const c_void, 1);
+        let v = h::map_lookup_elem(map(&TOUCHED), k) as *mut Touched;
+        if v.is_null() {
+            // The map is full: a write we cannot record would be lost, so
+            // stop trusting the bitmaps (every page is tried from now on).
+            let st = state();
+            if !st.is_null() {
+                write_volatile(&mut (*st).untracked, 1);
+            }
+        }
+        v
+    }
+}
+
+#[inline(always)]
+pub unsafe fn chunk_key(st: *const State, addr: u64) -> ChunkKey {
+    let (tgid, _) = current_tgid();
+    // SAFETY: live map value.
+    let image = unsafe { read_volatile(&(*st).exec_gen) } as u32;
+    ChunkKey { tgid, image, chunk: addr >> CHUNK_SHIFT }
+}
+
+/// Marks one page written, or its whole chunk (`all`).
+#[inline(always)]
+pub unsafe fn mark(st: *const State, addr: u64, all: bool) {
+    // SAFETY: the map value is null checked; word indices are masked.
+    unsafe {
+        let key = chunk_key(st, addr);
+        let v = chunk_bits(&key);
+        if v.is_null() {
+            return;
+        }
+        if all {
+            let mut w = 0usize;
+            while w < 8 {
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).ever as *mut u64).add(w), !0);
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).since as *mut u64).add(w), !0);
+                w += 1;
+            }
+        } else {
+            let bit = (addr / PAGE_SIZE) & (CHUNK_PAGES - 1);
+            let w = ((bit >> 6) & 7) as usize;
+            let m = 1u64 << (bit & 63);
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).ever as *mut u64).add(w), m);
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).since as *mut u64).add(w), m);
+        }
+    }
+}
+
+#[repr(C)]
+struct RangeCtx {
+    st: u64,
+    start: u64,
+    clear: u64,
+}
+
+extern "C" fn range_chunk(i: u64, ctx: *mut RangeCtx) -> i64 {
+    // SAFETY: `ctx` is the caller's stack object; map values null checked.
+    unsafe {
+        let c = &*ctx;
+        let st = c.st as *const State;
+        let addr = ((c.start >> CHUNK_SHIFT) + i) << CHUNK_SHIFT;
+        if c.clear != 0 {
+            let key = chunk_key(st, addr);
+            let v = h::map_lookup_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void) as *mut Touched;
+            if !v.is_null() {
+                let z = Touched { ever: [0; 8], since: [0; 8] };
+                h::map_update_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void, &z as *const Touched as *const c_void, 2);
+            }
+        } else {
+            mark(st, addr, true);
+        }
+    }
+    0
+}
+
+/// Marks every chunk overlapping `[start, start + len)` written, or (`clear`)
+/// forgets the chunks it covers entirely.
+#[inline(never)]
+pub unsafe fn mark_range(st: *const State, start: u64, len: u64, clear: bool) {
+    if len == 0 {
+        return;
+    }
+    let (mut first, mut last) = (start >> CHUNK_SHIFT, (start + len - 1) >> CHUNK_SHIFT);
+    if clear {
+        // Only whole chunks: a partly covered one keeps its bits.
+        if start & ((1 << CHUNK_SHIFT) - 1) != 0 {
+            first += 1;
+        }
+        if (start + len) & ((1 << CHUNK_SHIFT) - 1) != 0 {
+            if last == 0 {
+                return;
+            }
+            last -= 1;
+        }
+        if last < first {
+            return;
+        }
+    }
+    let mut c = RangeCtx { st: st as u64, start: first << CHUNK_SHIFT, clear: clear as u64 };
+    // SAFETY: the callback gets our stack object.
+    unsafe {
+        h::bpf_loop((last - first + 1) as u32, range_chunk as *const c_void, &mut c as *mut RangeCtx as *mut c_void, 0);
+    }
+}
+
+/// Page faults of the target: a write fault is a page that may now hold
+/// data. (A read fault maps the shared zero page: still zero.) Raw
+/// tracepoints: every page fault of every process passes here, and a raw
+/// tracepoint skips the perf record a classic one builds first.
+/// `TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long error_code)`.
+#[repr(C)]
+pub struct FaultArgs {
+    address: u64,
+    regs: u64,
+    error_code: u64,
+}
+
+const PF_WRITE: u64 = 1 << 1;
+
+#[inline(always)]
+pub unsafe fn on_fault(ctx: *const FaultArgs) -> u32 {
+    // SAFETY: the raw tracepoint arguments are readable; map values null checked.
+    unsafe {
+        if (*ctx).error_code & PF_WRITE == 0 {
+            return 0;
+        }
+        let cfg = served();
+        if cfg.is_null() {
+            return 0;
+        }
+        let st = state();
+        if st.is_null() {
+            return 0;
+        }
+        // With THP a fault may map a whole 2 MiB chunk that later writes
+        // fill without faulting again.
+        let all = read_volatile(&(*cfg).flags) & F_THP_ALWAYS != 0 || read_volatile(&(*st).thp_seen) != 0;
+        mark(st, (*ctx).address, all);
+    }
+    0
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "raw_tracepoint/page_fault_user")]
+pub extern "C" fn fault_user(ctx: *const FaultArgs) -> u32 {
+    // SAFETY: see on_fault.
+    unsafe { on_fault(ctx) }
+}
+
+/// The kernel writing into the target (read(2) into a fresh buffer).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "raw_tracepoint/page_fault_kernel")]
+pub extern "C" fn fault_kernel(ctx: *const FaultArgs) -> u32 {
+    // SAFETY: see on_fault.
+    unsafe { on_fault(ctx) }
+}
+
+const MADV_DONTNEED: u64 = 4;
+const MADV_HUGEPAGE: u64 = 14;
+const MADV_POPULATE_WRITE: u64 = 23;
+const MADV_DONTNEED_LOCKED: u64 = 24;
+const MADV_COLLAPSE: u64 = 25;
+const MAP_LOCKED: u64 = 0x2000;
+const MAP_POPULATE: u64 = 0x8000;
+
+/// Calls that fill pages without a fault per page, or drop them.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_madvise")]
+pub extern "C" fn madvise_enter(ctx: *const SysEnter) -> u32 {
+    // SAFETY: tracepoint record and map values, null checked.
+    unsafe {
+        if served().is_null() {
+            return 0;
+        }
+        let st = state();
+        if st.is_null() {
+            return 0;
+        }
+        let (start, len, advice) = ((*ctx).args[0], (*ctx).args[1], (*ctx).args[2]);
+        match advice {
+            // Dropped private anonymous pages read as zero again.
+            MADV_DONTNEED | MADV_DONTNEED_LOCKED => mark_range(st, start, len, true),
+            MADV_POPULATE_WRITE | MADV_COLLAPSE => mark_range(st, start, len, false),
+            MADV_HUGEPAGE => write_volatile(&mut (*st).thp_seen, 1),
+            _ => {}
+        }
+    }
+    0
+}
+
+/// mlock and mlock2 populate their range without a fault per page.
+#[inline(always)]
+pub unsafe fn on_mlock(ctx: *const SysEnter) -> u32 {
+    // SAFETY: tracepoint record and map values, null checked.
+    unsafe {
+        let st = state();
+        if !served().is_null() && !st.is_null() {
+            mark_range(st, (*ctx).args[0], (*ctx).args[1], false);
+        }
+    }
+    0
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_mlock")]
+pub extern "C" fn mlock_enter(ctx: *const SysEnter) -> u32 {
+    // SAFETY: see on_mlock.
+    unsafe { on_mlock(ctx) }
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_mlock2")]
+pub extern "C" fn mlock2_enter(ctx: *const SysEnter) -> u32 {
+    // SAFETY: see on_mlock.
+    unsafe { on_mlock(ctx) }
+}
+
+/// mlockall populates every mapping, now and (MCL_FUTURE) later: tracking
+/// gives up and every page is tried from then on.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_mlockall")]
+pub extern "C" fn mlockall_enter(_ctx: *const SysEnter) -> u32 {
+    // SAFETY: as above.
+    unsafe {
+        let st = state();
+        if !served().is_null() && !st.is_null() {
+            write_volatile(&mut (*st).untracked, 1);
+        }
+    }
+    0
+}
+
+/// Remembers the length of a populating mmap or of an mremap, whose pages
+/// arrive without faults, for the exit probe that learns the address.
+#[inline(always)]
+pub unsafe fn remember(len: u64) {
+    let (_, tid) = current_tgid();
+    // SAFETY: stack key and value.
+    unsafe {
+        h::map_update_elem(map(&PENDING), &tid as *const u32 as *const c_void, &len as *const u64 as *const c_void, 0);
+    }
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_mmap")]
+pub extern "C" fn mmap_enter(ctx: *const SysEnter) -> u32 {
+    // SAFETY: as above.
+    unsafe {
+        if !served().is_null() && (*ctx).args[3] & (MAP_POPULATE | MAP_LOCKED) != 0 {
+            remember((*ctx).args[1]);
+        }
+    }
+    0
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_mremap")]
+pub extern "C" fn mremap_enter(ctx: *const SysEnter) -> u32 {
+    // SAFETY: as above.
+    unsafe {
+        if !served().is_null() {
+            remember((*ctx).args[2]);
+        }
+    }
+    0
+}
