@@ -24,7 +24,8 @@ commands:
 ";
 
 fn main() -> ExitCode {
-    xtask::maybe_act_as_linker();
+    // `build-probes` passes this binary to rustc as the probe linker.
+    bpfckpt_probe_build::maybe_act_as_linker();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         eprint!("{USAGE}");

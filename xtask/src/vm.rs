@@ -1,6 +1,6 @@
 //! `cargo xtask vm-test`: proves the BPF restore path (`bpf_probe_write_user`
-//! in the target's context) in guest kernels without lockdown, since this
-//! machine's kernel refuses the helper (DESIGN.md sections 5 and 6).
+//! in the target's context) in guest kernels without lockdown: a kernel under
+//! lockdown, as this machine's is, refuses any program that uses the helper.
 //!
 //! Steps: QEMU (installed with apt when missing), the current Debian cloud
 //! kernels of the release and of its backports (apt-get download + dpkg-deb
