@@ -45,6 +45,7 @@ impl CycleRun {
     }
 }
 
+#[cfg_attr(test, derive(Default))]
 pub struct CycleResult {
     pub handshake: CycleRun,
     pub bpfckpt: CycleRun,

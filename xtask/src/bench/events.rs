@@ -4,166 +4,36 @@
 
 use super::proc::tail;
 use crate::util::Result;
+use serde_json::{Map, Value};
 
-/// A flat JSON object (numbers, strings, booleans, null), as bpfckpt's
-/// events and the bench targets' result lines are.
-pub struct Flat(Vec<(String, Fv)>);
-
-pub enum Fv {
-    N(f64),
-    S(String),
-    B(bool),
-    Null,
-}
+/// One JSON object a line: bpfckpt's events and the bench targets' result
+/// lines are flat, and only their numbers, strings and booleans are read.
+pub struct Flat(Map<String, Value>);
 
 impl Flat {
+    /// The object on `line`, if the whole line is one.
     pub fn parse(line: &str) -> Option<Self> {
-        let mut p = FlatParser {
-            s: line.trim().as_bytes(),
-            i: 0,
-        };
-        p.object()
+        serde_json::from_str(line.trim()).ok().map(Self)
     }
 
-    fn get(&self, k: &str) -> Option<&Fv> {
-        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v)
-    }
-
+    /// A non-negative number, truncated to an integer.
     pub fn u(&self, k: &str) -> Option<u64> {
-        match self.get(k)? {
-            Fv::N(n) if *n >= 0.0 => Some(*n as u64),
-            _ => None,
-        }
+        let v = self.0.get(k)?;
+        v.as_u64()
+            .or_else(|| v.as_f64().filter(|n| *n >= 0.0).map(|n| n as u64))
     }
 
     pub fn need_u(&self, k: &str) -> Result<u64> {
         self.u(k)
-            .ok_or_else(|| format!("no number `{k}` in {}", self.show()))
+            .ok_or_else(|| format!("no number `{k}` in {}", Value::Object(self.0.clone())))
     }
 
     pub fn s(&self, k: &str) -> Option<&str> {
-        match self.get(k)? {
-            Fv::S(s) => Some(s),
-            _ => None,
-        }
+        self.0.get(k)?.as_str()
     }
 
     pub fn b(&self, k: &str) -> Option<bool> {
-        match self.get(k)? {
-            Fv::B(b) => Some(*b),
-            _ => None,
-        }
-    }
-
-    fn show(&self) -> String {
-        let parts: Vec<String> = self
-            .0
-            .iter()
-            .map(|(k, v)| match v {
-                Fv::N(n) => format!("{k}={n}"),
-                Fv::S(s) => format!("{k}={s:?}"),
-                Fv::B(b) => format!("{k}={b}"),
-                Fv::Null => format!("{k}=null"),
-            })
-            .collect();
-        format!("{{{}}}", parts.join(", "))
-    }
-}
-
-struct FlatParser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl FlatParser<'_> {
-    fn ws(&mut self) {
-        while self.s.get(self.i).is_some_and(u8::is_ascii_whitespace) {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, c: u8) -> Option<()> {
-        self.ws();
-        (self.s.get(self.i) == Some(&c)).then(|| self.i += 1)
-    }
-
-    fn object(&mut self) -> Option<Flat> {
-        self.eat(b'{')?;
-        let mut v = Vec::new();
-        if self.eat(b'}').is_some() {
-            return Some(Flat(v));
-        }
-        loop {
-            self.ws();
-            let k = self.string()?;
-            self.eat(b':')?;
-            v.push((k, self.value()?));
-            if self.eat(b',').is_some() {
-                continue;
-            }
-            self.eat(b'}')?;
-            self.ws();
-            return (self.i == self.s.len()).then_some(Flat(v));
-        }
-    }
-
-    fn string(&mut self) -> Option<String> {
-        if self.s.get(self.i) != Some(&b'"') {
-            return None;
-        }
-        self.i += 1;
-        let mut out = Vec::new();
-        loop {
-            let c = *self.s.get(self.i)?;
-            self.i += 1;
-            match c {
-                b'"' => return String::from_utf8(out).ok(),
-                b'\\' => {
-                    let e = *self.s.get(self.i)?;
-                    self.i += 1;
-                    match e {
-                        b'n' => out.push(b'\n'),
-                        b't' => out.push(b'\t'),
-                        b'r' => out.push(b'\r'),
-                        b'u' => {
-                            let hex = std::str::from_utf8(self.s.get(self.i..self.i + 4)?).ok()?;
-                            self.i += 4;
-                            let ch = char::from_u32(u32::from_str_radix(hex, 16).ok()?)?;
-                            let mut b = [0u8; 4];
-                            out.extend_from_slice(ch.encode_utf8(&mut b).as_bytes());
-                        }
-                        other => out.push(other),
-                    }
-                }
-                c => out.push(c),
-            }
-        }
-    }
-
-    fn value(&mut self) -> Option<Fv> {
-        self.ws();
-        let rest = self.s.get(self.i..)?;
-        for (word, v) in [
-            (&b"true"[..], Fv::B(true)),
-            (b"false", Fv::B(false)),
-            (b"null", Fv::Null),
-        ] {
-            if rest.starts_with(word) {
-                self.i += word.len();
-                return Some(v);
-            }
-        }
-        if rest.first() == Some(&b'"') {
-            return self.string().map(Fv::S);
-        }
-        let n = rest
-            .iter()
-            .take_while(|c| c.is_ascii_digit() || b"+-.eE".contains(c))
-            .count();
-        let t = std::str::from_utf8(&rest[..n]).ok()?;
-        let v = t.parse::<f64>().ok()?;
-        self.i += n;
-        Some(Fv::N(v))
+        self.0.get(k)?.as_bool()
     }
 }
 
@@ -237,5 +107,10 @@ mod tests {
         assert!(Flat::parse("FAIL something").is_none());
         assert!(Flat::parse(r#"{"a":1} trailing"#).is_none());
         assert!(Flat::parse(r#"{"a":"#).is_none());
+        assert!(Flat::parse("[1]").is_none());
+        let n = Flat::parse(r#"{"a":2.9,"b":-1,"c":"3"}"#).expect("parses");
+        assert_eq!(n.u("a"), Some(2));
+        assert_eq!(n.u("b"), None);
+        assert_eq!(n.u("c"), None);
     }
 }

@@ -41,22 +41,26 @@
 //! Per-size keys are the size labels at the top level ("sizes" lists them).
 //! A value that could not be measured is `null`.
 
+use super::Outcome;
+use super::PAGE;
 use super::cycle::{CycleResult, CycleRun};
 use super::machine::Machine;
 use super::memory::SizeResult;
-use super::openat::{CALLS, OpenatResult};
+use super::openat::{CALLS, FAULT, GETPPID, OPENAT, OpenatResult};
 use super::stats::{max, median};
+use super::steps::Step;
 use super::targets::Target;
 use super::time::Utc;
-use super::{Outcome, PAGE};
 use crate::util::Result;
-use std::fmt::Write as _;
+use serde::{Serialize, Serializer};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Writes the report into `dir`; returns the files written.
 pub fn write(out: &Outcome, dir: &Path, stamp: Utc) -> Result<Vec<PathBuf>> {
-    let json = report(out, &stamp).pretty();
+    let mut json = serde_json::to_string_pretty(&Report::new(out, &stamp))
+        .map_err(|e| format!("bench report: {e}"))?;
+    json.push('\n');
     fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let names = if out.plan.smoke {
         vec!["smoke.json".to_string()]
@@ -72,325 +76,385 @@ pub fn write(out: &Outcome, dir: &Path, stamp: Utc) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-fn report(out: &Outcome, stamp: &Utc) -> Jv {
-    let steps = &out.steps;
-    let mut root = vec![
-        ("schema".to_string(), Jv::Int(1)),
-        (
-            "mode".into(),
-            Jv::s(if out.plan.smoke { "smoke" } else { "full" }),
-        ),
-        ("profile".into(), Jv::s(out.plan.profile())),
-        ("timestamp_utc".into(), Jv::s(&stamp.iso())),
-        ("runtime_s".into(), Jv::num(Some(out.runtime))),
-        (
-            "step_seconds".into(),
-            Jv::Obj(
-                steps
+/// A measured number, rounded to six decimals (readable, and exact enough),
+/// a whole one without a fraction; `null` when it could not be measured.
+#[derive(Clone, Copy)]
+struct Num(Option<f64>);
+
+impl Serialize for Num {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(v) if v.is_finite() => {
+                let r = (v * 1e6).round() / 1e6;
+                if r.fract() == 0.0 && r.abs() < 1e15 {
+                    s.serialize_i64(r as i64)
+                } else {
+                    s.serialize_f64(r)
+                }
+            }
+            _ => s.serialize_none(),
+        }
+    }
+}
+
+fn num(v: f64) -> Num {
+    Num(Some(v))
+}
+
+/// An object whose keys come from the run (step names, size labels), in the
+/// run's order.
+struct Keyed<T>(Vec<(String, T)>);
+
+impl<T: Serialize> Serialize for Keyed<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    schema: u32,
+    mode: &'static str,
+    profile: &'static str,
+    timestamp_utc: String,
+    runtime_s: Num,
+    step_seconds: Keyed<Num>,
+    step_other_cpu: Keyed<Num>,
+    bpfckpt_binary: String,
+    machine: &'a Machine,
+    sizes: Vec<&'static str>,
+    /// Each size's object under its label.
+    #[serde(flatten)]
+    per_size: Keyed<SizeJson>,
+    cycle_rate: Num,
+    handshake_rate: Num,
+    cycle_rate_vs_handshake: Num,
+    cycle: CycleJson,
+    unrelated_openat_overhead: Num,
+    openat: OpenatJson,
+    startup_ms: Num,
+    startup_ms_static: Num,
+    static_binary_mib: Num,
+    static_binary_is_static: Option<bool>,
+    kernel_bytes_per_saved_byte: Num,
+    kernel_bytes: KernelBytes,
+    targets: Vec<TargetJson<'a>>,
+    warnings: &'a [String],
+}
+
+impl<'a> Report<'a> {
+    fn new(out: &'a Outcome, stamp: &Utc) -> Self {
+        let steps =
+            |f: fn(&Step) -> Num| Keyed(out.steps.iter().map(|s| (s.name.clone(), f(s))).collect());
+        let store = out.store();
+        Self {
+            schema: 1,
+            mode: if out.plan.smoke { "smoke" } else { "full" },
+            profile: out.plan.profile(),
+            timestamp_utc: stamp.iso(),
+            runtime_s: num(out.runtime),
+            step_seconds: steps(|s| num(s.seconds)),
+            step_other_cpu: steps(|s| Num(s.other_cpu)),
+            bpfckpt_binary: out.engine.display().to_string(),
+            machine: &out.machine,
+            sizes: out.sizes.iter().map(|s| s.label).collect(),
+            per_size: Keyed(
+                out.sizes
                     .iter()
-                    .map(|s| (s.name.clone(), Jv::num(Some(s.seconds))))
+                    .map(|s| (s.label.to_string(), SizeJson::from(s)))
                     .collect(),
             ),
-        ),
-        (
-            "step_other_cpu".into(),
-            Jv::Obj(
-                steps
-                    .iter()
-                    .map(|s| (s.name.clone(), Jv::num(s.other_cpu)))
-                    .collect(),
-            ),
-        ),
-        (
-            "bpfckpt_binary".into(),
-            Jv::s(&out.engine.display().to_string()),
-        ),
-        ("machine".into(), machine(&out.machine)),
-        (
-            "sizes".into(),
-            Jv::Arr(out.sizes.iter().map(|s| Jv::s(s.label)).collect()),
-        ),
-    ];
-    for s in &out.sizes {
-        root.push((s.label.to_string(), size(s)));
-    }
-    let c = &out.cycle;
-    root.push(("cycle_rate".into(), Jv::num(c.bpfckpt.rate())));
-    root.push(("handshake_rate".into(), Jv::num(c.handshake.rate())));
-    root.push(("cycle_rate_vs_handshake".into(), Jv::num(c.ratio())));
-    root.push(("cycle".into(), cycle(c, out.plan.cycle_millis)));
-    root.push((
-        "unrelated_openat_overhead".into(),
-        Jv::num(Some(out.openat.overhead())),
-    ));
-    root.push(("openat".into(), openat(&out.openat)));
-    root.push(("startup_ms".into(), Jv::num(Some(out.startup))));
-    root.push(("startup_ms_static".into(), Jv::num(out.startup_static)));
-    root.push(("static_binary_mib".into(), Jv::num(out.binary.mib)));
-    root.push((
-        "static_binary_is_static".into(),
-        out.binary.is_static.map_or(Jv::Null, Jv::Bool),
-    ));
-    root.push((
-        "kernel_bytes_per_saved_byte".into(),
-        Jv::num(out.kernel_bytes_per_saved_byte()),
-    ));
-    let store = out.store();
-    root.push((
-        "kernel_bytes".into(),
-        Jv::Obj(vec![
-            ("size".into(), Jv::s(out.plan.store_size)),
-            (
-                "peak_store_bytes".into(),
-                store.map_or(Jv::Null, |s| Jv::Int(s.peak_store_bytes)),
-            ),
-            (
-                "saved_bytes".into(),
-                store.map_or(Jv::Null, |s| Jv::Int(s.last_saved_pages * PAGE)),
-            ),
-        ]),
-    ));
-    root.push((
-        "targets".into(),
-        Jv::Arr(out.targets.iter().map(target).collect()),
-    ));
-    root.push((
-        "warnings".into(),
-        Jv::Arr(out.warnings.iter().map(|w| Jv::s(w)).collect()),
-    ));
-    Jv::Obj(root)
-}
-
-fn size(z: &SizeResult) -> Jv {
-    let n = |k: &str, v: Option<f64>| (k.to_string(), Jv::num(v));
-    let i = |k: &str, v: u64| (k.to_string(), Jv::Int(v));
-    Jv::Obj(vec![
-        i("bytes", z.bytes),
-        i("warmup_cycles", u64::from(z.warmup)),
-        i("measured_cycles", u64::from(z.cycles)),
-        n("checkpoint_gbps", z.checkpoint_gbps()),
-        n("checkpoint_gbps_median", median(&z.ckpt_gbps)),
-        n("checkpoint_e2e_gbps", max(&z.ckpt_e2e_gbps)),
-        n("restore_gbps", z.restore_gbps()),
-        n("restore_gbps_median", median(&z.restore_gbps)),
-        n("memcpy_gbps", Some(z.base.memcpy_gbps)),
-        n("process_vm_readv_gbps", Some(z.base.vm_read_gbps)),
-        n("process_vm_writev_gbps", Some(z.base.vm_write_gbps)),
-        n("process_vm_writev_4k_gbps", Some(z.base.vm_write_4k_gbps)),
-        n("checkpoint_vs_memcpy", z.checkpoint_vs_memcpy()),
-        n("restore_vs_memcpy", z.restore_vs_memcpy()),
-        n(
-            "restore_vs_process_vm_writev",
-            z.restore_gbps().map(|g| g / z.base.vm_write_gbps),
-        ),
-        n("checkpoint_kernel_ms_median", median(&z.ckpt_kernel_ms)),
-        n("checkpoint_latency_ms_median", median(&z.ckpt_latency_ms)),
-        n("restore_latency_ms_median", median(&z.restore_latency_ms)),
-        i("pages_saved", z.last_saved_pages),
-        i("pages_absent", z.pages_absent),
-        i("checkpoints_pure_bpf", z.ckpt_pure),
-        i("checkpoints_held", z.ckpt_held),
-        i("restores_held", z.restore_held),
-        i("peak_store_bytes", z.peak_store_bytes),
-    ])
-}
-
-fn cycle_run(r: &CycleRun) -> Vec<(String, Jv)> {
-    vec![
-        ("cycles".into(), Jv::Int(r.cycles)),
-        ("seconds".into(), Jv::num(Some(r.ns as f64 / 1e9))),
-        ("rate".into(), Jv::num(r.rate())),
-        (
-            "checkpoint_latency_us_avg".into(),
-            Jv::num(r.avg_us(r.ckpt_ns)),
-        ),
-        (
-            "restore_latency_us_avg".into(),
-            Jv::num(r.avg_us(r.restore_ns)),
-        ),
-    ]
-}
-
-fn cycle(c: &CycleResult, millis: u64) -> Jv {
-    let mut b = cycle_run(&c.bpfckpt);
-    b.push(("checkpoint_kernel_us_avg".into(), Jv::num(c.ckpt_kernel_us)));
-    b.push(("checkpoints_held".into(), Jv::Int(c.ckpt_held)));
-    b.push(("pages_saved".into(), Jv::Int(c.pages_saved)));
-    b.push(("pages_absent".into(), Jv::Int(c.pages_absent)));
-    b.push((
-        "engine_user_us_per_cycle".into(),
-        Jv::num(c.engine_user_us_per_cycle),
-    ));
-    Jv::Obj(vec![
-        ("millis".into(), Jv::Int(millis)),
-        ("handshake".into(), Jv::Obj(cycle_run(&c.handshake))),
-        ("bpfckpt".into(), Jv::Obj(b)),
-    ])
-}
-
-fn openat(o: &OpenatResult) -> Jv {
-    let mut v = vec![
-        ("ops".into(), Jv::Int(o.ops)),
-        ("rounds".into(), Jv::Int(u64::from(o.rounds))),
-    ];
-    for (i, (name, mult)) in CALLS.iter().enumerate() {
-        let (a, t) = if *name == "openat" {
-            (
-                "alone_ns_per_op".to_string(),
-                "traced_ns_per_op".to_string(),
-            )
-        } else {
-            (format!("{name}_alone_ns"), format!("{name}_traced_ns"))
-        };
-        v.push((a, Jv::num(Some(o.alone[i]))));
-        v.push((t, Jv::num(Some(o.traced[i]))));
-        if *name != "openat" {
-            v.push((format!("{name}_ops"), Jv::Int(o.ops * mult)));
-            v.push((
-                format!("unrelated_{name}_overhead"),
-                Jv::num(Some(o.overhead_of(i))),
-            ));
-        }
-    }
-    Jv::Obj(v)
-}
-
-fn machine(m: &Machine) -> Jv {
-    Jv::Obj(vec![
-        ("kernel".into(), Jv::s(&m.kernel)),
-        ("cpu".into(), Jv::s(&m.cpu)),
-        ("cores".into(), Jv::Int(m.cores)),
-        ("git_commit".into(), Jv::s(&m.git_commit)),
-        ("git_dirty".into(), m.git_dirty.map_or(Jv::Null, Jv::Bool)),
-        ("lockdown".into(), Jv::s(&m.lockdown)),
-        ("restore_path".into(), Jv::s(&m.restore_path)),
-        ("thp".into(), Jv::s(&m.thp)),
-        (
-            "trigger_base".into(),
-            Jv::s(&std::env::temp_dir().display().to_string()),
-        ),
-        ("loadavg_start".into(), Jv::s(&m.load_start)),
-        ("loadavg_end".into(), Jv::s(&m.load_end)),
-    ])
-}
-
-fn target(t: &Target) -> Jv {
-    Jv::Obj(vec![
-        ("metric".into(), Jv::s(&t.metric)),
-        ("value".into(), Jv::num(t.value)),
-        ("op".into(), Jv::s(t.op())),
-        ("bar".into(), Jv::num(Some(t.bar))),
-        ("met".into(), t.met().map_or(Jv::Null, Jv::Bool)),
-        ("busy_machine".into(), Jv::Bool(t.busy)),
-    ])
-}
-
-enum Jv {
-    Null,
-    Bool(bool),
-    Int(u64),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Jv>),
-    Obj(Vec<(String, Jv)>),
-}
-
-impl Jv {
-    fn s(s: &str) -> Self {
-        Jv::Str(s.to_string())
-    }
-
-    /// A finite number, else null.
-    fn num(v: Option<f64>) -> Self {
-        match v {
-            Some(v) if v.is_finite() => Jv::Num(v),
-            _ => Jv::Null,
-        }
-    }
-
-    fn pretty(&self) -> String {
-        let mut s = String::new();
-        self.write(&mut s, 0);
-        s.push('\n');
-        s
-    }
-
-    fn write(&self, s: &mut String, depth: usize) {
-        let pad = |s: &mut String, d: usize| s.push_str(&"  ".repeat(d));
-        match self {
-            Jv::Null => s.push_str("null"),
-            Jv::Bool(b) => {
-                let _ = write!(s, "{b}");
-            }
-            Jv::Int(n) => {
-                let _ = write!(s, "{n}");
-            }
-            Jv::Num(v) => {
-                // Six decimals, trailing zeros trimmed: readable and exact enough.
-                let t = format!("{v:.6}");
-                let t = t.trim_end_matches('0').trim_end_matches('.');
-                s.push_str(if t.is_empty() || t == "-" { "0" } else { t });
-            }
-            Jv::Str(t) => json_str(s, t),
-            Jv::Arr(a) if a.is_empty() => s.push_str("[]"),
-            Jv::Arr(a) => {
-                s.push_str("[\n");
-                for (i, v) in a.iter().enumerate() {
-                    pad(s, depth + 1);
-                    v.write(s, depth + 1);
-                    s.push_str(if i + 1 < a.len() { ",\n" } else { "\n" });
-                }
-                pad(s, depth);
-                s.push(']');
-            }
-            Jv::Obj(o) if o.is_empty() => s.push_str("{}"),
-            Jv::Obj(o) => {
-                s.push_str("{\n");
-                for (i, (k, v)) in o.iter().enumerate() {
-                    pad(s, depth + 1);
-                    json_str(s, k);
-                    s.push_str(": ");
-                    v.write(s, depth + 1);
-                    s.push_str(if i + 1 < o.len() { ",\n" } else { "\n" });
-                }
-                pad(s, depth);
-                s.push('}');
-            }
+            cycle_rate: Num(out.cycle.bpfckpt.rate()),
+            handshake_rate: Num(out.cycle.handshake.rate()),
+            cycle_rate_vs_handshake: Num(out.cycle.ratio()),
+            cycle: CycleJson::new(&out.cycle, out.plan.cycle_millis),
+            unrelated_openat_overhead: num(out.openat.overhead()),
+            openat: OpenatJson::from(&out.openat),
+            startup_ms: num(out.startup),
+            startup_ms_static: Num(out.startup_static),
+            static_binary_mib: Num(out.binary.mib),
+            static_binary_is_static: out.binary.is_static,
+            kernel_bytes_per_saved_byte: Num(out.kernel_bytes_per_saved_byte()),
+            kernel_bytes: KernelBytes {
+                size: out.plan.store_size,
+                peak_store_bytes: store.map(|s| s.peak_store_bytes),
+                saved_bytes: store.map(|s| s.last_saved_pages * PAGE),
+            },
+            targets: out.targets.iter().map(TargetJson::from).collect(),
+            warnings: &out.warnings,
         }
     }
 }
 
-fn json_str(s: &mut String, t: &str) {
-    s.push('"');
-    for c in t.chars() {
-        match c {
-            '"' => s.push_str("\\\""),
-            '\\' => s.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(s, "\\u{:04x}", c as u32);
-            }
-            c => s.push(c),
+#[derive(Serialize)]
+struct SizeJson {
+    bytes: u64,
+    warmup_cycles: u32,
+    measured_cycles: u32,
+    checkpoint_gbps: Num,
+    checkpoint_gbps_median: Num,
+    checkpoint_e2e_gbps: Num,
+    restore_gbps: Num,
+    restore_gbps_median: Num,
+    memcpy_gbps: Num,
+    process_vm_readv_gbps: Num,
+    process_vm_writev_gbps: Num,
+    process_vm_writev_4k_gbps: Num,
+    checkpoint_vs_memcpy: Num,
+    restore_vs_memcpy: Num,
+    restore_vs_process_vm_writev: Num,
+    checkpoint_kernel_ms_median: Num,
+    checkpoint_latency_ms_median: Num,
+    restore_latency_ms_median: Num,
+    pages_saved: u64,
+    pages_absent: u64,
+    checkpoints_pure_bpf: u64,
+    checkpoints_held: u64,
+    restores_held: u64,
+    peak_store_bytes: u64,
+}
+
+impl From<&SizeResult> for SizeJson {
+    fn from(z: &SizeResult) -> Self {
+        Self {
+            bytes: z.bytes,
+            warmup_cycles: z.warmup,
+            measured_cycles: z.cycles,
+            checkpoint_gbps: Num(z.checkpoint_gbps()),
+            checkpoint_gbps_median: Num(median(&z.ckpt_gbps)),
+            checkpoint_e2e_gbps: Num(max(&z.ckpt_e2e_gbps)),
+            restore_gbps: Num(z.restore_gbps()),
+            restore_gbps_median: Num(median(&z.restore_gbps)),
+            memcpy_gbps: num(z.base.memcpy_gbps),
+            process_vm_readv_gbps: num(z.base.vm_read_gbps),
+            process_vm_writev_gbps: num(z.base.vm_write_gbps),
+            process_vm_writev_4k_gbps: num(z.base.vm_write_4k_gbps),
+            checkpoint_vs_memcpy: Num(z.checkpoint_vs_memcpy()),
+            restore_vs_memcpy: Num(z.restore_vs_memcpy()),
+            restore_vs_process_vm_writev: Num(z.restore_gbps().map(|g| g / z.base.vm_write_gbps)),
+            checkpoint_kernel_ms_median: Num(median(&z.ckpt_kernel_ms)),
+            checkpoint_latency_ms_median: Num(median(&z.ckpt_latency_ms)),
+            restore_latency_ms_median: Num(median(&z.restore_latency_ms)),
+            pages_saved: z.last_saved_pages,
+            pages_absent: z.pages_absent,
+            checkpoints_pure_bpf: z.ckpt_pure,
+            checkpoints_held: z.ckpt_held,
+            restores_held: z.restore_held,
+            peak_store_bytes: z.peak_store_bytes,
         }
     }
-    s.push('"');
+}
+
+#[derive(Serialize)]
+struct CycleJson {
+    millis: u64,
+    handshake: CycleRunJson,
+    bpfckpt: EngineCycleJson,
+}
+
+/// What both servers of the cycle benchmark report.
+#[derive(Serialize)]
+struct CycleRunJson {
+    cycles: u64,
+    seconds: Num,
+    rate: Num,
+    checkpoint_latency_us_avg: Num,
+    restore_latency_us_avg: Num,
+}
+
+/// What only bpfckpt reports besides.
+#[derive(Serialize)]
+struct EngineCycleJson {
+    #[serde(flatten)]
+    run: CycleRunJson,
+    checkpoint_kernel_us_avg: Num,
+    checkpoints_held: u64,
+    pages_saved: u64,
+    pages_absent: u64,
+    engine_user_us_per_cycle: Num,
+}
+
+impl From<&CycleRun> for CycleRunJson {
+    fn from(r: &CycleRun) -> Self {
+        Self {
+            cycles: r.cycles,
+            seconds: num(r.ns as f64 / 1e9),
+            rate: Num(r.rate()),
+            checkpoint_latency_us_avg: Num(r.avg_us(r.ckpt_ns)),
+            restore_latency_us_avg: Num(r.avg_us(r.restore_ns)),
+        }
+    }
+}
+
+impl CycleJson {
+    fn new(c: &CycleResult, millis: u64) -> Self {
+        Self {
+            millis,
+            handshake: CycleRunJson::from(&c.handshake),
+            bpfckpt: EngineCycleJson {
+                run: CycleRunJson::from(&c.bpfckpt),
+                checkpoint_kernel_us_avg: Num(c.ckpt_kernel_us),
+                checkpoints_held: c.ckpt_held,
+                pages_saved: c.pages_saved,
+                pages_absent: c.pages_absent,
+                engine_user_us_per_cycle: Num(c.engine_user_us_per_cycle),
+            },
+        }
+    }
+}
+
+/// ns per operation alone and while bpfckpt serves, for openat and the two
+/// controls (whose counts are multiples of `ops`).
+#[derive(Serialize)]
+struct OpenatJson {
+    ops: u64,
+    rounds: u32,
+    alone_ns_per_op: Num,
+    traced_ns_per_op: Num,
+    getppid_alone_ns: Num,
+    getppid_traced_ns: Num,
+    getppid_ops: u64,
+    unrelated_getppid_overhead: Num,
+    fault_alone_ns: Num,
+    fault_traced_ns: Num,
+    fault_ops: u64,
+    unrelated_fault_overhead: Num,
+}
+
+impl From<&OpenatResult> for OpenatJson {
+    fn from(o: &OpenatResult) -> Self {
+        Self {
+            ops: o.ops,
+            rounds: o.rounds,
+            alone_ns_per_op: num(o.alone[OPENAT]),
+            traced_ns_per_op: num(o.traced[OPENAT]),
+            getppid_alone_ns: num(o.alone[GETPPID]),
+            getppid_traced_ns: num(o.traced[GETPPID]),
+            getppid_ops: o.ops * CALLS[GETPPID].1,
+            unrelated_getppid_overhead: num(o.overhead_of(GETPPID)),
+            fault_alone_ns: num(o.alone[FAULT]),
+            fault_traced_ns: num(o.traced[FAULT]),
+            fault_ops: o.ops * CALLS[FAULT].1,
+            unrelated_fault_overhead: num(o.overhead_of(FAULT)),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct KernelBytes {
+    size: &'static str,
+    peak_store_bytes: Option<u64>,
+    saved_bytes: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct TargetJson<'a> {
+    metric: &'a str,
+    value: Num,
+    op: &'static str,
+    bar: Num,
+    met: Option<bool>,
+    busy_machine: bool,
+}
+
+impl<'a> From<&'a Target> for TargetJson<'a> {
+    fn from(t: &'a Target) -> Self {
+        Self {
+            metric: &t.metric,
+            value: Num(t.value),
+            op: t.op(),
+            bar: num(t.bar),
+            met: t.met(),
+            busy_machine: t.busy,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::Plan;
+    use super::super::startup::StaticBinary;
+    use super::super::targets::evaluate;
+    use super::super::time::utc;
     use super::*;
 
     #[test]
-    fn json_output() {
-        let j = Jv::Obj(vec![
-            ("a".into(), Jv::num(Some(1.5))),
-            ("b".into(), Jv::num(Some(f64::NAN))),
-            ("c".into(), Jv::Arr(vec![Jv::Int(2), Jv::s("x\n")])),
-            ("d".into(), Jv::num(Some(2.0))),
-        ])
-        .pretty();
-        assert_eq!(
-            j,
-            "{\n  \"a\": 1.5,\n  \"b\": null,\n  \"c\": [\n    2,\n    \"x\\u000a\"\n  ],\n  \"d\": 2\n}\n"
-        );
+    fn numbers_are_rounded_whole_or_null() {
+        let j = |v| serde_json::to_string(&Num(v)).unwrap();
+        assert_eq!(j(Some(1.5)), "1.5");
+        assert_eq!(j(Some(5.679_928_4)), "5.679928");
+        assert_eq!(j(Some(2.0)), "2");
+        assert_eq!(j(Some(-0.0)), "0");
+        assert_eq!(j(Some(f64::NAN)), "null");
+        assert_eq!(j(None), "null");
+    }
+
+    #[test]
+    fn report_keys_in_the_documented_order() {
+        let mut out = Outcome {
+            plan: Plan::smoke(),
+            engine: "bpfckpt".into(),
+            steps: vec![Step::begin("build").end()],
+            machine: Machine::default(),
+            sizes: vec![SizeResult {
+                label: "16MiB",
+                ..Default::default()
+            }],
+            cycle: CycleResult::default(),
+            openat: OpenatResult {
+                ops: 10,
+                ..Default::default()
+            },
+            startup: 1.0,
+            startup_static: None,
+            binary: StaticBinary::default(),
+            targets: Vec::new(),
+            warnings: vec!["w\n".into()],
+            runtime: 1.0,
+        };
+        out.targets = evaluate(&out);
+        let text = serde_json::to_string_pretty(&Report::new(&out, &utc(0))).unwrap();
+        let top: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("  \"")?.split_once('"').map(|(k, _)| k))
+            .collect();
+        let want = [
+            "schema",
+            "mode",
+            "profile",
+            "timestamp_utc",
+            "runtime_s",
+            "step_seconds",
+            "step_other_cpu",
+            "bpfckpt_binary",
+            "machine",
+            "sizes",
+            "16MiB",
+            "cycle_rate",
+            "handshake_rate",
+            "cycle_rate_vs_handshake",
+            "cycle",
+            "unrelated_openat_overhead",
+            "openat",
+            "startup_ms",
+            "startup_ms_static",
+            "static_binary_mib",
+            "static_binary_is_static",
+            "kernel_bytes_per_saved_byte",
+            "kernel_bytes",
+            "targets",
+            "warnings",
+        ];
+        assert_eq!(top, want);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["16MiB"]["checkpoint_gbps"], serde_json::Value::Null);
+        assert_eq!(v["16MiB"]["peak_store_bytes"], 0);
+        assert_eq!(v["cycle"]["bpfckpt"]["rate"], serde_json::Value::Null);
+        assert_eq!(v["cycle"]["bpfckpt"]["cycles"], 0);
+        assert_eq!(v["openat"]["getppid_ops"], 50);
+        assert_eq!(v["machine"]["loadavg_end"], "");
+        assert_eq!(v["step_seconds"].as_object().unwrap().len(), 1);
+        assert_eq!(v["targets"][0]["metric"], "16MiB.checkpoint_vs_memcpy");
+        assert_eq!(v["warnings"][0], "w\n");
     }
 }

@@ -2,9 +2,13 @@
 //! lockdown, restore path, transparent huge pages, load.
 
 use crate::util::{self, Ctx};
+use serde::Serialize;
 use std::fs;
 use std::process::Command;
 
+/// The report's `machine` object, as it is.
+#[derive(Serialize)]
+#[cfg_attr(test, derive(Default))]
 pub struct Machine {
     pub kernel: String,
     pub cpu: String,
@@ -14,7 +18,11 @@ pub struct Machine {
     pub lockdown: String,
     pub restore_path: String,
     pub thp: String,
+    /// Where the trigger directories are made.
+    pub trigger_base: String,
+    #[serde(rename = "loadavg_start")]
     pub load_start: String,
+    #[serde(rename = "loadavg_end")]
     pub load_end: String,
 }
 
@@ -64,6 +72,7 @@ pub fn machine_info(ctx: &Ctx, restore_path: &str, load_start: String) -> Machin
         lockdown: selected("/sys/kernel/security/lockdown"),
         restore_path: restore_path.to_string(),
         thp: selected("/sys/kernel/mm/transparent_hugepage/enabled"),
+        trigger_base: std::env::temp_dir().display().to_string(),
         load_start,
         load_end: loadavg(),
     }

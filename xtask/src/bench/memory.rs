@@ -45,6 +45,7 @@ use crate::util::Result;
 use std::process::Command;
 
 /// The baselines, in GB/s.
+#[cfg_attr(test, derive(Default))]
 pub struct Baselines {
     pub memcpy_gbps: f64,
     pub vm_read_gbps: f64,
@@ -52,6 +53,7 @@ pub struct Baselines {
     pub vm_write_4k_gbps: f64,
 }
 
+#[cfg_attr(test, derive(Default))]
 pub struct SizeResult {
     pub label: &'static str,
     pub bytes: u64,

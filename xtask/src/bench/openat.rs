@@ -13,8 +13,14 @@ use crate::util::Result;
 use std::process::Command;
 
 /// What `bench-openat` repeats: the measured operation and two controls.
+/// Each with the number of times it runs per `ops`.
 pub const CALLS: [(&str, u64); 3] = [("openat", 1), ("getppid", 5), ("fault", 1)];
+/// Indices into [`CALLS`].
+pub const OPENAT: usize = 0;
+pub const GETPPID: usize = 1;
+pub const FAULT: usize = 2;
 
+#[cfg_attr(test, derive(Default))]
 pub struct OpenatResult {
     pub ops: u64,
     pub rounds: u32,
@@ -29,7 +35,7 @@ impl OpenatResult {
     }
 
     pub fn overhead(&self) -> f64 {
-        self.overhead_of(0)
+        self.overhead_of(OPENAT)
     }
 }
 
@@ -83,4 +89,16 @@ pub fn openat_bench(bins: &Bins, plan: &Plan, warnings: &mut Vec<String>) -> Res
         alone,
         traced,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_indices_name_their_calls() {
+        assert_eq!(CALLS[OPENAT].0, "openat");
+        assert_eq!(CALLS[GETPPID].0, "getppid");
+        assert_eq!(CALLS[FAULT].0, "fault");
+    }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 /// The static binary's size, and whether it is static; `None` when it was
 /// not built.
+#[cfg_attr(test, derive(Default))]
 pub struct StaticBinary {
     pub mib: Option<f64>,
     pub is_static: Option<bool>,

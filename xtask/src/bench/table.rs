@@ -2,7 +2,7 @@
 //! row per metric (with its target and status), then medians and counts.
 
 use super::Outcome;
-use super::openat::CALLS;
+use super::openat::{CALLS, OPENAT};
 use super::stats::{max, median};
 use super::targets::Target;
 use std::fmt::Write as _;
@@ -132,8 +132,12 @@ fn other_rows(t: &mut Rows<'_>, out: &Outcome) {
     t.row("cycle_rate", c.bpfckpt.rate(), "cycles/s");
     t.row("handshake_rate", c.handshake.rate(), "cycles/s");
     t.row("cycle_rate_vs_handshake", c.ratio(), "ratio");
-    t.row("openat alone", Some(o.alone[0]), "ns/op");
-    t.row("openat while bpfckpt serves", Some(o.traced[0]), "ns/op");
+    t.row("openat alone", Some(o.alone[OPENAT]), "ns/op");
+    t.row(
+        "openat while bpfckpt serves",
+        Some(o.traced[OPENAT]),
+        "ns/op",
+    );
     t.row("unrelated_openat_overhead", Some(o.overhead()), "fraction");
     for (i, (name, _)) in CALLS.iter().enumerate().skip(1) {
         t.row(
