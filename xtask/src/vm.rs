@@ -181,7 +181,7 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result<()> {
         "xtask: vm-test: {} ({:.1} MB; /init, /bin/bpfckpt, /bin/ckpt-target, /bin/ckpt-bss400, static {}), {} scenarios",
         initrd.display(),
         image.len() as f64 / 1e6,
-        guest::MUSL,
+        crate::toolchain::MUSL,
         scenarios.len()
     );
     let mut expected = vec!["doctor".to_string()];

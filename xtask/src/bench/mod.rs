@@ -35,6 +35,7 @@ mod table;
 mod targets;
 mod time;
 
+use crate::toolchain::MUSL;
 use crate::util::{self, Ctx, Result};
 use cycle::CycleResult;
 use machine::Machine;
@@ -49,7 +50,6 @@ use targets::Target;
 
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
-const MUSL: &str = "x86_64-unknown-linux-musl";
 
 const HELP: &str = "\
 usage: cargo xtask bench [--smoke] [--bpfckpt PATH]
