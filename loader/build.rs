@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 fn main() {
     // rustc calls this very binary as the probe linker.
-    xtask::maybe_act_as_linker();
+    bpfckpt_probe_build::maybe_act_as_linker();
 
     let manifest =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -20,11 +20,11 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
-    let cfg = match xtask::probes::BuildConfig::from_env(root, target_dir) {
+    let cfg = match bpfckpt_probe_build::BuildConfig::from_env(root, target_dir) {
         Ok(c) => c,
         Err(e) => fail(&e),
     };
-    let obj = xtask::probes::build(&cfg).unwrap_or_else(|e| fail(&e));
+    let obj = bpfckpt_probe_build::build(&cfg).unwrap_or_else(|e| fail(&e));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("probes.o");
     if let Err(e) = std::fs::copy(&obj, &out) {
         fail(&format!("copy {} -> {}: {e}", obj.display(), out.display()));

@@ -2,9 +2,9 @@
 //! fuzzing of the loader's pure layers (obj::parse, link::link,
 //! btf::program_btf) with the real probe object and the fixtures as seeds.
 //!
-//! xtask cannot link bpfckpt (bpfckpt's build script depends on the xtask
-//! library), so the driver is an ignored test of the loader package,
-//! loader/tests/fuzz_driver.rs, run here through cargo. It is built with the
+//! The driver is an ignored test of the loader package,
+//! loader/tests/fuzz_driver.rs, run here through cargo, so that xtask itself
+//! does not depend on bpfckpt (and build the probes). It is built with the
 //! test (debug) profile on purpose: integer overflow checks stay on, so an
 //! arithmetic overflow on a hostile header is a finding, not a wrap. A
 //! crashing input is saved as loader/tests/fuzz-corpus/<kind>-<hash>.bin

@@ -4,8 +4,8 @@ use crate::util::{Ctx, Result};
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
 
 pub fn build_probes(ctx: &Ctx) -> Result<()> {
-    let cfg = xtask::probes::BuildConfig::from_env(ctx.root.clone(), ctx.target_dir())?;
-    let path = xtask::probes::build(&cfg)?;
+    let cfg = bpfckpt_probe_build::BuildConfig::from_env(ctx.root.clone(), ctx.target_dir())?;
+    let path = bpfckpt_probe_build::build(&cfg)?;
     let bytes = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
     print!("{}", describe(&bytes)?);
     println!("object: {} ({} bytes)", path.display(), bytes.len());

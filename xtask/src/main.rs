@@ -4,6 +4,7 @@ mod bench;
 mod fuzz;
 mod inspect;
 mod soak;
+mod toolchain;
 mod util;
 mod vm;
 
@@ -24,7 +25,8 @@ commands:
 ";
 
 fn main() -> ExitCode {
-    xtask::maybe_act_as_linker();
+    // `build-probes` passes this binary to rustc as the probe linker.
+    bpfckpt_probe_build::maybe_act_as_linker();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
         eprint!("{USAGE}");
@@ -38,26 +40,32 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let r: Result<()> = match cmd.as_str() {
-        "build-probes" => inspect::build_probes(&ctx),
-        "test" => test(&ctx, rest),
-        "vm-test" => vm::run(&ctx, rest),
-        "bench" => bench::run(&ctx, rest),
-        "fuzz" => fuzz::run(&ctx, rest),
-        "soak" => soak::run(&ctx, rest),
-        "demo" => demo(&ctx, rest),
-        "-h" | "--help" | "help" => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        other => Err(format!("unknown command `{other}`\n{USAGE}")),
-    };
+    let r = toolchain::needs(cmd, rest)
+        .map_or(Ok(()), |needs| toolchain::ensure(&ctx, needs))
+        .and_then(|()| dispatch(&ctx, cmd, rest));
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xtask: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn dispatch(ctx: &Ctx, cmd: &str, rest: &[String]) -> Result<()> {
+    match cmd {
+        "build-probes" => inspect::build_probes(ctx),
+        "test" => test(ctx, rest),
+        "vm-test" => vm::run(ctx, rest),
+        "bench" => bench::run(ctx, rest),
+        "fuzz" => fuzz::run(ctx, rest),
+        "soak" => soak::run(ctx, rest),
+        "demo" => demo(ctx, rest),
+        "-h" | "--help" | "help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n{USAGE}")),
     }
 }
 

@@ -47,7 +47,7 @@ pub fn run_status(cmd: &mut Command) -> Result<()> {
     }
 }
 
-pub use xtask::probes::run_output;
+pub use bpfckpt_probe_build::run_output;
 
 pub fn step(what: &str) {
     eprintln!("\n==> {what}");

@@ -1,6 +1,6 @@
 //! `cargo xtask vm-test`: proves the BPF restore path (`bpf_probe_write_user`
-//! in the target's context) in guest kernels without lockdown, since this
-//! machine's kernel refuses the helper (DESIGN.md sections 5 and 6).
+//! in the target's context) in guest kernels without lockdown: a kernel under
+//! lockdown, as this machine's is, refuses any program that uses the helper.
 //!
 //! Steps: QEMU (installed with apt when missing), the current Debian cloud
 //! kernels of the release and of its backports (apt-get download + dpkg-deb
@@ -181,7 +181,7 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result<()> {
         "xtask: vm-test: {} ({:.1} MB; /init, /bin/bpfckpt, /bin/ckpt-target, /bin/ckpt-bss400, static {}), {} scenarios",
         initrd.display(),
         image.len() as f64 / 1e6,
-        guest::MUSL,
+        crate::toolchain::MUSL,
         scenarios.len()
     );
     let mut expected = vec!["doctor".to_string()];

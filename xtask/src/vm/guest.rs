@@ -2,13 +2,11 @@
 //! and `vm-init`, packed with the scenario list into a newc initramfs.
 
 use super::cpio;
-use crate::util::{self, Ctx, Result};
+use crate::toolchain::MUSL;
+use crate::util::{Ctx, Result};
 use object::read::elf::{Dyn, ElfFile64, FileHeader, ProgramHeader};
 use object::{Endianness, elf};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-pub const MUSL: &str = "x86_64-unknown-linux-musl";
 
 /// One scenario of the guest: `bpfckpt run ... -- PROGRAM... --cycles N`.
 #[derive(Debug, Clone)]
@@ -86,19 +84,6 @@ impl Binaries {
 /// Builds bpfckpt and the test programs for musl and checks that each is
 /// fully static.
 pub fn build(ctx: &Ctx) -> Result<Binaries> {
-    // rustc of the pinned toolchain (rust-toolchain.toml applies in the root).
-    let libdir = util::run_output(
-        Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
-            .current_dir(&ctx.root)
-            .args(["--print", "target-libdir", "--target", MUSL]),
-    )?;
-    if !Path::new(libdir.trim()).is_dir() {
-        return Err(format!(
-            "the Rust standard library for {MUSL} is not installed ({} is missing); \
-             rust-toolchain.toml lists the target: run `rustup target add {MUSL}`",
-            libdir.trim()
-        ));
-    }
     ctx.cargo(&[
         "build",
         "--release",

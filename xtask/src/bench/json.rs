@@ -1,0 +1,460 @@
+//! The JSON report: target/bench/latest.json and target/bench/<UTC
+//! time>.json; the smoke writes target/bench/smoke.json only.
+//!
+//! ```text
+//! { "schema": 1, "mode": "full"|"smoke", "profile": "release"|"debug",
+//!   "timestamp_utc": "...Z", "runtime_s": .., "step_seconds": {step: s},
+//!   "step_other_cpu": {step: fraction}, "bpfckpt_binary": path,
+//!   "machine": {kernel, cpu, cores, git_commit, git_dirty, lockdown,
+//!               restore_path, thp, trigger_base, loadavg_start, loadavg_end},
+//!   "sizes": ["64MiB", "1GiB"],
+//!   "64MiB": { bytes, warmup_cycles, measured_cycles,
+//!              checkpoint_gbps, checkpoint_gbps_median, checkpoint_e2e_gbps,
+//!              restore_gbps, restore_gbps_median, memcpy_gbps,
+//!              process_vm_readv_gbps, process_vm_writev_gbps,
+//!              process_vm_writev_4k_gbps, checkpoint_vs_memcpy,
+//!              restore_vs_memcpy, restore_vs_process_vm_writev,
+//!              checkpoint_kernel_ms_median, checkpoint_latency_ms_median,
+//!              restore_latency_ms_median, pages_saved, pages_absent,
+//!              checkpoints_pure_bpf, checkpoints_held, restores_held,
+//!              peak_store_bytes },
+//!   "1GiB": { the same },
+//!   "cycle_rate": .., "handshake_rate": .., "cycle_rate_vs_handshake": ..,
+//!   "cycle": { millis,
+//!              handshake: {cycles, seconds, rate, checkpoint_latency_us_avg,
+//!                          restore_latency_us_avg},
+//!              bpfckpt: {the same, checkpoint_kernel_us_avg, checkpoints_held,
+//!                        pages_saved, pages_absent, engine_user_us_per_cycle} },
+//!   "unrelated_openat_overhead": ..,
+//!   "openat": {ops, rounds, alone_ns_per_op, traced_ns_per_op,
+//!              getppid_alone_ns, getppid_traced_ns, getppid_ops,
+//!              unrelated_getppid_overhead, fault_alone_ns, fault_traced_ns,
+//!              fault_ops, unrelated_fault_overhead},
+//!   "startup_ms": .., "startup_ms_static": ..,
+//!   "static_binary_mib": .., "static_binary_is_static": ..,
+//!   "kernel_bytes_per_saved_byte": ..,
+//!   "kernel_bytes": {size, peak_store_bytes, saved_bytes},
+//!   "targets": [ {metric, value, op: ">="|"<=", bar, met: bool|null,
+//!                 busy_machine: bool} ],
+//!   "warnings": [ .. ] }
+//! ```
+//! Per-size keys are the size labels at the top level ("sizes" lists them).
+//! A value that could not be measured is `null`.
+
+use super::Outcome;
+use super::PAGE;
+use super::cycle::{CycleResult, CycleRun};
+use super::machine::Machine;
+use super::memory::SizeResult;
+use super::openat::{CALLS, FAULT, GETPPID, OPENAT, OpenatResult};
+use super::stats::{max, median};
+use super::steps::Step;
+use super::targets::Target;
+use super::time::Utc;
+use crate::util::Result;
+use serde::{Serialize, Serializer};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Writes the report into `dir`; returns the files written.
+pub fn write(out: &Outcome, dir: &Path, stamp: Utc) -> Result<Vec<PathBuf>> {
+    let mut json = serde_json::to_string_pretty(&Report::new(out, &stamp))
+        .map_err(|e| format!("bench report: {e}"))?;
+    json.push('\n');
+    fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let names = if out.plan.smoke {
+        vec!["smoke.json".to_string()]
+    } else {
+        vec!["latest.json".to_string(), format!("{}.json", stamp.file())]
+    };
+    let mut written = Vec::new();
+    for n in names {
+        let p = dir.join(n);
+        fs::write(&p, &json).map_err(|e| format!("write {}: {e}", p.display()))?;
+        written.push(p);
+    }
+    Ok(written)
+}
+
+/// A measured number, rounded to six decimals (readable, and exact enough),
+/// a whole one without a fraction; `null` when it could not be measured.
+#[derive(Clone, Copy)]
+struct Num(Option<f64>);
+
+impl Serialize for Num {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(v) if v.is_finite() => {
+                let r = (v * 1e6).round() / 1e6;
+                if r.fract() == 0.0 && r.abs() < 1e15 {
+                    s.serialize_i64(r as i64)
+                } else {
+                    s.serialize_f64(r)
+                }
+            }
+            _ => s.serialize_none(),
+        }
+    }
+}
+
+fn num(v: f64) -> Num {
+    Num(Some(v))
+}
+
+/// An object whose keys come from the run (step names, size labels), in the
+/// run's order.
+struct Keyed<T>(Vec<(String, T)>);
+
+impl<T: Serialize> Serialize for Keyed<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    schema: u32,
+    mode: &'static str,
+    profile: &'static str,
+    timestamp_utc: String,
+    runtime_s: Num,
+    step_seconds: Keyed<Num>,
+    step_other_cpu: Keyed<Num>,
+    bpfckpt_binary: String,
+    machine: &'a Machine,
+    sizes: Vec<&'static str>,
+    /// Each size's object under its label.
+    #[serde(flatten)]
+    per_size: Keyed<SizeJson>,
+    cycle_rate: Num,
+    handshake_rate: Num,
+    cycle_rate_vs_handshake: Num,
+    cycle: CycleJson,
+    unrelated_openat_overhead: Num,
+    openat: OpenatJson,
+    startup_ms: Num,
+    startup_ms_static: Num,
+    static_binary_mib: Num,
+    static_binary_is_static: Option<bool>,
+    kernel_bytes_per_saved_byte: Num,
+    kernel_bytes: KernelBytes,
+    targets: Vec<TargetJson<'a>>,
+    warnings: &'a [String],
+}
+
+impl<'a> Report<'a> {
+    fn new(out: &'a Outcome, stamp: &Utc) -> Self {
+        let steps =
+            |f: fn(&Step) -> Num| Keyed(out.steps.iter().map(|s| (s.name.clone(), f(s))).collect());
+        let store = out.store();
+        Self {
+            schema: 1,
+            mode: if out.plan.smoke { "smoke" } else { "full" },
+            profile: out.plan.profile(),
+            timestamp_utc: stamp.iso(),
+            runtime_s: num(out.runtime),
+            step_seconds: steps(|s| num(s.seconds)),
+            step_other_cpu: steps(|s| Num(s.other_cpu)),
+            bpfckpt_binary: out.engine.display().to_string(),
+            machine: &out.machine,
+            sizes: out.sizes.iter().map(|s| s.label).collect(),
+            per_size: Keyed(
+                out.sizes
+                    .iter()
+                    .map(|s| (s.label.to_string(), SizeJson::from(s)))
+                    .collect(),
+            ),
+            cycle_rate: Num(out.cycle.bpfckpt.rate()),
+            handshake_rate: Num(out.cycle.handshake.rate()),
+            cycle_rate_vs_handshake: Num(out.cycle.ratio()),
+            cycle: CycleJson::new(&out.cycle, out.plan.cycle_millis),
+            unrelated_openat_overhead: num(out.openat.overhead()),
+            openat: OpenatJson::from(&out.openat),
+            startup_ms: num(out.startup),
+            startup_ms_static: Num(out.startup_static),
+            static_binary_mib: Num(out.binary.mib),
+            static_binary_is_static: out.binary.is_static,
+            kernel_bytes_per_saved_byte: Num(out.kernel_bytes_per_saved_byte()),
+            kernel_bytes: KernelBytes {
+                size: out.plan.store_size,
+                peak_store_bytes: store.map(|s| s.peak_store_bytes),
+                saved_bytes: store.map(|s| s.last_saved_pages * PAGE),
+            },
+            targets: out.targets.iter().map(TargetJson::from).collect(),
+            warnings: &out.warnings,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SizeJson {
+    bytes: u64,
+    warmup_cycles: u32,
+    measured_cycles: u32,
+    checkpoint_gbps: Num,
+    checkpoint_gbps_median: Num,
+    checkpoint_e2e_gbps: Num,
+    restore_gbps: Num,
+    restore_gbps_median: Num,
+    memcpy_gbps: Num,
+    process_vm_readv_gbps: Num,
+    process_vm_writev_gbps: Num,
+    process_vm_writev_4k_gbps: Num,
+    checkpoint_vs_memcpy: Num,
+    restore_vs_memcpy: Num,
+    restore_vs_process_vm_writev: Num,
+    checkpoint_kernel_ms_median: Num,
+    checkpoint_latency_ms_median: Num,
+    restore_latency_ms_median: Num,
+    pages_saved: u64,
+    pages_absent: u64,
+    checkpoints_pure_bpf: u64,
+    checkpoints_held: u64,
+    restores_held: u64,
+    peak_store_bytes: u64,
+}
+
+impl From<&SizeResult> for SizeJson {
+    fn from(z: &SizeResult) -> Self {
+        Self {
+            bytes: z.bytes,
+            warmup_cycles: z.warmup,
+            measured_cycles: z.cycles,
+            checkpoint_gbps: Num(z.checkpoint_gbps()),
+            checkpoint_gbps_median: Num(median(&z.ckpt_gbps)),
+            checkpoint_e2e_gbps: Num(max(&z.ckpt_e2e_gbps)),
+            restore_gbps: Num(z.restore_gbps()),
+            restore_gbps_median: Num(median(&z.restore_gbps)),
+            memcpy_gbps: num(z.base.memcpy_gbps),
+            process_vm_readv_gbps: num(z.base.vm_read_gbps),
+            process_vm_writev_gbps: num(z.base.vm_write_gbps),
+            process_vm_writev_4k_gbps: num(z.base.vm_write_4k_gbps),
+            checkpoint_vs_memcpy: Num(z.checkpoint_vs_memcpy()),
+            restore_vs_memcpy: Num(z.restore_vs_memcpy()),
+            restore_vs_process_vm_writev: Num(z.restore_gbps().map(|g| g / z.base.vm_write_gbps)),
+            checkpoint_kernel_ms_median: Num(median(&z.ckpt_kernel_ms)),
+            checkpoint_latency_ms_median: Num(median(&z.ckpt_latency_ms)),
+            restore_latency_ms_median: Num(median(&z.restore_latency_ms)),
+            pages_saved: z.last_saved_pages,
+            pages_absent: z.pages_absent,
+            checkpoints_pure_bpf: z.ckpt_pure,
+            checkpoints_held: z.ckpt_held,
+            restores_held: z.restore_held,
+            peak_store_bytes: z.peak_store_bytes,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct CycleJson {
+    millis: u64,
+    handshake: CycleRunJson,
+    bpfckpt: EngineCycleJson,
+}
+
+/// What both servers of the cycle benchmark report.
+#[derive(Serialize)]
+struct CycleRunJson {
+    cycles: u64,
+    seconds: Num,
+    rate: Num,
+    checkpoint_latency_us_avg: Num,
+    restore_latency_us_avg: Num,
+}
+
+/// What only bpfckpt reports besides.
+#[derive(Serialize)]
+struct EngineCycleJson {
+    #[serde(flatten)]
+    run: CycleRunJson,
+    checkpoint_kernel_us_avg: Num,
+    checkpoints_held: u64,
+    pages_saved: u64,
+    pages_absent: u64,
+    engine_user_us_per_cycle: Num,
+}
+
+impl From<&CycleRun> for CycleRunJson {
+    fn from(r: &CycleRun) -> Self {
+        Self {
+            cycles: r.cycles,
+            seconds: num(r.ns as f64 / 1e9),
+            rate: Num(r.rate()),
+            checkpoint_latency_us_avg: Num(r.avg_us(r.ckpt_ns)),
+            restore_latency_us_avg: Num(r.avg_us(r.restore_ns)),
+        }
+    }
+}
+
+impl CycleJson {
+    fn new(c: &CycleResult, millis: u64) -> Self {
+        Self {
+            millis,
+            handshake: CycleRunJson::from(&c.handshake),
+            bpfckpt: EngineCycleJson {
+                run: CycleRunJson::from(&c.bpfckpt),
+                checkpoint_kernel_us_avg: Num(c.ckpt_kernel_us),
+                checkpoints_held: c.ckpt_held,
+                pages_saved: c.pages_saved,
+                pages_absent: c.pages_absent,
+                engine_user_us_per_cycle: Num(c.engine_user_us_per_cycle),
+            },
+        }
+    }
+}
+
+/// ns per operation alone and while bpfckpt serves, for openat and the two
+/// controls (whose counts are multiples of `ops`).
+#[derive(Serialize)]
+struct OpenatJson {
+    ops: u64,
+    rounds: u32,
+    alone_ns_per_op: Num,
+    traced_ns_per_op: Num,
+    getppid_alone_ns: Num,
+    getppid_traced_ns: Num,
+    getppid_ops: u64,
+    unrelated_getppid_overhead: Num,
+    fault_alone_ns: Num,
+    fault_traced_ns: Num,
+    fault_ops: u64,
+    unrelated_fault_overhead: Num,
+}
+
+impl From<&OpenatResult> for OpenatJson {
+    fn from(o: &OpenatResult) -> Self {
+        Self {
+            ops: o.ops,
+            rounds: o.rounds,
+            alone_ns_per_op: num(o.alone[OPENAT]),
+            traced_ns_per_op: num(o.traced[OPENAT]),
+            getppid_alone_ns: num(o.alone[GETPPID]),
+            getppid_traced_ns: num(o.traced[GETPPID]),
+            getppid_ops: o.ops * CALLS[GETPPID].1,
+            unrelated_getppid_overhead: num(o.overhead_of(GETPPID)),
+            fault_alone_ns: num(o.alone[FAULT]),
+            fault_traced_ns: num(o.traced[FAULT]),
+            fault_ops: o.ops * CALLS[FAULT].1,
+            unrelated_fault_overhead: num(o.overhead_of(FAULT)),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct KernelBytes {
+    size: &'static str,
+    peak_store_bytes: Option<u64>,
+    saved_bytes: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct TargetJson<'a> {
+    metric: &'a str,
+    value: Num,
+    op: &'static str,
+    bar: Num,
+    met: Option<bool>,
+    busy_machine: bool,
+}
+
+impl<'a> From<&'a Target> for TargetJson<'a> {
+    fn from(t: &'a Target) -> Self {
+        Self {
+            metric: &t.metric,
+            value: Num(t.value),
+            op: t.op(),
+            bar: num(t.bar),
+            met: t.met(),
+            busy_machine: t.busy,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Plan;
+    use super::super::startup::StaticBinary;
+    use super::super::targets::evaluate;
+    use super::super::time::utc;
+    use super::*;
+
+    #[test]
+    fn numbers_are_rounded_whole_or_null() {
+        let j = |v| serde_json::to_string(&Num(v)).unwrap();
+        assert_eq!(j(Some(1.5)), "1.5");
+        assert_eq!(j(Some(5.679_928_4)), "5.679928");
+        assert_eq!(j(Some(2.0)), "2");
+        assert_eq!(j(Some(-0.0)), "0");
+        assert_eq!(j(Some(f64::NAN)), "null");
+        assert_eq!(j(None), "null");
+    }
+
+    #[test]
+    fn report_keys_in_the_documented_order() {
+        let mut out = Outcome {
+            plan: Plan::smoke(),
+            engine: "bpfckpt".into(),
+            steps: vec![Step::begin("build").end()],
+            machine: Machine::default(),
+            sizes: vec![SizeResult {
+                label: "16MiB",
+                ..Default::default()
+            }],
+            cycle: CycleResult::default(),
+            openat: OpenatResult {
+                ops: 10,
+                ..Default::default()
+            },
+            startup: 1.0,
+            startup_static: None,
+            binary: StaticBinary::default(),
+            targets: Vec::new(),
+            warnings: vec!["w\n".into()],
+            runtime: 1.0,
+        };
+        out.targets = evaluate(&out);
+        let text = serde_json::to_string_pretty(&Report::new(&out, &utc(0))).unwrap();
+        let top: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("  \"")?.split_once('"').map(|(k, _)| k))
+            .collect();
+        let want = [
+            "schema",
+            "mode",
+            "profile",
+            "timestamp_utc",
+            "runtime_s",
+            "step_seconds",
+            "step_other_cpu",
+            "bpfckpt_binary",
+            "machine",
+            "sizes",
+            "16MiB",
+            "cycle_rate",
+            "handshake_rate",
+            "cycle_rate_vs_handshake",
+            "cycle",
+            "unrelated_openat_overhead",
+            "openat",
+            "startup_ms",
+            "startup_ms_static",
+            "static_binary_mib",
+            "static_binary_is_static",
+            "kernel_bytes_per_saved_byte",
+            "kernel_bytes",
+            "targets",
+            "warnings",
+        ];
+        assert_eq!(top, want);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["16MiB"]["checkpoint_gbps"], serde_json::Value::Null);
+        assert_eq!(v["16MiB"]["peak_store_bytes"], 0);
+        assert_eq!(v["cycle"]["bpfckpt"]["rate"], serde_json::Value::Null);
+        assert_eq!(v["cycle"]["bpfckpt"]["cycles"], 0);
+        assert_eq!(v["openat"]["getppid_ops"], 50);
+        assert_eq!(v["machine"]["loadavg_end"], "");
+        assert_eq!(v["step_seconds"].as_object().unwrap().len(), 1);
+        assert_eq!(v["targets"][0]["metric"], "16MiB.checkpoint_vs_memcpy");
+        assert_eq!(v["warnings"][0], "w\n");
+    }
+}

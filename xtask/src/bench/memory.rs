@@ -1,0 +1,223 @@
+//! Throughput of checkpoint and restore, and the baselines they are compared
+//! with. For each size S (64 MiB and 1 GiB; 16 MiB in the smoke):
+//! - Baselines (`bench-base --bytes S`, best of R = 5): `memcpy_gbps`, S
+//!   bytes between two touched buffers of one process (glibc memcpy);
+//!   `process_vm_readv_gbps` / `process_vm_writev_gbps`, S bytes from / to a
+//!   child holding S touched bytes, one iovec per side per call;
+//!   `process_vm_writev_4k_gbps`, the same write with one 4 KiB iovec per
+//!   page, 1024 per call, as the engine's user-space restore issues it.
+//! - `bpfckpt run --json -- bench-mem --bytes S`: the target maps and touches
+//!   S bytes, runs W = 2 warm-up cycles (page store sized, layout applied),
+//!   then K measured cycles (10; 5 for 1 GiB); every cycle stamps each page,
+//!   checkpoints, damages the stamps, restores and verifies them (a wrong
+//!   restore fails the bench). Every page is written between consecutive
+//!   checkpoints and between checkpoint and restore, so an engine that only
+//!   saves or restores pages written since still moves all S bytes.
+//!   - `checkpoint_gbps`: saved bytes ((pages_bpf + pages_user) * 4096) /
+//!     `kernel_ns` of the engine's `checkpoint` event, over the measured
+//!     checkpoints with `pages_user == 0`: the BPF program copied the whole
+//!     image inside the trigger syscall, and `kernel_ns` times that copy
+//!     from first to last page. Such a checkpoint may still be `held` (the
+//!     probe holds the target when some page of the region table was not
+//!     present; user space then records those pages as zero ranges): that
+//!     user-side work is not in `kernel_ns` but is in `checkpoint_e2e_gbps`,
+//!     which divides by the target-observed latency (request `openat` until
+//!     `checkpoint_complete` is seen). `checkpoints_pure_bpf` counts the
+//!     qualifying checkpoints, `checkpoints_held` the held ones.
+//!   - `restore_gbps`: restored bytes ((pages_bpf + pages_user of the
+//!     `restore` event) * 4096) / the target-observed restore latency: from
+//!     just before the target's `openat` of `ready_to_restore` until it sees
+//!     `restore_complete` (the engine creates it before it releases a held
+//!     target, so no polling interval is included). It covers the probe, the
+//!     hold, the engine's wake-up, /proc/PID/maps, the writes, the zero
+//!     ranges and the marker. (The engine's `user_ns` exists only as a total
+//!     in its summary, and its wall-clock time includes periods in which the
+//!     engine is descheduled after it has released the target.)
+//!   - Best (highest) of the measured cycles, and the median (`*_median`).
+//!   - `checkpoint_vs_memcpy`, `restore_vs_memcpy`: ratios of the best
+//!     values to `memcpy_gbps` (itself a best of R).
+
+use super::events::{Events, Flat, bench_line, bench_lines};
+use super::proc::{Proc, TriggerDir, bpfckpt_run, deadline, tail};
+use super::stats::{gbps, max};
+use super::{Bins, MIB, PAGE, Size};
+use crate::util::Result;
+use std::process::Command;
+
+/// The baselines, in GB/s.
+#[cfg_attr(test, derive(Default))]
+pub struct Baselines {
+    pub memcpy_gbps: f64,
+    pub vm_read_gbps: f64,
+    pub vm_write_gbps: f64,
+    pub vm_write_4k_gbps: f64,
+}
+
+#[cfg_attr(test, derive(Default))]
+pub struct SizeResult {
+    pub label: &'static str,
+    pub bytes: u64,
+    pub warmup: u32,
+    pub cycles: u32,
+    pub restore_path: String,
+    pub base: Baselines,
+    /// Per measured checkpoint with pages_user == 0: bytes / kernel_ns.
+    pub ckpt_gbps: Vec<f64>,
+    pub ckpt_e2e_gbps: Vec<f64>,
+    pub restore_gbps: Vec<f64>,
+    pub ckpt_kernel_ms: Vec<f64>,
+    pub ckpt_latency_ms: Vec<f64>,
+    pub restore_latency_ms: Vec<f64>,
+    pub last_saved_pages: u64,
+    pub pages_absent: u64,
+    pub ckpt_pure: u64,
+    pub ckpt_held: u64,
+    pub restore_held: u64,
+    pub peak_store_bytes: u64,
+}
+
+impl SizeResult {
+    pub fn checkpoint_gbps(&self) -> Option<f64> {
+        max(&self.ckpt_gbps)
+    }
+
+    pub fn restore_gbps(&self) -> Option<f64> {
+        max(&self.restore_gbps)
+    }
+
+    pub fn checkpoint_vs_memcpy(&self) -> Option<f64> {
+        self.checkpoint_gbps().map(|g| g / self.base.memcpy_gbps)
+    }
+
+    pub fn restore_vs_memcpy(&self) -> Option<f64> {
+        self.restore_gbps().map(|g| g / self.base.memcpy_gbps)
+    }
+
+    /// Adds measured cycle `i`: the target's timings `c` and the engine's
+    /// checkpoint and restore events.
+    fn add_cycle(&mut self, i: usize, c: &Flat, ck: &Flat, rs: &Flat) -> Result<()> {
+        let saved = ck.need_u("pages_bpf")? + ck.need_u("pages_user")?;
+        let kernel_ns = ck.need_u("kernel_ns")?;
+        let t_ck = c.need_u("checkpoint_ns")?;
+        let t_rs = c.need_u("restore_ns")?;
+        let restored = rs.need_u("pages_bpf")? + rs.need_u("pages_user")?;
+        if ck.need_u("pages_user")? == 0 && saved > 0 {
+            self.ckpt_pure += 1;
+            self.ckpt_gbps.push(gbps(saved * PAGE, kernel_ns));
+            self.ckpt_kernel_ms.push(kernel_ns as f64 / 1e6);
+        }
+        self.ckpt_held += u64::from(ck.b("held") == Some(true));
+        self.restore_held += u64::from(rs.b("held") == Some(true));
+        self.ckpt_e2e_gbps.push(gbps(saved * PAGE, t_ck));
+        self.restore_gbps.push(gbps(restored * PAGE, t_rs));
+        self.ckpt_latency_ms.push(t_ck as f64 / 1e6);
+        self.restore_latency_ms.push(t_rs as f64 / 1e6);
+        self.last_saved_pages = saved;
+        self.pages_absent = ck.u("pages_absent").unwrap_or(0);
+        if saved * PAGE < self.bytes || restored < saved {
+            return Err(format!(
+                "cycle {i}: {saved} pages saved and {restored} restored, fewer than the {} touched",
+                self.bytes / PAGE
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `bench-base`: memcpy and process_vm_readv/writev of `size` bytes.
+fn baselines(bins: &Bins, size: &Size, reps: u32) -> Result<Baselines> {
+    let mut cmd = Command::new(bins.bench("bench-base"));
+    cmd.args([
+        "--bytes",
+        &size.bytes.to_string(),
+        "--reps",
+        &reps.to_string(),
+    ]);
+    let out = Proc::start("bench-base", &mut cmd, false)?.finish(deadline(120))?;
+    let base = bench_line(&out, "base")?;
+    let g = |k: &str| base.need_u(k).map(|ns| gbps(size.bytes, ns));
+    Ok(Baselines {
+        memcpy_gbps: g("memcpy_ns")?,
+        vm_read_gbps: g("vm_read_ns")?,
+        vm_write_gbps: g("vm_write_ns")?,
+        vm_write_4k_gbps: g("vm_write_4k_ns")?,
+    })
+}
+
+/// `bench-mem` under bpfckpt: the engine's events and the target's measured
+/// cycles (in order), checked for count.
+fn served_cycles(bins: &Bins, size: &Size) -> Result<(Events, Vec<Flat>)> {
+    let dir = TriggerDir::new(&format!("mem-{}", size.label))?;
+    let mut cmd = bpfckpt_run(&bins.bpfckpt, &dir, bins.bench("bench-mem"));
+    cmd.arg("--dir")
+        .arg(&dir.0)
+        .args(["--bytes", &size.bytes.to_string()])
+        .args(["--warmup", &size.warmup.to_string()])
+        .args(["--cycles", &size.cycles.to_string()]);
+    let out = Proc::start("bpfckpt run -- bench-mem", &mut cmd, false)?
+        .finish(deadline(60 + 40 * size.bytes / (1024 * MIB)))?;
+    let ev = Events::parse(&out)?;
+    let mut cycles: Vec<Flat> = bench_lines(&out, "mem");
+    cycles.sort_by_key(|c| c.u("cycle").unwrap_or(u64::MAX));
+    let w = size.warmup as usize;
+    let k = size.cycles as usize;
+    if cycles.len() != k {
+        return Err(format!(
+            "bench-mem reported {} measured cycles, expected {k}\n{}",
+            cycles.len(),
+            tail(&out)
+        ));
+    }
+    if ev.checkpoints.len() != w + k || ev.restores.len() != w + k {
+        return Err(format!(
+            "bpfckpt reported {} checkpoints and {} restores, expected {} of each",
+            ev.checkpoints.len(),
+            ev.restores.len(),
+            w + k
+        ));
+    }
+    Ok((ev, cycles))
+}
+
+/// The baselines, then the measured cycles, for one size.
+pub fn mem_bench(
+    bins: &Bins,
+    size: &Size,
+    reps: u32,
+    warnings: &mut Vec<String>,
+) -> Result<SizeResult> {
+    // Baselines first, in the same run.
+    let base = baselines(bins, size, reps)?;
+    let (ev, cycles) = served_cycles(bins, size)?;
+    let mut r = SizeResult {
+        label: size.label,
+        bytes: size.bytes,
+        warmup: size.warmup,
+        cycles: size.cycles,
+        restore_path: ev.restore_path.clone(),
+        base,
+        ckpt_gbps: Vec::new(),
+        ckpt_e2e_gbps: Vec::new(),
+        restore_gbps: Vec::new(),
+        ckpt_kernel_ms: Vec::new(),
+        ckpt_latency_ms: Vec::new(),
+        restore_latency_ms: Vec::new(),
+        last_saved_pages: 0,
+        pages_absent: 0,
+        ckpt_pure: 0,
+        ckpt_held: 0,
+        restore_held: 0,
+        peak_store_bytes: ev.summary.need_u("peak_store_bytes")?,
+    };
+    let w = size.warmup as usize;
+    for (i, c) in cycles.iter().enumerate() {
+        r.add_cycle(i, c, &ev.checkpoints[w + i], &ev.restores[w + i])?;
+    }
+    if r.ckpt_pure == 0 {
+        warnings.push(format!(
+            "{}: no measured checkpoint was copied entirely by BPF (pages_user == 0): checkpoint_gbps is null",
+            size.label
+        ));
+    }
+    Ok(r)
+}

@@ -1,0 +1,204 @@
+//! The table printed at the end of a run: a header with the machine, one
+//! row per metric (with its target and status), then medians and counts.
+
+use super::Outcome;
+use super::openat::{CALLS, OPENAT};
+use super::stats::{max, median};
+use super::targets::Target;
+use std::fmt::Write as _;
+
+/// Separates the rows from the header and the details.
+const RULE: usize = 88;
+
+pub fn print(out: &Outcome) {
+    let mut s = String::new();
+    header(&mut s, out);
+    let mut t = Rows {
+        s: &mut s,
+        targets: &out.targets,
+    };
+    size_rows(&mut t, out);
+    other_rows(&mut t, out);
+    let _ = writeln!(s, "{}", "-".repeat(RULE));
+    details(&mut s, out);
+    print!("{s}");
+}
+
+pub fn fmt_num(v: Option<f64>) -> String {
+    match v {
+        None => "n/a".into(),
+        Some(v) if v.abs() >= 100.0 => format!("{v:.1}"),
+        Some(v) if v.abs() >= 1.0 => format!("{v:.3}"),
+        Some(v) => format!("{v:.4}"),
+    }
+}
+
+fn header(s: &mut String, out: &Outcome) {
+    let m = &out.machine;
+    let dirty = match m.git_dirty {
+        Some(true) => " (uncommitted changes)",
+        _ => "",
+    };
+    let _ = writeln!(
+        s,
+        "\nbpfckpt bench{}: kernel {}, {}, {} cores, restore path {}, commit {}{dirty}",
+        if out.plan.smoke {
+            " SMOKE (debug build, tiny sizes: timings mean nothing)"
+        } else {
+            ""
+        },
+        m.kernel,
+        m.cpu,
+        m.cores,
+        m.restore_path,
+        m.git_commit.get(..12).unwrap_or(&m.git_commit),
+    );
+    let _ = writeln!(
+        s,
+        "engine {}; load average at start {} / end {}",
+        out.engine.display(),
+        m.load_start,
+        m.load_end
+    );
+    let _ = writeln!(
+        s,
+        "{:<44} {:>12}  {:<10} {:>10}  status",
+        "metric", "value", "unit", "target"
+    );
+    let _ = writeln!(s, "{}", "-".repeat(RULE));
+}
+
+/// Metric rows, each with its target's bar and status if it has one.
+struct Rows<'a> {
+    s: &'a mut String,
+    targets: &'a [Target],
+}
+
+impl Rows<'_> {
+    fn row(&mut self, name: &str, v: Option<f64>, unit: &str) {
+        let target = self.targets.iter().find(|x| x.metric == name);
+        let (bar, status) = match target {
+            None => (String::new(), ""),
+            Some(x) => (
+                format!("{} {}", x.op(), x.bar),
+                match (x.met(), x.busy) {
+                    (Some(true), false) => "met",
+                    (Some(false), false) => "MISSED",
+                    (Some(true), true) => "met (busy machine)",
+                    (Some(false), true) => "MISSED (busy machine)",
+                    (None, _) => "n/a",
+                },
+            ),
+        };
+        let _ = writeln!(
+            self.s,
+            "{:<44} {:>12}  {:<10} {:>10}  {}",
+            name,
+            fmt_num(v),
+            unit,
+            bar,
+            status
+        );
+    }
+}
+
+fn size_rows(t: &mut Rows<'_>, out: &Outcome) {
+    for z in &out.sizes {
+        let b = &z.base;
+        let rows = [
+            ("checkpoint_gbps", z.checkpoint_gbps(), "GB/s"),
+            ("checkpoint_e2e_gbps", max(&z.ckpt_e2e_gbps), "GB/s"),
+            ("restore_gbps", z.restore_gbps(), "GB/s"),
+            ("memcpy_gbps", Some(b.memcpy_gbps), "GB/s"),
+            ("process_vm_readv_gbps", Some(b.vm_read_gbps), "GB/s"),
+            ("process_vm_writev_gbps", Some(b.vm_write_gbps), "GB/s"),
+            (
+                "process_vm_writev_4k_gbps",
+                Some(b.vm_write_4k_gbps),
+                "GB/s",
+            ),
+            ("checkpoint_vs_memcpy", z.checkpoint_vs_memcpy(), "ratio"),
+            ("restore_vs_memcpy", z.restore_vs_memcpy(), "ratio"),
+        ];
+        for (name, v, unit) in rows {
+            t.row(&format!("{}.{name}", z.label), v, unit);
+        }
+    }
+}
+
+fn other_rows(t: &mut Rows<'_>, out: &Outcome) {
+    let c = &out.cycle;
+    let o = &out.openat;
+    t.row("cycle_rate", c.bpfckpt.rate(), "cycles/s");
+    t.row("handshake_rate", c.handshake.rate(), "cycles/s");
+    t.row("cycle_rate_vs_handshake", c.ratio(), "ratio");
+    t.row("openat alone", Some(o.alone[OPENAT]), "ns/op");
+    t.row(
+        "openat while bpfckpt serves",
+        Some(o.traced[OPENAT]),
+        "ns/op",
+    );
+    t.row("unrelated_openat_overhead", Some(o.overhead()), "fraction");
+    for (i, (name, _)) in CALLS.iter().enumerate().skip(1) {
+        t.row(
+            &format!("  control: unrelated_{name}_overhead"),
+            Some(o.overhead_of(i)),
+            "fraction",
+        );
+    }
+    t.row("startup_ms", Some(out.startup), "ms");
+    t.row("startup_ms_static", out.startup_static, "ms");
+    t.row("static_binary_mib", out.binary.mib, "MiB");
+    t.row(
+        "kernel_bytes_per_saved_byte",
+        out.kernel_bytes_per_saved_byte(),
+        "ratio",
+    );
+}
+
+/// Medians and counts per size, the cycle's averages, the steps' times.
+fn details(s: &mut String, out: &Outcome) {
+    for z in &out.sizes {
+        let _ = writeln!(
+            s,
+            "{}: medians: checkpoint {} ms in BPF, {} ms seen by the target; restore {} ms; \
+             {} of {} checkpoints copied wholly by BPF, {} held; {} restores held",
+            z.label,
+            fmt_num(median(&z.ckpt_kernel_ms)),
+            fmt_num(median(&z.ckpt_latency_ms)),
+            fmt_num(median(&z.restore_latency_ms)),
+            z.ckpt_pure,
+            z.cycles,
+            z.ckpt_held,
+            z.restore_held,
+        );
+    }
+    let c = &out.cycle;
+    let _ = writeln!(
+        s,
+        "cycle: bpfckpt {} cycles: checkpoint {} us avg ({} us in BPF, {} held, {} pages saved, {} absent), \
+         restore {} us avg, engine user time {} us/cycle; handshake {} cycles: checkpoint {} us, restore {} us",
+        c.bpfckpt.cycles,
+        fmt_num(c.bpfckpt.avg_us(c.bpfckpt.ckpt_ns)),
+        fmt_num(c.ckpt_kernel_us),
+        c.ckpt_held,
+        c.pages_saved,
+        c.pages_absent,
+        fmt_num(c.bpfckpt.avg_us(c.bpfckpt.restore_ns)),
+        fmt_num(c.engine_user_us_per_cycle),
+        c.handshake.cycles,
+        fmt_num(c.handshake.avg_us(c.handshake.ckpt_ns)),
+        fmt_num(c.handshake.avg_us(c.handshake.restore_ns)),
+    );
+    let steps: Vec<String> = out
+        .steps
+        .iter()
+        .map(|st| {
+            let other = st
+                .other_cpu
+                .map_or(String::new(), |o| format!(", others {:.0}% CPU", o * 100.0));
+            format!("{} {:.1} s{other}", st.name, st.seconds)
+        })
+        .collect();
+    let _ = writeln!(s, "steps: {}", steps.join("; "));
+}

@@ -1,0 +1,120 @@
+//! The performance bar: each target metric, its bar, and whether the run
+//! met it.
+
+use super::Outcome;
+
+/// The targets, their values from `out`, and which were timed on a busy
+/// machine (sizes and memory are not timings).
+pub fn evaluate(out: &Outcome) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for s in &out.sizes {
+        targets.push(Target::ge(
+            format!("{}.checkpoint_vs_memcpy", s.label),
+            s.checkpoint_vs_memcpy(),
+            0.7,
+        ));
+        targets.push(Target::ge(
+            format!("{}.restore_vs_memcpy", s.label),
+            s.restore_vs_memcpy(),
+            0.5,
+        ));
+    }
+    targets.push(Target::ge(
+        "cycle_rate_vs_handshake".into(),
+        out.cycle.ratio(),
+        0.8,
+    ));
+    targets.push(Target::le(
+        "unrelated_openat_overhead".into(),
+        Some(out.openat.overhead()),
+        0.10,
+    ));
+    targets.push(Target::le("startup_ms".into(), Some(out.startup), 20.0));
+    targets.push(Target::le("static_binary_mib".into(), out.binary.mib, 2.0));
+    targets.push(Target::le(
+        "kernel_bytes_per_saved_byte".into(),
+        out.kernel_bytes_per_saved_byte(),
+        1.05,
+    ));
+    for t in &mut targets {
+        let step = timed_in(&t.metric);
+        t.busy = out.steps.iter().any(|s| s.name == step && s.busy());
+    }
+    targets
+}
+
+/// The step that times a target's metric; empty for sizes and memory.
+fn timed_in(metric: &str) -> String {
+    match metric.split_once('.') {
+        Some((label, _)) => format!("throughput {label}"),
+        None => match metric {
+            "cycle_rate_vs_handshake" => "cycle rate".into(),
+            "unrelated_openat_overhead" => "openat overhead".into(),
+            "startup_ms" => "startup".into(),
+            _ => String::new(),
+        },
+    }
+}
+
+pub struct Target {
+    pub metric: String,
+    pub value: Option<f64>,
+    ge: bool,
+    pub bar: f64,
+    /// The value is a timing taken while other processes kept the machine
+    /// busy (`Step::busy`).
+    pub busy: bool,
+}
+
+impl Target {
+    fn ge(metric: String, value: Option<f64>, bar: f64) -> Self {
+        Self {
+            metric,
+            value,
+            ge: true,
+            bar,
+            busy: false,
+        }
+    }
+
+    fn le(metric: String, value: Option<f64>, bar: f64) -> Self {
+        Self {
+            metric,
+            value,
+            ge: false,
+            bar,
+            busy: false,
+        }
+    }
+
+    pub fn met(&self) -> Option<bool> {
+        self.value.map(|v| {
+            if self.ge {
+                v >= self.bar
+            } else {
+                v <= self.bar
+            }
+        })
+    }
+
+    pub fn op(&self) -> &'static str {
+        if self.ge { ">=" } else { "<=" }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn met_and_timed_in() {
+        let t = Target::le("x".into(), Some(1.0), 2.0);
+        assert_eq!(t.met(), Some(true));
+        assert_eq!(t.op(), "<=");
+        assert_eq!(Target::ge("y".into(), None, 1.0).met(), None);
+        assert_eq!(Target::ge("y".into(), Some(0.5), 1.0).met(), Some(false));
+        assert_eq!(timed_in("64MiB.restore_vs_memcpy"), "throughput 64MiB");
+        assert_eq!(timed_in("startup_ms"), "startup");
+        assert_eq!(timed_in("static_binary_mib"), "");
+    }
+}
