@@ -414,7 +414,7 @@ fn assert_ours(o: &Objs, names: &BTreeSet<String>) {
         "on_exec",
         "CONFIG",
         "EVENTS",
-        "REGIONS",
+        "REGIONS_OUTER",
         "PAGES_OUTER",
     ] {
         assert!(

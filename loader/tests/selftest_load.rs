@@ -8,7 +8,7 @@
 #[path = "../../probes/src/abi.rs"]
 mod abi;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Child, Command, Stdio};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bpfckpt::{PROBES_OBJ, doctor};
 use bpfload::insn::{self, Insn};
-use bpfload::load::{self, LoadOptions, Loaded, MapOverride};
+use bpfload::load::{self, LoadOptions, Loaded};
 use bpfload::maps::Map;
 use bpfload::ringbuf::RingBuf;
 use bpfload::sys::{self, MapCreateAttr};
@@ -351,25 +351,10 @@ fn all_probe_programs_load_on_this_kernel() {
     );
     assert!(others.iter().any(|n| n == "selftest"), "{names:?}");
 
-    let (pages_t, addrs_t) = bpfckpt::ckpt::storage::templates().unwrap();
+    let templates = bpfckpt::ckpt::probes::inner_map_templates().unwrap();
     let opts = |programs: Vec<String>| LoadOptions {
         programs,
-        maps: HashMap::from([
-            (
-                "PAGES_OUTER".to_string(),
-                MapOverride {
-                    inner_map: Some(pages_t.as_fd()),
-                    ..Default::default()
-                },
-            ),
-            (
-                "ADDRS_OUTER".to_string(),
-                MapOverride {
-                    inner_map: Some(addrs_t.as_fd()),
-                    ..Default::default()
-                },
-            ),
-        ]),
+        maps: bpfckpt::ckpt::probes::inner_templates(&templates),
     };
 
     // The bpf_probe_write_user triggers load exactly when the kernel allows that helper.
@@ -424,7 +409,7 @@ fn all_probe_programs_load_on_this_kernel() {
 
     drop(links);
     drop(l);
-    drop((pages_t, addrs_t));
+    drop(templates);
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let progs: Vec<u32> = all_ids(sys::prog_get_next_id)

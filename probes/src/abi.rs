@@ -8,29 +8,34 @@ pub const PAGE_SIZE: u64 = 4096;
 /// Trigger paths are compared as fixed NUL-padded buffers of this size.
 pub const PATH_MAX: usize = 128;
 pub const COMM_LEN: usize = 16;
-/// Entries of the `REGIONS` and `ZERO_RANGES` tables.
-pub const MAX_REGIONS: u32 = 16384;
+/// Entries of the first region and zero-range tables; user space replaces
+/// them with bigger ones when a target needs more.
+pub const FIRST_TABLE_ROWS: u32 = 1024;
 /// The low bit of an `ADDRS` entry marks a page the BPF restore could not write.
 pub const ADDR_FAILED: u64 = 1;
+/// The most iterations one `bpf_loop` call runs (the kernel's
+/// `BPF_MAX_LOOPS`); more fail with E2BIG.
+pub const MAX_LOOPS: u64 = 1 << 23;
 
 /// `Config::flags`
 pub const F_ACTIVE: u32 = 1 << 0;
 /// Restore with `bpf_probe_write_user` (else the probe only holds the target).
 pub const F_BPF_WRITE: u32 = 1 << 1;
-/// Hold the target after a restore even if every BPF write succeeded
-/// (set when a failed zero-write could hide a swapped-out page).
-pub const F_VERIFY_ZERO: u32 = 1 << 2;
-/// Always hold the target at a restore (zero ranges beyond the table).
+/// Always hold the target at a restore and leave it all to user space.
 pub const F_HOLD_RESTORE: u32 = 1 << 3;
 /// Try every page of every region, ignoring the touched-page bitmaps.
 pub const F_EXHAUSTIVE: u32 = 1 << 4;
-/// Transparent huge pages are on for all memory: a fault may map a whole
-/// 2 MiB chunk, so a fault marks the whole chunk.
+/// Transparent huge pages may back any memory (a THP knob says `always`):
+/// a fault may map a whole 2 MiB chunk, so a fault marks the whole chunk.
 pub const F_THP_ALWAYS: u32 = 1 << 5;
 
-/// `Region::flags`: private anonymous memory, where a page that was never
-/// written is zero, so the touched-page bitmaps decide what to read.
+/// `Region::flags`: the touched-page bitmaps decide what to read (a page
+/// that was never written holds what it held when mapped).
 pub const R_TRACKED: u64 = 1;
+/// A page never written holds the file's bytes, not zeros: a zero-range
+/// row with this flag is a range of untouched file pages, which only user
+/// space can restore.
+pub const R_FILE: u64 = 2;
 
 /// The touched-page bitmaps cover 2 MiB chunks of address space.
 pub const CHUNK_SHIFT: u64 = 21;
@@ -38,13 +43,17 @@ pub const CHUNK_PAGES: u64 = 512;
 /// Capacity of `ZERO_TODO`.
 pub const ZERO_TODO_MAX: u32 = 65536;
 
-/// Written by user space, read by the probes (`CONFIG[0]`).
+/// Written by user space through a mapping, read by the probes (`CONFIG[0]`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Config {
     /// Thread group being served; 0 = none.
     pub tgid: u32,
     pub flags: u32,
+    /// Seqlock over everything below and the tables: odd while user space
+    /// rewrites them. A probe that sees it odd, or changed at its end, has
+    /// read a torn state and leaves the request to user space.
+    pub version: u64,
     /// `layout_seq` the region table below was built from.
     pub applied_seq: u64,
     /// Live region table: entries, and their total pages.
@@ -55,8 +64,11 @@ pub struct Config {
     pub zero_pages: u64,
     /// Page slots available in the current `PAGES`/`ADDRS` inner maps.
     pub capacity: u64,
-    /// Pages saved by the last checkpoint (slots 0..image_slots).
+    /// Pages saved by the last checkpoint (slots 0..image_slots); 0 = no image.
     pub image_slots: u64,
+    /// `State::layout_seq` when the image was taken: a restore in another
+    /// layout is left to user space, which checks every page's mapping.
+    pub image_seq: u64,
     /// Process name that `watch` waits for (NUL padded); empty = none.
     pub watch_comm: [u8; COMM_LEN],
     pub ckpt_path: [u8; PATH_MAX],
@@ -67,7 +79,7 @@ pub struct Config {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct State {
-    /// Bumped on every mapping change of the target.
+    /// Bumped on every mapping change of the target (and each new thread).
     pub layout_seq: u64,
     /// Always 0. Loop counters start from it so that the verifier sees
     /// unknown scalars: with constants it tracks every bpf_loop iteration
@@ -77,7 +89,7 @@ pub struct State {
     /// kernel writes pages of the new image before the exec tracepoint.)
     pub exec_gen: u64,
     /// Set when the target did something whose writes cannot be tracked
-    /// (mlockall): from then on every page is tried.
+    /// (mlockall, a full bitmap map): from then on every page is tried.
     pub untracked: u64,
     /// Set once the target asked for transparent huge pages
     /// (MADV_HUGEPAGE): faults then mark whole chunks.
@@ -106,12 +118,14 @@ pub struct Touched {
     pub since: [u64; 8],
 }
 
-/// One writable range of the target (`REGIONS[i]`, `ZERO_RANGES[i]`).
+/// One captured range of the target (a row of the region table or of the
+/// zero-range table).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Region {
     pub start: u64,
     pub npages: u64,
+    /// `R_*`.
     pub flags: u64,
     pub _pad: u64,
 }
@@ -121,9 +135,11 @@ pub const EV_EXEC: u32 = 1;
 pub const EV_LAYOUT: u32 = 2;
 pub const EV_CHECKPOINT: u32 = 3;
 pub const EV_RESTORE: u32 = 4;
+pub const EV_CLONE: u32 = 5;
 
 /// `CheckpointEvent::stale`: the region table was stale or torn (nothing
-/// usable was saved), or the store filled up (the first `saved` pages are good).
+/// usable was saved), or the copy stopped early — the store filled up or
+/// the loop ran out of iterations (the first `saved` pages are good).
 pub const STALE_LAYOUT: u64 = 1;
 pub const STALE_OVERFLOW: u64 = 2;
 
@@ -169,6 +185,8 @@ pub struct CheckpointEvent {
     pub hdr: EventHeader,
     /// `Config::applied_seq` when the copy began: the region table it walked.
     pub table_seq: u64,
+    /// `Config::version` when the copy began (even unless `stale`).
+    pub version: u64,
     /// Pages copied into the store (slots `0..saved`, in region-table order).
     pub saved: u64,
     /// Pages `bpf_probe_read_user` could not read (not present, swapped out).
@@ -201,6 +219,20 @@ pub struct RestoreEvent {
     pub zero_todo: u64,
     /// Time spent in the probe.
     pub ns: u64,
+    /// 1 when the probe did not (or not completely) do its part — torn
+    /// config, another layout than the image's, too many pages for one
+    /// loop: user space restores every page and scans the zero ranges.
+    pub partial: u64,
+}
+
+/// `EV_CLONE`: the served process is starting a thread (or a child sharing
+/// its memory) on its own stack; that stack must never be rolled back.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CloneEvent {
+    pub hdr: EventHeader,
+    /// An address inside the new stack (just below its top).
+    pub stack: u64,
 }
 
 /// Result slots of the loader self-test program (`SELFTEST_OUT[i]`).

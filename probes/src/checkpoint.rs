@@ -24,13 +24,23 @@ struct CopyCtx {
     key: ChunkKey,
 }
 
-/// The region of `table` holding page `*page` of region `*region`, moving
-/// on to the next region when that one is done; null at the end. Regions
-/// are never empty, so one step always lands in a page.
+/// The live region table (slot 0 of `outer`), or null.
+#[inline(always)]
+pub unsafe fn table(outer: &'static MapDef) -> *const c_void {
+    // SAFETY: a one-entry array of maps; null checked by callers.
+    unsafe { lookup(map(outer), 0) }
+}
+
+/// The row of `table` holding page `*page` of row `*region`, moving on to
+/// the next row when that one is done; null at the end. Rows are never
+/// empty, so one step always lands in a page.
 #[inline(always)]
 pub unsafe fn cursor(table: *const c_void, region: &mut u32, page: &mut u64, nregions: u32) -> *mut Region {
     // SAFETY: map values are null checked.
     unsafe {
+        if table.is_null() || *region >= nregions {
+            return null_mut();
+        }
         let r: *mut Region = lookup(table, *region);
         if r.is_null() || *page < (*r).npages {
             return r;
@@ -49,13 +59,13 @@ extern "C" fn checkpoint_page(_i: u64, ctx: *mut CopyCtx) -> i64 {
     // SAFETY: `ctx` is the caller's stack object; map values are null checked.
     unsafe {
         let c = &mut *ctx;
-        let r = cursor(map(&REGIONS), &mut c.region, &mut c.page, c.nregions);
+        let r = cursor(table(&REGIONS_OUTER), &mut c.region, &mut c.page, c.nregions);
         if r.is_null() {
             return 1;
         }
         let addr = (*r).start + c.page * PAGE_SIZE;
         if c.tracked != 0 && (*r).flags & R_TRACKED != 0 {
-            // Never written means zero: skip it, or the rest of its chunk.
+            // Never written: skip it, or the rest of its chunk.
             let n = untouched_run(&mut c.key, addr, (*r).start + (*r).npages * PAGE_SIZE, true);
             if n > 0 {
                 c.page += n;
@@ -91,6 +101,16 @@ extern "C" fn checkpoint_page(_i: u64, ctx: *mut CopyCtx) -> i64 {
     0
 }
 
+/// Runs `cb` over `ctx` for up to `n` iterations (capped at what one
+/// `bpf_loop` allows); false if the kernel refused to run it.
+#[inline(always)]
+pub unsafe fn run_loop(n: u64, cb: *const c_void, ctx: *mut c_void) -> bool {
+    let n = if n > MAX_LOOPS { MAX_LOOPS } else { n };
+    // SAFETY: `cb` is a callback of this object and `ctx` the caller's stack
+    // object it expects.
+    unsafe { h::bpf_loop(n as u32, cb, ctx, 0) >= 0 }
+}
+
 #[inline(never)]
 pub unsafe fn checkpoint(cfg: *mut Config) {
     // SAFETY: `cfg` is a live map value; other pointers are null checked.
@@ -101,6 +121,7 @@ pub unsafe fn checkpoint(cfg: *mut Config) {
         }
         let t0 = h::ktime_get_ns();
         let (tgid, _) = current_tgid();
+        let version = read_volatile(&(*cfg).version);
         let applied = read_volatile(&(*cfg).applied_seq);
         let z = read_volatile(&(*st).opaque_zero);
         let mut c = CopyCtx {
@@ -116,20 +137,20 @@ pub unsafe fn checkpoint(cfg: *mut Config) {
             key: ChunkKey { tgid, image: read_volatile(&(*st).exec_gen) as u32, chunk: z },
         };
         let mut stale = 0;
-        if applied != read_volatile(&(*st).layout_seq) {
+        if version & 1 != 0 || applied != read_volatile(&(*st).layout_seq) {
             stale = STALE_LAYOUT;
         } else if c.nregions > 0 {
-            let total = read_volatile(&(*cfg).total_pages);
             reset_chunk_cache();
-            h::bpf_loop(
-                total as u32,
-                checkpoint_page as *const c_void,
-                &mut c as *mut CopyCtx as *mut c_void,
-                0,
-            );
-            // Seqlock: user space invalidates applied_seq before it touches
-            // the region table, so a change here means a torn table.
-            if read_volatile(&(*cfg).applied_seq) != applied {
+            let total = read_volatile(&(*cfg).total_pages);
+            let ran = run_loop(total, checkpoint_page as *const c_void, &mut c as *mut CopyCtx as *mut c_void);
+            // Out of iterations (or refused) before the end of the table:
+            // the pages saved so far are good, user space adds the rest.
+            if !ran || c.region < c.nregions {
+                c.overflow += 1;
+            }
+            // Seqlock: user space makes `version` odd before it touches the
+            // config or a table, and even again after.
+            if read_volatile(&(*cfg).version) != version {
                 stale = STALE_LAYOUT;
             }
         }
@@ -143,6 +164,7 @@ pub unsafe fn checkpoint(cfg: *mut Config) {
         let ev = CheckpointEvent {
             hdr: header(EV_CHECKPOINT, held),
             table_seq: applied,
+            version,
             saved: c.next,
             unreadable: c.fails,
             skipped: c.skipped,

@@ -6,7 +6,7 @@ use crate::abi::*;
 use crate::helpers as h;
 use crate::maps::*;
 use crate::target::*;
-use crate::track::mark_range;
+use crate::track::{RangeMode, mark_range};
 use core::ffi::c_void;
 use core::intrinsics::{AtomicOrdering, atomic_xadd, atomic_xchg};
 use core::ptr::{read_volatile, write_volatile};
@@ -15,8 +15,10 @@ use core::ptr::{read_volatile, write_volatile};
 #[inline(always)]
 unsafe fn bump_seq(st: *mut State) -> u64 {
     // SAFETY: `st` is a live map value. Atomic: two threads of the target
-    // may change mappings at once.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*st).layout_seq, 1) + 1 }
+    // may change mappings at once. Not `Relaxed`: LLVM's BPF backend emits
+    // the non-fetching add for a relaxed fetch-add, whose "result" is then
+    // a stale register.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*st).layout_seq, 1) + 1 }
 }
 
 #[inline(always)]
@@ -40,7 +42,7 @@ unsafe fn layout_changed(ret: i64) -> u32 {
             // A successful mmap/mremap returns the address (never in the
             // top 4095 values, which are errors).
             if ret >= 0 || ret < -4095 {
-                mark_range(st, ret as u64, len, false);
+                mark_range(st, ret as u64, len, RangeMode::Mark);
             }
         }
         // One notification until user space has read the layout: a target
@@ -99,6 +101,11 @@ pub extern "C" fn on_exec(_ctx: *const c_void) -> u32 {
             h::send_signal(SIGSTOP);
             held = 1;
         } else {
+            // The image belongs to the old program: no restore may write it
+            // into the new one (user space drops it when it hears of this).
+            write_volatile(&mut (*cfg).image_slots, 0);
+            write_volatile(&mut (*cfg).nzero, 0);
+            write_volatile(&mut (*cfg).zero_pages, 0);
             let st = state();
             if !st.is_null() {
                 bump_seq(st);
@@ -113,4 +120,57 @@ pub extern "C" fn on_exec(_ctx: *const c_void) -> u32 {
         emit(&ev, false);
     }
     0
+}
+
+const CLONE_VM: u64 = 0x100;
+
+/// A new thread of the served process (or a child sharing its memory) will
+/// run on `sp`: the mapping holding it is a live stack from now on.
+#[inline(always)]
+unsafe fn on_clone(flags: u64, sp: u64) -> u32 {
+    // SAFETY: pointers from map lookups, null checked.
+    unsafe {
+        if flags & CLONE_VM == 0 || sp == 0 || served().is_null() {
+            return 0;
+        }
+        let st = state();
+        if st.is_null() {
+            return 0;
+        }
+        // The region table may still hold that stack as ordinary memory.
+        bump_seq(st);
+        let ev = CloneEvent { hdr: header(EV_CLONE, 0), stack: sp - 1 };
+        emit(&ev, false);
+    }
+    0
+}
+
+/// `clone(flags, newsp, ...)`: `newsp` is the top of the new stack.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_clone")]
+pub extern "C" fn clone_enter(ctx: *const SysEnter) -> u32 {
+    // SAFETY: the tracepoint context is readable at these offsets.
+    unsafe { on_clone((*ctx).args[0], (*ctx).args[1]) }
+}
+
+/// `clone3(&clone_args, size)`: flags at offset 0, the stack's lowest
+/// address at 40 and its size at 48.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_enter_clone3")]
+pub extern "C" fn clone3_enter(ctx: *const SysEnter) -> u32 {
+    // SAFETY: the user structure is copied to the stack with the helper.
+    unsafe {
+        if served().is_null() || (*ctx).args[1] < 56 {
+            return 0;
+        }
+        let mut ca = [0u64; 7];
+        if h::probe_read_user(ca.as_mut_ptr() as *mut c_void, 56, (*ctx).args[0] as *const c_void) != 0 {
+            return 0;
+        }
+        let (stack, size) = (ca[5], ca[6]);
+        if stack == 0 {
+            return 0;
+        }
+        on_clone(ca[0], stack + size)
+    }
 }

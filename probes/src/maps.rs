@@ -45,14 +45,18 @@ macro_rules! maps {
 }
 
 maps! {
-    /// Written by user space (`Config`), read by the probes.
-    CONFIG = array(size_of::<Config>(), 1, 0);
+    /// Written by user space (`Config`) through a mapping, read by the probes.
+    CONFIG = array(size_of::<Config>(), 1, F_MMAPABLE);
     /// Written by the probes (`State`), read by user space through mmap.
     STATE = array(size_of::<State>(), 1, F_MMAPABLE);
-    /// Live table of the target's captured ranges, written by user space.
-    REGIONS = array(size_of::<Region>(), MAX_REGIONS, F_MMAPABLE);
-    /// Ranges absent at the checkpoint: a restore makes them zero again.
-    ZERO_RANGES = array(size_of::<Region>(), MAX_REGIONS, F_MMAPABLE);
+    /// Slot 0: the live table of the target's captured ranges, an mmapable
+    /// array of `Region` that user space writes and replaces by a bigger
+    /// one when the target has more mappings.
+    REGIONS_OUTER = def(ARRAY_OF_MAPS, 4, 4, 1, 0);
+    /// Slot 0: the ranges absent (or untouched file pages) at the
+    /// checkpoint, which a restore makes what they were again; sized like
+    /// the region table.
+    ZERO_OUTER = def(ARRAY_OF_MAPS, 4, 4, 1, 0);
     /// Slot 0 holds the page store: an mmapable array of 4 KiB values that
     /// user space creates, sizes to what is saved and grows while the target
     /// is held.
@@ -71,6 +75,9 @@ maps! {
     CHUNK_CACHE = def(PERCPU_ARRAY, 4, size_of::<ChunkCache>(), 1, 0);
     /// Arguments of an mmap/mremap in flight, by thread, for its exit probe.
     PENDING = def(HASH, 4, 8, 4096, 0);
+    /// Range of a page-dropping madvise in flight, by thread: the bitmaps
+    /// are cleared only once the call succeeded.
+    MADV_PENDING = def(HASH, 4, 16, 4096, 0);
     /// Pages a user-space restore must zero (written since the checkpoint,
     /// absent at it), collected by the restore probe.
     ZERO_TODO = array(8, ZERO_TODO_MAX, F_MMAPABLE);

@@ -1,9 +1,11 @@
 //! A restore request: with the write helper, write every saved page back
 //! and zero the pages absent at the checkpoint that were written since;
 //! without it, list those pages and hold the target for user space.
+//! Whatever the probe cannot do exactly, it leaves to user space, with the
+//! target held at this same point.
 
 use crate::abi::*;
-use crate::checkpoint::cursor;
+use crate::checkpoint::{cursor, run_loop, table};
 use crate::helpers as h;
 use crate::maps::*;
 use crate::target::*;
@@ -50,14 +52,16 @@ extern "C" fn restore_page(i: u64, ctx: *mut WriteCtx) -> i64 {
     0
 }
 
-/// One page of the zero ranges (pages absent at the checkpoint). `W`: write
-/// zeros into it if it was written since; otherwise only record it in
-/// `ZERO_TODO` for user space (the kernel refuses the write helper).
+/// One page of the zero ranges (pages absent, or untouched file pages, at
+/// the checkpoint). `W`: write zeros into it if it was written since;
+/// otherwise only record it in `ZERO_TODO` for user space (the kernel
+/// refuses the write helper). Untouched file pages written since can only
+/// be put back from user space, which reads the file.
 extern "C" fn zero_page<const W: bool>(_i: u64, ctx: *mut WriteCtx) -> i64 {
     // SAFETY: as in restore_page.
     unsafe {
         let c = &mut *ctx;
-        let r = cursor(map(&ZERO_RANGES), &mut c.region, &mut c.page, c.nregions);
+        let r = cursor(table(&ZERO_OUTER), &mut c.region, &mut c.page, c.nregions);
         if r.is_null() {
             return 1;
         }
@@ -75,9 +79,7 @@ extern "C" fn zero_page<const W: bool>(_i: u64, ctx: *mut WriteCtx) -> i64 {
             if zero.is_null() {
                 return 1;
             }
-            // A page that is still not present cannot be written without a
-            // fault, and reads as zero anyway: only count it.
-            if h::probe_write_user(addr as *mut c_void, zero, PAGE_SIZE as u32) == 0 {
+            if (*r).flags & R_FILE == 0 && h::probe_write_user(addr as *mut c_void, zero, PAGE_SIZE as u32) == 0 {
                 c.n += 1;
             } else {
                 c.fails += 1;
@@ -95,6 +97,77 @@ extern "C" fn zero_page<const W: bool>(_i: u64, ctx: *mut WriteCtx) -> i64 {
     0
 }
 
+/// What the probe did; every field as in `RestoreEvent`.
+struct Done {
+    held: u32,
+    partial: u64,
+    todo: u64,
+}
+
+/// The write path: saved pages, then the zero ranges' pages written since.
+#[inline(always)]
+unsafe fn write_back(cfg: *mut Config, pages: &mut WriteCtx, zeros: &mut WriteCtx) -> Done {
+    // SAFETY: `cfg` is a live map value.
+    unsafe {
+        let slots = read_volatile(&(*cfg).image_slots);
+        let zero_pages = read_volatile(&(*cfg).zero_pages);
+        if slots > MAX_LOOPS {
+            return Done { held: 1, partial: 1, todo: u64::MAX };
+        }
+        let mut held = 0;
+        if slots > 0 && !run_loop(slots, restore_page as *const c_void, pages as *mut WriteCtx as *mut c_void) {
+            return Done { held: 1, partial: 1, todo: u64::MAX };
+        }
+        let mut todo = 0;
+        if zeros.nregions > 0 {
+            if zeros.tracked == 0 {
+                // Trying every page of the zero ranges here would mostly
+                // fail on pages that are still absent; pagemap tells user
+                // space which ones exist.
+                todo = u64::MAX;
+            } else {
+                reset_chunk_cache();
+                let ran = run_loop(zero_pages, zero_page::<true> as *const c_void, zeros as *mut WriteCtx as *mut c_void);
+                if !ran || zeros.region < zeros.nregions {
+                    todo = u64::MAX;
+                }
+            }
+        }
+        // A page BPF could not write may hold anything (read-only now,
+        // copy-on-write after a fork, swapped out): user space looks.
+        if pages.fails != 0 || zeros.fails != 0 || todo != 0 {
+            held = 1;
+            if zeros.fails != 0 {
+                todo = u64::MAX;
+            }
+        }
+        Done { held, partial: 0, todo }
+    }
+}
+
+/// Without the write path: list the zero ranges' pages written since.
+#[inline(always)]
+unsafe fn list_zero_todo(cfg: *mut Config, zeros: &mut WriteCtx) -> u64 {
+    // SAFETY: `cfg` is a live map value.
+    unsafe {
+        if zeros.nregions == 0 {
+            return 0;
+        }
+        if zeros.tracked == 0 {
+            return u64::MAX;
+        }
+        reset_chunk_cache();
+        let zero_pages = read_volatile(&(*cfg).zero_pages);
+        let ran = run_loop(zero_pages, zero_page::<false> as *const c_void, zeros as *mut WriteCtx as *mut c_void);
+        if !ran || zeros.fails != 0 || zeros.region < zeros.nregions {
+            return u64::MAX;
+        }
+        let n = zeros.n;
+        zeros.n = 0;
+        n
+    }
+}
+
 #[inline(never)]
 pub unsafe fn restore<const W: bool>(cfg: *mut Config) {
     // SAFETY: `cfg` is a live map value; other pointers are null checked.
@@ -105,6 +178,7 @@ pub unsafe fn restore<const W: bool>(cfg: *mut Config) {
         }
         let t0 = h::ktime_get_ns();
         let (tgid, _) = current_tgid();
+        let version = read_volatile(&(*cfg).version);
         let flags = read_volatile(&(*cfg).flags);
         let z = read_volatile(&(*st).opaque_zero);
         let tracked = tracking(cfg, st);
@@ -112,42 +186,32 @@ pub unsafe fn restore<const W: bool>(cfg: *mut Config) {
         let mut pages = WriteCtx { n: z, fails: z, region: z as u32, nregions: z as u32, page: z, tracked, key };
         let nzero = read_volatile(&(*cfg).nzero);
         let mut zeros = WriteCtx { n: z, fails: z, region: z as u32, nregions: nzero, page: z, tracked, key };
-        let zero_pages = read_volatile(&(*cfg).zero_pages);
-        let mut held = 1;
-        // ZERO_TODO entries for user space, or MAX: scan the zero ranges.
-        let mut todo = z;
-        if W && flags & F_BPF_WRITE != 0 {
-            let slots = read_volatile(&(*cfg).image_slots);
-            if slots > 0 {
-                h::bpf_loop(slots as u32, restore_page as *const c_void, &mut pages as *mut WriteCtx as *mut c_void, 0);
-            }
-            if nzero > 0 {
-                reset_chunk_cache();
-                h::bpf_loop(zero_pages as u32, zero_page::<true> as *const c_void, &mut zeros as *mut WriteCtx as *mut c_void, 0);
-            }
-            let verify_zero = flags & F_VERIFY_ZERO != 0 && zeros.fails != 0;
-            held = (pages.fails != 0 || verify_zero || flags & F_HOLD_RESTORE != 0) as u32;
-        } else if nzero > 0 {
-            if tracked != 0 {
-                reset_chunk_cache();
-                h::bpf_loop(zero_pages as u32, zero_page::<false> as *const c_void, &mut zeros as *mut WriteCtx as *mut c_void, 0);
-                todo = if zeros.fails != 0 { u64::MAX } else { zeros.n };
-                zeros.n = z;
-            } else {
-                todo = u64::MAX;
-            }
+        // The image belongs to another layout (a mapping or a thread came or
+        // went), or the config is being rewritten: writing blindly could
+        // land in memory that is no longer the image's.
+        let same_layout = read_volatile(&(*cfg).image_seq) == read_volatile(&(*st).layout_seq);
+        let mut done = if version & 1 != 0 || !same_layout || flags & F_HOLD_RESTORE != 0 {
+            Done { held: 1, partial: 1, todo: u64::MAX }
+        } else if W && flags & F_BPF_WRITE != 0 {
+            write_back(cfg, &mut pages, &mut zeros)
+        } else {
+            Done { held: 1, partial: 0, todo: list_zero_todo(cfg, &mut zeros) }
+        };
+        if read_volatile(&(*cfg).version) != version {
+            done = Done { held: 1, partial: 1, todo: u64::MAX };
         }
-        if held != 0 {
+        if done.held != 0 {
             h::send_signal(SIGSTOP);
         }
         let ev = RestoreEvent {
-            hdr: header(EV_RESTORE, held),
+            hdr: header(EV_RESTORE, done.held),
             written: pages.n,
             write_failed: pages.fails,
             zeroed: zeros.n,
             zero_failed: zeros.fails,
-            zero_todo: todo,
+            zero_todo: done.todo,
             ns: h::ktime_get_ns() - t0,
+            partial: done.partial,
         };
         emit(&ev, true);
     }

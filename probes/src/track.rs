@@ -134,11 +134,23 @@ pub unsafe fn mark(st: *const State, addr: u64, all: bool) {
     }
 }
 
+/// What `mark_range` does to each chunk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum RangeMode {
+    /// Every page written (creating the chunk's bitmaps).
+    Mark = 0,
+    /// Forget the chunk (its pages were dropped).
+    Clear = 1,
+    /// Every page written, but only in chunks that already have bitmaps
+    /// (a fault there may since have been backed by a huge page).
+    Widen = 2,
+}
+
 #[repr(C)]
 struct RangeCtx {
     st: u64,
     start: u64,
-    clear: u64,
+    mode: u64,
 }
 
 extern "C" fn range_chunk(i: u64, ctx: *mut RangeCtx) -> i64 {
@@ -147,13 +159,18 @@ extern "C" fn range_chunk(i: u64, ctx: *mut RangeCtx) -> i64 {
         let c = &*ctx;
         let st = c.st as *const State;
         let addr = ((c.start >> CHUNK_SHIFT) + i) << CHUNK_SHIFT;
-        if c.clear != 0 {
-            let key = chunk_key(st, addr);
-            let v = h::map_lookup_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void) as *mut Touched;
-            if !v.is_null() {
-                let z = Touched { ever: [0; 8], since: [0; 8] };
-                h::map_update_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void, &z as *const Touched as *const c_void, 2);
-            }
+        if c.mode == RangeMode::Mark as u64 {
+            mark(st, addr, true);
+            return 0;
+        }
+        let key = chunk_key(st, addr);
+        let v = h::map_lookup_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void) as *mut Touched;
+        if v.is_null() {
+            return 0;
+        }
+        if c.mode == RangeMode::Clear as u64 {
+            let z = Touched { ever: [0; 8], since: [0; 8] };
+            h::map_update_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void, &z as *const Touched as *const c_void, 2);
         } else {
             mark(st, addr, true);
         }
@@ -161,16 +178,16 @@ extern "C" fn range_chunk(i: u64, ctx: *mut RangeCtx) -> i64 {
     0
 }
 
-/// Marks every chunk overlapping `[start, start + len)` written, or (`clear`)
-/// forgets the chunks it covers entirely.
+/// Applies `mode` to every chunk overlapping `[start, start + len)`; `Clear`
+/// only to the chunks it covers entirely (a partly covered one keeps its
+/// bits). A range too large to walk stops the tracking, unless clearing.
 #[inline(never)]
-pub unsafe fn mark_range(st: *const State, start: u64, len: u64, clear: bool) {
-    if len == 0 {
+pub unsafe fn mark_range(st: *const State, start: u64, len: u64, mode: RangeMode) {
+    if len == 0 || start.checked_add(len).is_none() {
         return;
     }
     let (mut first, mut last) = (start >> CHUNK_SHIFT, (start + len - 1) >> CHUNK_SHIFT);
-    if clear {
-        // Only whole chunks: a partly covered one keeps its bits.
+    if mode == RangeMode::Clear {
         if start & ((1 << CHUNK_SHIFT) - 1) != 0 {
             first += 1;
         }
@@ -184,10 +201,22 @@ pub unsafe fn mark_range(st: *const State, start: u64, len: u64, clear: bool) {
             return;
         }
     }
-    let mut c = RangeCtx { st: st as u64, start: first << CHUNK_SHIFT, clear: clear as u64 };
-    // SAFETY: the callback gets our stack object.
+    let n = last - first + 1;
+    // SAFETY: `st` is a live map value.
     unsafe {
-        h::bpf_loop((last - first + 1) as u32, range_chunk as *const c_void, &mut c as *mut RangeCtx as *mut c_void, 0);
+        if n > MAX_LOOPS {
+            if mode != RangeMode::Clear {
+                write_volatile(&raw mut (*(st as *mut State)).untracked, 1);
+            }
+            return;
+        }
+        let mut c = RangeCtx { st: st as u64, start: first << CHUNK_SHIFT, mode: mode as u64 };
+        // A refused loop loses marks: stop trusting the bitmaps then.
+        if h::bpf_loop(n as u32, range_chunk as *const c_void, &mut c as *mut RangeCtx as *mut c_void, 0) < 0
+            && mode != RangeMode::Clear
+        {
+            write_volatile(&raw mut (*(st as *mut State)).untracked, 1);
+        }
     }
 }
 
@@ -266,11 +295,43 @@ pub extern "C" fn madvise_enter(ctx: *const SysEnter) -> u32 {
         }
         let (start, len, advice) = ((*ctx).args[0], (*ctx).args[1], (*ctx).args[2]);
         match advice {
-            // Dropped private anonymous pages read as zero again.
-            MADV_DONTNEED | MADV_DONTNEED_LOCKED => mark_range(st, start, len, true),
-            MADV_POPULATE_WRITE | MADV_COLLAPSE => mark_range(st, start, len, false),
-            MADV_HUGEPAGE => write_volatile(&mut (*st).thp_seen, 1),
+            // Dropped pages read as zero (or the file's bytes) again, but
+            // only if the call succeeds (it fails on mlocked ranges): the
+            // exit probe clears them.
+            MADV_DONTNEED | MADV_DONTNEED_LOCKED => {
+                let (_, tid) = current_tgid();
+                let range = [start, len];
+                h::map_update_elem(map(&MADV_PENDING), &tid as *const u32 as *const c_void, range.as_ptr() as *const c_void, 0);
+            }
+            MADV_POPULATE_WRITE | MADV_COLLAPSE => mark_range(st, start, len, RangeMode::Mark),
+            // From now on faults may map huge pages; chunks written before
+            // may be collapsed into one by khugepaged, without faults.
+            MADV_HUGEPAGE => {
+                write_volatile(&mut (*st).thp_seen, 1);
+                mark_range(st, start, len, RangeMode::Widen);
+            }
             _ => {}
+        }
+    }
+    0
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_exit_madvise")]
+pub extern "C" fn madvise_exit(ctx: *const SysExit) -> u32 {
+    // SAFETY: tracepoint record and map values, null checked.
+    unsafe {
+        let (_, tid) = current_tgid();
+        let key = &tid as *const u32 as *const c_void;
+        let range = h::map_lookup_elem(map(&MADV_PENDING), key) as *const [u64; 2];
+        if range.is_null() {
+            return 0;
+        }
+        let (start, len) = (read_volatile(&(*range)[0]), read_volatile(&(*range)[1]));
+        h::map_delete_elem(map(&MADV_PENDING), key);
+        let st = state();
+        if (*ctx).ret == 0 && !served().is_null() && !st.is_null() {
+            mark_range(st, start, len, RangeMode::Clear);
         }
     }
     0
@@ -283,7 +344,7 @@ pub unsafe fn on_mlock(ctx: *const SysEnter) -> u32 {
     unsafe {
         let st = state();
         if !served().is_null() && !st.is_null() {
-            mark_range(st, (*ctx).args[0], (*ctx).args[1], false);
+            mark_range(st, (*ctx).args[0], (*ctx).args[1], RangeMode::Mark);
         }
     }
     0

@@ -23,6 +23,8 @@ pub struct Checkpoint {
     pub held: bool,
     /// The region table the copy walked (`Config::applied_seq` then).
     pub table_seq: u64,
+    /// `Config::version` when the copy began.
+    pub version: u64,
     /// Pages copied into store slots `0..saved`, in region-table order.
     pub saved: u64,
     /// Pages BPF could not read.
@@ -56,6 +58,9 @@ pub struct Restore {
     pub zero_failed: u64,
     pub zero_todo: ZeroTodo,
     pub ns: u64,
+    /// The probe did not (completely) do its part: user space writes every
+    /// saved page and scans the zero ranges.
+    pub partial: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,12 +78,19 @@ pub enum Event {
     },
     Checkpoint(Checkpoint),
     Restore(Restore),
+    /// The served process starts a thread running on a stack holding `stack`.
+    Clone {
+        tgid: u32,
+        stack: u64,
+    },
 }
 
 impl Event {
     pub fn tgid(&self) -> u32 {
         match self {
-            Event::Exec { tgid, .. } | Event::Layout { tgid, .. } => *tgid,
+            Event::Exec { tgid, .. } | Event::Layout { tgid, .. } | Event::Clone { tgid, .. } => {
+                *tgid
+            }
             Event::Checkpoint(c) => c.tgid,
             Event::Restore(r) => r.tgid,
         }
@@ -92,19 +104,23 @@ const _: () = {
     assert!(offset_of!(abi::LayoutEvent, seq) == HDR);
     assert!(size_of::<abi::LayoutEvent>() == HDR + 16);
     assert!(offset_of!(abi::CheckpointEvent, table_seq) == HDR);
-    assert!(offset_of!(abi::CheckpointEvent, saved) == HDR + 8);
-    assert!(offset_of!(abi::CheckpointEvent, unreadable) == HDR + 16);
-    assert!(offset_of!(abi::CheckpointEvent, skipped) == HDR + 24);
-    assert!(offset_of!(abi::CheckpointEvent, stale) == HDR + 32);
-    assert!(offset_of!(abi::CheckpointEvent, ns) == HDR + 40);
-    assert!(size_of::<abi::CheckpointEvent>() == HDR + 48);
+    assert!(offset_of!(abi::CheckpointEvent, version) == HDR + 8);
+    assert!(offset_of!(abi::CheckpointEvent, saved) == HDR + 16);
+    assert!(offset_of!(abi::CheckpointEvent, unreadable) == HDR + 24);
+    assert!(offset_of!(abi::CheckpointEvent, skipped) == HDR + 32);
+    assert!(offset_of!(abi::CheckpointEvent, stale) == HDR + 40);
+    assert!(offset_of!(abi::CheckpointEvent, ns) == HDR + 48);
+    assert!(size_of::<abi::CheckpointEvent>() == HDR + 56);
     assert!(offset_of!(abi::RestoreEvent, written) == HDR);
     assert!(offset_of!(abi::RestoreEvent, write_failed) == HDR + 8);
     assert!(offset_of!(abi::RestoreEvent, zeroed) == HDR + 16);
     assert!(offset_of!(abi::RestoreEvent, zero_failed) == HDR + 24);
     assert!(offset_of!(abi::RestoreEvent, zero_todo) == HDR + 32);
     assert!(offset_of!(abi::RestoreEvent, ns) == HDR + 40);
-    assert!(size_of::<abi::RestoreEvent>() == HDR + 48);
+    assert!(offset_of!(abi::RestoreEvent, partial) == HDR + 48);
+    assert!(size_of::<abi::RestoreEvent>() == HDR + 56);
+    assert!(offset_of!(abi::CloneEvent, stack) == HDR);
+    assert!(size_of::<abi::CloneEvent>() == HDR + 8);
 };
 
 /// Decodes one ring buffer record; `None` for a short record or an unknown
@@ -127,16 +143,17 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 tgid,
                 held,
                 table_seq: field(0),
-                saved: field(1),
-                unreadable: field(2),
-                skipped: field(3),
-                stale: match field(4) {
+                version: field(1),
+                saved: field(2),
+                unreadable: field(3),
+                skipped: field(4),
+                stale: match field(5) {
                     0 => Stale::No,
                     abi::STALE_OVERFLOW => Stale::Overflow,
                     // Anything else: trust nothing the copy saved.
                     _ => Stale::Layout,
                 },
-                ns: field(5),
+                ns: field(6),
             }))
         }
         abi::EV_RESTORE if fits(size_of::<abi::RestoreEvent>()) => Some(Event::Restore(Restore {
@@ -151,7 +168,12 @@ pub fn decode(b: &[u8]) -> Option<Event> {
                 n => ZeroTodo::Listed(n),
             },
             ns: field(5),
+            partial: field(6) != 0,
         })),
+        abi::EV_CLONE if fits(size_of::<abi::CloneEvent>()) => Some(Event::Clone {
+            tgid,
+            stack: field(0),
+        }),
         _ => None,
     }
 }
@@ -177,7 +199,7 @@ mod tests {
             abi::EV_CHECKPOINT,
             7,
             1,
-            &[41, 100, 2, 300, 2, 5000],
+            &[41, 6, 100, 2, 300, 2, 5000],
         ))
         .unwrap();
         assert_eq!(
@@ -186,6 +208,7 @@ mod tests {
                 tgid: 7,
                 held: true,
                 table_seq: 41,
+                version: 6,
                 saved: 100,
                 unreadable: 2,
                 skipped: 300,
@@ -193,7 +216,13 @@ mod tests {
                 ns: 5000,
             })
         );
-        let r = decode(&record(abi::EV_RESTORE, 7, 0, &[10, 1, 3, 0, u64::MAX, 9])).unwrap();
+        let r = decode(&record(
+            abi::EV_RESTORE,
+            7,
+            0,
+            &[10, 1, 3, 0, u64::MAX, 9, 1],
+        ))
+        .unwrap();
         assert_eq!(
             r,
             Event::Restore(Restore {
@@ -205,9 +234,17 @@ mod tests {
                 zero_failed: 0,
                 zero_todo: ZeroTodo::Scan,
                 ns: 9,
+                partial: true,
             })
         );
         let l = decode(&record(abi::EV_LAYOUT, 8, 0, &[12, 0])).unwrap();
+        assert_eq!(
+            decode(&record(abi::EV_CLONE, 8, 0, &[0x7000])),
+            Some(Event::Clone {
+                tgid: 8,
+                stack: 0x7000
+            })
+        );
         assert_eq!(l, Event::Layout { tgid: 8, seq: 12 });
         assert_eq!(
             decode(&record(abi::EV_EXEC, 9, 1, &[])),
@@ -220,12 +257,12 @@ mod tests {
 
     #[test]
     fn short_records_and_unknown_kinds_are_ignored() {
-        let c = record(abi::EV_CHECKPOINT, 7, 1, &[1, 2, 3, 4, 0, 6]);
+        let c = record(abi::EV_CHECKPOINT, 7, 1, &[1, 2, 3, 4, 5, 0, 6]);
         assert!(decode(&c[..c.len() - 1]).is_none());
         assert!(decode(&record(77, 1, 0, &[0; 6])).is_none());
         assert!(decode(&[0; 8]).is_none());
         // An unknown stale code trusts nothing.
-        let c = decode(&record(abi::EV_CHECKPOINT, 7, 1, &[1, 2, 3, 4, 9, 6])).unwrap();
+        let c = decode(&record(abi::EV_CHECKPOINT, 7, 1, &[1, 2, 3, 4, 5, 9, 6])).unwrap();
         assert!(matches!(
             c,
             Event::Checkpoint(Checkpoint {

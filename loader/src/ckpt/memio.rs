@@ -51,55 +51,67 @@ impl Mem {
         Ok(())
     }
 
-    /// Writes pages (`(address, 4 KiB of data)`), batching contiguous runs
-    /// into one `process_vm_writev` and falling back to `/proc/PID/mem` for
-    /// any page it could not write. Returns how many went the slow way.
-    pub fn write_pages<'a>(&self, pages: impl Iterator<Item = (u64, &'a [u8])>) -> Result<u64> {
-        let mut slow = 0;
+    /// Writes runs of whole pages (`(address, data)`), batching them into
+    /// `process_vm_writev` and falling back to `/proc/PID/mem` (which also
+    /// writes read-only pages) page by page for what it could not write.
+    /// Returns the pages neither could write (guard pages, unmapped since);
+    /// other errors end the call.
+    pub fn write_pages<'a>(
+        &self,
+        pages: impl Iterator<Item = (u64, &'a [u8])>,
+    ) -> Result<Vec<u64>> {
+        let mut failed = Vec::new();
         let mut batch: Vec<(u64, &[u8])> = Vec::with_capacity(IOV_MAX);
-        let mut flush = |batch: &mut Vec<(u64, &[u8])>| -> Result<()> {
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let local: Vec<IoSlice> = batch.iter().map(|(_, d)| IoSlice::new(d)).collect();
-            let remote: Vec<RemoteIoVec> = batch
-                .iter()
-                .map(|(a, d)| RemoteIoVec {
-                    base: *a as usize,
-                    len: d.len(),
-                })
-                .collect();
-            let done = process_vm_writev(Pid::from_raw(self.pid), &local, &remote).unwrap_or(0);
-            // The kernel stops at the first page it cannot write; redo the
-            // rest one by one through /proc/PID/mem.
-            let mut skip = done;
-            for (addr, data) in batch.iter() {
-                if skip >= data.len() {
-                    skip -= data.len();
-                    continue;
-                }
-                let from = skip;
-                skip = 0;
-                self.write_slow(*addr + from as u64, &data[from..])?;
-                slow += 1;
-            }
-            batch.clear();
-            Ok(())
-        };
         for (addr, data) in pages {
             batch.push((addr, data));
             if batch.len() == IOV_MAX {
-                flush(&mut batch)?;
+                self.flush(&mut batch, &mut failed)?;
             }
         }
-        flush(&mut batch)?;
-        Ok(slow)
+        self.flush(&mut batch, &mut failed)?;
+        Ok(failed)
     }
 
-    fn write_slow(&self, addr: u64, data: &[u8]) -> Result<()> {
-        self.mem
-            .write_all_at(data, addr)
-            .map_err(|e| Error::from(e).context(format!("write target memory at {addr:#x}")))
+    fn flush(&self, batch: &mut Vec<(u64, &[u8])>, failed: &mut Vec<u64>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let local: Vec<IoSlice> = batch.iter().map(|(_, d)| IoSlice::new(d)).collect();
+        let remote: Vec<RemoteIoVec> = batch
+            .iter()
+            .map(|(a, d)| RemoteIoVec {
+                base: *a as usize,
+                len: d.len(),
+            })
+            .collect();
+        let done = process_vm_writev(Pid::from_raw(self.pid), &local, &remote).unwrap_or(0);
+        // The kernel stops at the first page it cannot write; redo the
+        // rest page by page through /proc/PID/mem.
+        let mut skip = done;
+        for (addr, data) in batch.iter() {
+            if skip >= data.len() {
+                skip -= data.len();
+                continue;
+            }
+            let from = skip - skip % PAGE as usize;
+            skip = 0;
+            for (k, page) in data[from..].chunks(PAGE as usize).enumerate() {
+                let at = addr + from as u64 + k as u64 * PAGE;
+                match self.mem.write_all_at(page, at) {
+                    Ok(()) => {}
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EFAULT)) => {
+                        failed.push(at)
+                    }
+                    Err(e) => {
+                        return Err(
+                            Error::from(e).context(format!("write target memory at {at:#x}"))
+                        );
+                    }
+                }
+            }
+        }
+        batch.clear();
+        Ok(())
     }
 }
 

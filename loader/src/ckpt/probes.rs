@@ -5,7 +5,6 @@
 
 use super::abi::{self, Config};
 use super::events::{self, Event};
-use super::procfs::Region;
 use super::report::Reporter;
 use super::storage::{self, Storage};
 use super::touched::Bitmaps;
@@ -15,28 +14,31 @@ use bpfload::load::{self, Link, LoadOptions, Loaded, MapOverride};
 use bpfload::maps::{ArrayMmap, Map};
 use bpfload::ringbuf::RingBuf;
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 /// The trigger programs; `_w` variants restore with `bpf_probe_write_user`.
 const TRIGGER_NAMES: [&str; 3] = ["trigger_openat", "trigger_open", "trigger_creat"];
 
 /// Programs that keep the region table and the program image current.
-const LAYOUT_NAMES: [&str; 6] = [
+const LAYOUT_NAMES: [&str; 8] = [
     "layout_mmap",
     "layout_munmap",
     "layout_mremap",
     "layout_brk",
     "layout_mprotect",
     "on_exec",
+    "clone_enter",
+    "clone3_enter",
 ];
 
 /// The probes that keep the touched-page bitmaps: without all of them
 /// (the page-fault tracepoints are x86-only) every page is tried.
-const TRACK_NAMES: [&str; 8] = [
+const TRACK_NAMES: [&str; 9] = [
     "fault_user",
     "fault_kernel",
     "madvise_enter",
+    "madvise_exit",
     "mlock_enter",
     "mlock2_enter",
     "mlockall_enter",
@@ -76,15 +78,17 @@ pub struct Probes {
     // Field order is drop order: detach before the maps go.
     links: Vec<Link>,
     ring: RingBuf,
-    config: Map,
+    config: ArrayMmap,
+    /// `Config::version` as last published (even).
+    version: u64,
     state: ArrayMmap,
-    regions: ArrayMmap,
-    zero_ranges: ArrayMmap,
+    regions: Table,
+    zero_ranges: Table,
     zero_todo: ArrayMmap,
     pages_outer: Map,
     addrs_outer: Map,
     bitmaps: Bitmaps,
-    _templates: (Map, Map),
+    _templates: Vec<Map>,
     _loaded: Loaded,
     /// The page-fault probes are attached: writes are tracked.
     tracking: bool,
@@ -93,15 +97,16 @@ pub struct Probes {
 impl Probes {
     /// Loads the trigger set that matches the restore path (`bpf_write`),
     /// the layout probes and the tracking probes, and attaches them all.
-    /// A tracking probe that cannot attach is reported once and leaves
-    /// `tracking()` false; any other failure is an error.
+    /// A tracking probe that cannot attach is reported once (unless
+    /// `quiet_tracking`) and leaves `tracking()` false; any other failure is
+    /// an error.
     pub fn load(bpf_write: bool, report: Reporter, quiet_tracking: bool) -> Result<Self> {
-        let templates = storage::templates()?;
+        let templates = inner_map_templates()?;
         let loaded = load::load(
             crate::PROBES_OBJ,
             &LoadOptions {
                 programs: program_names(bpf_write),
-                maps: store_overrides(&templates),
+                maps: inner_templates(&templates),
             },
         )
         .map_err(|e| e.context("loading the probes"))?;
@@ -112,10 +117,11 @@ impl Probes {
         };
         Ok(Self {
             ring: RingBuf::new(loaded.map("EVENTS")?)?,
-            config: own("CONFIG")?,
+            config: loaded.map("CONFIG")?.mmap()?,
+            version: 0,
             state: loaded.map("STATE")?.mmap()?,
-            regions: loaded.map("REGIONS")?.mmap()?,
-            zero_ranges: loaded.map("ZERO_RANGES")?.mmap()?,
+            regions: Table::new(own("REGIONS_OUTER")?)?,
+            zero_ranges: Table::new(own("ZERO_OUTER")?)?,
             zero_todo: loaded.map("ZERO_TODO")?.mmap()?,
             pages_outer: own("PAGES_OUTER")?,
             addrs_outer: own("ADDRS_OUTER")?,
@@ -132,9 +138,38 @@ impl Probes {
         self.tracking
     }
 
-    pub fn push_config(&self, cfg: &Config) -> Result<()> {
-        self.config
-            .update(&0u32.to_ne_bytes(), &wire::config_bytes(cfg), 0)
+    /// Publishes `cfg` under the seqlock; `tables` runs while the version
+    /// is odd, to rewrite the region or zero-range table. A probe that ran
+    /// meanwhile sees the version change and leaves its request to user
+    /// space. Returns the new (even) version.
+    pub fn publish(
+        &mut self,
+        cfg: &mut Config,
+        tables: impl FnOnce(&mut Tables<'_>) -> Result<()>,
+    ) -> Result<u64> {
+        let odd = self.version + 1;
+        let at = wire::CONFIG_VERSION_AT;
+        crate::os::store_release(self.config.as_mut_slice()?, at, odd)?;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let result = tables(&mut Tables {
+            regions: &mut self.regions,
+            zero_ranges: &mut self.zero_ranges,
+            pages_outer: &self.pages_outer,
+            addrs_outer: &self.addrs_outer,
+        });
+        self.version = odd + 1;
+        cfg.version = self.version;
+        let bytes = wire::config_bytes(cfg);
+        let mm = self.config.as_mut_slice()?;
+        mm[..at].copy_from_slice(&bytes[..at]);
+        mm[at + 8..bytes.len()].copy_from_slice(&bytes[at + 8..]);
+        crate::os::store_release(mm, at, self.version)?;
+        result.map(|()| self.version)
+    }
+
+    /// The version last published.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     pub fn state(&self, f: StateField) -> Result<u64> {
@@ -145,38 +180,11 @@ impl Probes {
         self.state.write_u64(f.offset(), v)
     }
 
-    /// Writes the region table (the caller holds the seqlock: `applied_seq`
-    /// invalidated before, published after).
-    pub fn write_regions(
-        &mut self,
-        regions: &[Region],
-        tracked: impl Fn(&Region) -> bool,
-    ) -> Result<()> {
-        let rows = regions.iter().map(|r| {
-            (
-                r.start,
-                r.pages(),
-                if tracked(r) { abi::R_TRACKED } else { 0 },
-            )
-        });
-        write_rows(&mut self.regions, rows)
-    }
-
-    /// Writes the zero ranges of the current image.
-    pub fn write_zero_ranges(&mut self, zero: &[(u64, u64)]) -> Result<()> {
-        write_rows(&mut self.zero_ranges, zero.iter().map(|&(s, n)| (s, n, 0)))
-    }
-
     /// The first `n` entries of `ZERO_TODO` (capped at its capacity).
     pub fn zero_todo(&self, n: u64) -> impl Iterator<Item = u64> + '_ {
         let n = n.min(u64::from(abi::ZERO_TODO_MAX)) as usize;
         let todo = self.zero_todo.as_slice();
         (0..n).map(move |i| wire::u64_at(todo, i * 8))
-    }
-
-    /// Points the probes at `store`.
-    pub fn install_store(&self, store: &Storage) -> Result<()> {
-        store.install(&self.pages_outer, &self.addrs_outer)
     }
 
     /// Drops the probes' reference to the page store.
@@ -229,18 +237,34 @@ fn program_names(bpf_write: bool) -> Vec<String> {
         .collect()
 }
 
-/// The page store's outer maps are created with template inner maps.
-fn store_overrides(templates: &(Map, Map)) -> HashMap<String, MapOverride<'_>> {
-    fn inner(m: &Map) -> MapOverride<'_> {
-        MapOverride {
-            max_entries: None,
-            inner_map: Some(m.as_fd()),
-        }
-    }
-    HashMap::from([
-        ("PAGES_OUTER".to_string(), inner(&templates.0)),
-        ("ADDRS_OUTER".to_string(), inner(&templates.1)),
+/// Template inner maps for the probes' map-in-map outers, in the order
+/// [`inner_templates`] expects: the page store's two arrays, then the
+/// region and zero-range tables.
+pub fn inner_map_templates() -> Result<Vec<Map>> {
+    let (pages, addrs) = storage::templates()?;
+    Ok(vec![
+        pages,
+        addrs,
+        Table::inner(abi::FIRST_TABLE_ROWS)?,
+        Table::inner(abi::FIRST_TABLE_ROWS)?,
     ])
+}
+
+/// Map-in-map outers are created with template inner maps.
+pub fn inner_templates(t: &[Map]) -> HashMap<String, MapOverride<'_>> {
+    ["PAGES_OUTER", "ADDRS_OUTER", "REGIONS_OUTER", "ZERO_OUTER"]
+        .iter()
+        .zip(t)
+        .map(|(name, m)| {
+            (
+                name.to_string(),
+                MapOverride {
+                    max_entries: None,
+                    inner_map: Some(m.as_fd()),
+                },
+            )
+        })
+        .collect()
 }
 
 /// Attaches every program; returns the links and whether tracking works.
@@ -280,22 +304,81 @@ fn attach_all(loaded: &Loaded, report: Reporter, quiet: bool) -> Result<(Vec<Lin
     Ok((links, tracking))
 }
 
-/// One 32-byte row per `(start, pages, flags)` (`abi::Region`).
-fn write_rows(
-    table: &mut ArrayMmap,
-    rows: impl ExactSizeIterator<Item = (u64, u64, u64)>,
-) -> Result<()> {
-    const ROW: usize = size_of::<abi::Region>();
-    let n = rows.len();
-    let slice = table.as_mut_slice()?;
-    if n * ROW > slice.len() {
-        return Err(Error::new(format!(
-            "{n} rows do not fit a table of {}",
-            slice.len() / ROW
-        )));
+/// What user space may replace while the config version is odd.
+pub struct Tables<'a> {
+    regions: &'a mut Table,
+    zero_ranges: &'a mut Table,
+    pages_outer: &'a Map,
+    addrs_outer: &'a Map,
+}
+
+impl Tables<'_> {
+    /// Writes the region table: `(start, pages, R_* flags)` per row.
+    pub fn regions(&mut self, rows: &[(u64, u64, u64)]) -> Result<()> {
+        self.regions.write(rows)
     }
-    for (row, (start, pages, flags)) in slice.chunks_exact_mut(ROW).zip(rows) {
-        row.copy_from_slice(&wire::region_bytes(start, pages, flags));
+
+    /// Writes the zero-range table of the image.
+    pub fn zero_ranges(&mut self, rows: &[(u64, u64, u64)]) -> Result<()> {
+        self.zero_ranges.write(rows)
     }
-    Ok(())
+
+    /// Points the probes at `store`.
+    pub fn install_store(&mut self, store: &Storage) -> Result<()> {
+        store.install(self.pages_outer, self.addrs_outer)
+    }
+}
+
+/// A table the probes walk: slot 0 of a map-in-map, an mmapable array of
+/// `abi::Region` rows replaced by a bigger one when more rows are needed.
+struct Table {
+    outer: Map,
+    inner: Map,
+    mm: ArrayMmap,
+    rows: u32,
+}
+
+impl Table {
+    fn inner(rows: u32) -> Result<Map> {
+        storage::inner_array("ckpt_table", size_of::<abi::Region>() as u32, rows)
+    }
+
+    fn new(outer: Map) -> Result<Self> {
+        let rows = abi::FIRST_TABLE_ROWS;
+        let inner = Self::inner(rows)?;
+        outer.update(
+            &0u32.to_ne_bytes(),
+            &(inner.as_fd().as_raw_fd() as u32).to_ne_bytes(),
+            0,
+        )?;
+        let mm = inner.mmap()?;
+        Ok(Self {
+            outer,
+            inner,
+            mm,
+            rows,
+        })
+    }
+
+    /// Writes `rows`, replacing the table by a bigger one if needed.
+    fn write(&mut self, rows: &[(u64, u64, u64)]) -> Result<()> {
+        if rows.len() > self.rows as usize {
+            let want = u32::try_from(rows.len() + rows.len() / 4)
+                .map_err(|_| Error::new(format!("{} rows do not fit a BPF array", rows.len())))?;
+            let inner = Self::inner(want)?;
+            let mm = inner.mmap()?;
+            self.outer.update(
+                &0u32.to_ne_bytes(),
+                &(inner.as_fd().as_raw_fd() as u32).to_ne_bytes(),
+                0,
+            )?;
+            (self.inner, self.mm, self.rows) = (inner, mm, want);
+        }
+        const ROW: usize = size_of::<abi::Region>();
+        let slice = self.mm.as_mut_slice()?;
+        for (row, &(start, pages, flags)) in slice.chunks_exact_mut(ROW).zip(rows) {
+            row.copy_from_slice(&wire::region_bytes(start, pages, flags));
+        }
+        Ok(())
+    }
 }

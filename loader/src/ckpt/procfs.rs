@@ -1,5 +1,5 @@
 //! What `/proc` tells about the target: its mappings, which of them are
-//! captured (DESIGN.md section 5), thread stack pointers, page residency.
+//! captured, thread stack pointers, which pages exist.
 
 use crate::{Error, Result};
 use std::fs::File;
@@ -15,6 +15,10 @@ pub struct Mapping {
     pub read: bool,
     pub write: bool,
     pub shared: bool,
+    /// File offset of `start` (bytes).
+    pub offset: u64,
+    /// `major:minor` of the backing file's device.
+    pub dev: String,
     pub inode: u64,
     pub path: String,
 }
@@ -24,16 +28,29 @@ impl Mapping {
         self.start <= addr && addr < self.end
     }
 
-    /// `MAP_SHARED|MAP_ANONYMOUS` memory is shmem behind a deleted
-    /// `/dev/zero` inode.
+    /// Shared memory that belongs to no file a user named: `MAP_SHARED|
+    /// MAP_ANONYMOUS` (shmem behind a deleted `/dev/zero` inode), System V
+    /// shared memory (`/SYSV<key>`) and shared anonymous huge pages.
     pub fn is_shared_anon(&self) -> bool {
-        self.shared && self.path.starts_with("/dev/zero")
+        self.shared
+            && (self.path.starts_with("/dev/zero")
+                || self.path.starts_with("/SYSV")
+                || self.path.starts_with("/anon_hugepage"))
     }
 
     /// Private memory not backed by a file (heap, anonymous mmap, `.bss`
-    /// beyond the file, `[anon:...]` names).
+    /// beyond the file, `[anon:...]` names), including private anonymous
+    /// huge pages (`/anon_hugepage`).
     pub fn is_private_anon(&self) -> bool {
-        !self.shared && self.inode == 0 && !self.path.starts_with('/')
+        !self.shared
+            && ((self.inode == 0 && !self.path.starts_with('/'))
+                || self.path.starts_with("/anon_hugepage"))
+    }
+
+    /// Huge pages: a write fault there fills more than a 2 MiB chunk's worth
+    /// of bits could say, so those pages are never skipped as untouched.
+    pub fn is_hugetlb(&self) -> bool {
+        self.path.starts_with("/anon_hugepage")
     }
 
     fn is_special(&self) -> bool {
@@ -44,39 +61,74 @@ impl Mapping {
             || self.path == "[uprobes]"
     }
 
-    /// Where a restore may write: memory private to the target or shared
-    /// anonymous memory. Never a file-shared mapping, which would write
-    /// through to the file.
-    pub fn writable_target(&self) -> bool {
-        !self.is_special() && (!self.shared || self.is_shared_anon())
+    /// What kind of captured memory this mapping is, if any: every private
+    /// mapping (its content can change through mprotect whatever its
+    /// protection now) and shared anonymous memory; never a file-shared
+    /// mapping, which would write through to the file.
+    pub fn kind(&self) -> Option<Kind> {
+        if self.is_special() || self.end <= self.start {
+            None
+        } else if self.is_shared_anon() {
+            Some(Kind::SharedAnon)
+        } else if self.shared {
+            None
+        } else if self.is_private_anon() {
+            Some(Kind::Anon)
+        } else {
+            Some(Kind::File)
+        }
     }
 }
 
-/// What kind of memory a captured region is; decides how a page that BPF
-/// could not read is completed.
+/// What kind of memory a captured region is: decides what a page nobody
+/// wrote holds, and how a page BPF could not read is completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// Private anonymous (including the heap and `.bss`): a page not present
-    /// and not swapped reads as zero.
+    /// Private anonymous (heap, `.bss`, anonymous mmap): a page never
+    /// written reads as zero.
     Anon,
-    /// Shared anonymous (shmem): a page may exist in the page cache without
-    /// being mapped, so a missing page must be read.
+    /// Private file mapping (`.data`, `.text`, any private mmap of a file):
+    /// a page never written holds the file's bytes.
+    File,
+    /// Shared anonymous (shmem, System V): other processes may write it, so
+    /// every page is saved and restored.
     SharedAnon,
-    /// Writable private file mapping (`.data`): an untouched page holds the
-    /// file's bytes.
-    FilePrivate,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Region {
     pub start: u64,
     pub end: u64,
     pub kind: Kind,
+    /// The touched-page bitmaps decide which pages to read.
+    pub tracked: bool,
+    /// For `File`: device, inode and the file offset of `start`.
+    pub file: Option<(String, u64, u64)>,
 }
 
 impl Region {
     pub fn pages(&self) -> u64 {
         (self.end - self.start) / PAGE
+    }
+
+    pub fn contains(&self, addr: u64) -> bool {
+        self.start <= addr && addr < self.end
+    }
+
+    /// Whether `m` is still the memory this region was (same kind, and for
+    /// a file the same file at the same offset for `addr`).
+    pub fn same_memory(&self, m: &Mapping, addr: u64) -> bool {
+        if m.kind() != Some(self.kind) {
+            return false;
+        }
+        match &self.file {
+            None => true,
+            Some((dev, inode, offset)) => {
+                *dev == m.dev
+                    && *inode == m.inode
+                    && offset + (addr - self.start) == m.offset + (addr - m.start)
+            }
+        }
     }
 }
 
@@ -93,7 +145,7 @@ pub fn parse_maps(text: &str) -> Result<Vec<Mapping>> {
             continue;
         }
         let mut f = line.split_ascii_whitespace();
-        let (Some(range), Some(perms), Some(_off), Some(_dev), Some(inode)) =
+        let (Some(range), Some(perms), Some(offset), Some(dev), Some(inode)) =
             (f.next(), f.next(), f.next(), f.next(), f.next())
         else {
             return Err(Error::new(format!("short maps line {line:?}")));
@@ -117,6 +169,8 @@ pub fn parse_maps(text: &str) -> Result<Vec<Mapping>> {
             read: p[0] == b'r',
             write: p[1] == b'w',
             shared: p[3] == b's',
+            offset: hex(offset, line)?,
+            dev: dev.to_string(),
             inode: inode
                 .parse()
                 .map_err(|_| Error::new(format!("bad inode in maps line {line:?}")))?,
@@ -132,52 +186,27 @@ pub fn read_maps(pid: i32) -> Result<Vec<Mapping>> {
     parse_maps(&text)
 }
 
-/// The regions a checkpoint captures: writable private memory (anonymous,
-/// heap, `.bss`, and unless `anon_only` writable private file mappings) and
-/// shared anonymous memory; never a stack that a thread runs on, `[vvar]`,
-/// `[vdso]`, read-only or file-shared mappings.
-pub fn captured(maps: &[Mapping], stack_pointers: &[u64], anon_only: bool) -> Vec<Region> {
+/// The regions a checkpoint captures (see [`Mapping::kind`]), never a stack
+/// a thread runs on: `[stack]`, and any mapping holding one of `stacks`
+/// (thread stacks as their `clone` calls named them, stack pointers of
+/// stopped threads). `anon_only` leaves file mappings out.
+pub fn captured(maps: &[Mapping], stacks: &[u64], anon_only: bool) -> Vec<Region> {
     maps.iter()
-        .enumerate()
-        .filter(|(i, m)| !(*i > 0 && is_thread_stack(&maps[i - 1], m)))
-        .map(|(_, m)| m)
-        .filter(|m| m.write && m.read && !m.is_special() && m.end > m.start)
-        .filter(|m| !stack_pointers.iter().any(|&sp| m.contains(sp)))
+        .filter(|m| !stacks.iter().any(|&sp| m.contains(sp)))
         .filter_map(|m| {
-            let kind = if m.is_shared_anon() {
-                Kind::SharedAnon
-            } else if m.shared {
+            let kind = m.kind()?;
+            if anon_only && kind == Kind::File {
                 return None;
-            } else if m.is_private_anon() {
-                Kind::Anon
-            } else if anon_only {
-                return None;
-            } else {
-                Kind::FilePrivate
-            };
+            }
             Some(Region {
                 start: m.start,
                 end: m.end,
                 kind,
+                tracked: kind != Kind::SharedAnon && !m.is_hugetlb(),
+                file: (kind == Kind::File).then(|| (m.dev.clone(), m.inode, m.offset)),
             })
         })
         .collect()
-}
-
-/// A thread stack as pthreads lays it out: an anonymous read-write mapping
-/// right above its inaccessible guard page. A running thread's stack
-/// pointer is not visible from outside, so this shape is what tells; a
-/// thread's live stack must never be rolled back under it.
-/// (malloc arenas are the other way round: read-write below the reserve.)
-fn is_thread_stack(below: &Mapping, m: &Mapping) -> bool {
-    // musl guards the start of its brk heap the same way.
-    m.path != "[heap]"
-        && below.end == m.start
-        && !below.read
-        && !below.write
-        && below.is_private_anon()
-        && m.is_private_anon()
-        && m.write
 }
 
 /// Stack pointers of the target's threads that are blocked in the kernel
@@ -213,6 +242,10 @@ pub fn process_state(pid: i32) -> Option<char> {
 
 pub const PM_PRESENT: u64 = 1 << 63;
 pub const PM_SWAPPED: u64 = 1 << 62;
+/// The page is a file (or shared) page, not a private copy.
+pub const PM_FILE: u64 = 1 << 61;
+/// A guard region installed with `MADV_GUARD_INSTALL` (Linux 6.14+).
+pub const PM_GUARD: u64 = 1 << 58;
 /// Page frame number bits of a pagemap entry (zero without CAP_SYS_ADMIN).
 pub const PM_PFN: u64 = (1 << 55) - 1;
 
@@ -225,45 +258,199 @@ pub fn zero_pfn() -> Option<u64> {
         .map_anon()
         .ok()?;
     std::hint::black_box(page[0]);
-    let pm = Pagemap::open(std::process::id() as i32).ok()?;
-    let mut e = Vec::new();
-    pm.read(page.as_ptr() as u64, 1, &mut e).ok()?;
-    let pfn = e.first()? & PM_PFN;
-    (e[0] & PM_PRESENT != 0 && pfn != 0).then_some(pfn)
+    let pm = File::open("/proc/self/pagemap").ok()?;
+    let mut e = [0u8; 8];
+    pm.read_exact_at(&mut e, page.as_ptr() as u64 / PAGE * 8)
+        .ok()?;
+    let e = u64::from_le_bytes(e);
+    let pfn = e & PM_PFN;
+    (e & PM_PRESENT != 0 && pfn != 0).then_some(pfn)
 }
 
-/// Reader of `/proc/PID/pagemap`: one u64 per virtual page.
-pub struct Pagemap {
-    file: File,
+/// What a page that exists is (`Run::flags`).
+pub const P_PRESENT: u8 = 1;
+pub const P_SWAPPED: u8 = 2;
+/// A file (or shared memory) page, not a private copy of one.
+pub const P_FILE: u8 = 4;
+/// The shared zero page: reads as zero, holds nothing.
+pub const P_ZERO: u8 = 8;
+/// A guard page: neither readable nor writable, holds nothing.
+pub const P_GUARD: u8 = 16;
+
+/// Consecutive pages with the same flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub start: u64,
+    pub end: u64,
+    pub flags: u8,
 }
 
-impl Pagemap {
-    pub fn open(pid: i32) -> Result<Self> {
-        let file = File::open(format!("/proc/{pid}/pagemap"))
-            .map_err(|e| Error::from(e).context(format!("open /proc/{pid}/pagemap")))?;
-        Ok(Self { file })
+impl Run {
+    pub fn pages(&self) -> impl Iterator<Item = u64> + use<> {
+        (self.start..self.end).step_by(PAGE as usize)
     }
 
-    /// Entries for `npages` pages from `start`, appended to `out`.
-    pub fn read(&self, start: u64, npages: u64, out: &mut Vec<u64>) -> Result<()> {
-        let mut buf = vec![0u8; 8 * 4096];
-        let mut done = 0;
-        while done < npages {
-            let n = (npages - done).min(4096);
-            let bytes = &mut buf[..(n * 8) as usize];
-            let off = (start / PAGE + done) * 8;
-            self.file.read_exact_at(bytes, off).map_err(|e| {
-                Error::from(e).context(format!("read pagemap for {:#x}+{} pages", start, npages))
-            })?;
-            out.extend(
-                bytes
-                    .chunks_exact(8)
-                    .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
-            );
-            done += n;
+    /// A page that may hold data of its own (not zero, not a guard).
+    pub fn may_hold_data(&self, kind: Kind) -> bool {
+        if self.flags & P_GUARD != 0 {
+            return false;
+        }
+        if self.flags & P_SWAPPED != 0 {
+            return true;
+        }
+        match kind {
+            Kind::Anon => self.flags & P_ZERO == 0,
+            Kind::File => self.flags & P_FILE == 0,
+            Kind::SharedAnon => true,
+        }
+    }
+}
+
+/// Which pages of another process exist: `PAGEMAP_SCAN` (Linux 6.7+),
+/// which walks only populated page tables, else `/proc/PID/pagemap`.
+pub struct Residency {
+    pagemap: File,
+    scan: bool,
+    zero_pfn: Option<u64>,
+}
+
+/// `PAGE_IS_*` categories of `PAGEMAP_SCAN`.
+const SCAN_PRESENT: u64 = 1 << 3;
+const SCAN_SWAPPED: u64 = 1 << 4;
+const SCAN_FILE: u64 = 1 << 2;
+const SCAN_PFNZERO: u64 = 1 << 5;
+const SCAN_GUARD: u64 = 1 << 8;
+
+impl Residency {
+    pub fn open(pid: i32, zero_pfn: Option<u64>) -> Result<Self> {
+        let pagemap = File::open(format!("/proc/{pid}/pagemap"))
+            .map_err(|e| Error::from(e).context(format!("open /proc/{pid}/pagemap")))?;
+        let scan = crate::os::pagemap_scan_supported(&pagemap);
+        Ok(Self {
+            pagemap,
+            scan,
+            zero_pfn,
+        })
+    }
+
+    /// The runs of pages in `[start, end)` that exist (present, swapped
+    /// out, or guards), ascending; absent pages are in no run.
+    pub fn runs(&self, start: u64, end: u64) -> Result<Vec<Run>> {
+        let mut out = Vec::new();
+        if self.scan {
+            self.scan_runs(start, end, &mut out)?;
+        } else {
+            self.read_runs(start, end, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn scan_runs(&self, start: u64, end: u64, out: &mut Vec<Run>) -> Result<()> {
+        let mut at = start;
+        let mut guard = SCAN_GUARD;
+        while at < end {
+            let want = SCAN_PRESENT | SCAN_SWAPPED | guard;
+            let got = match crate::os::pagemap_scan(
+                &self.pagemap,
+                at,
+                end,
+                want,
+                want | SCAN_FILE | SCAN_PFNZERO,
+            ) {
+                // Kernels before 6.14 know no guard category (nor guards).
+                Err(e) if e.errno == Some(libc::EINVAL) && guard != 0 => {
+                    guard = 0;
+                    continue;
+                }
+                r => r.map_err(|e| e.context(format!("PAGEMAP_SCAN {at:#x}-{end:#x}")))?,
+            };
+            for r in &got.regions {
+                let c = r.2;
+                let flags = flag_if(c & SCAN_PRESENT != 0, P_PRESENT)
+                    | flag_if(c & SCAN_SWAPPED != 0, P_SWAPPED)
+                    | flag_if(c & SCAN_FILE != 0, P_FILE)
+                    | flag_if(c & SCAN_PFNZERO != 0, P_ZERO)
+                    | flag_if(c & SCAN_GUARD != 0, P_GUARD);
+                push_run(out, r.0, r.1, flags);
+            }
+            if got.walk_end <= at {
+                break;
+            }
+            at = got.walk_end;
         }
         Ok(())
     }
+
+    fn read_runs(&self, start: u64, end: u64, out: &mut Vec<Run>) -> Result<()> {
+        let mut buf = vec![0u8; 8 * 4096];
+        let mut at = start;
+        while at < end {
+            let n = ((end - at) / PAGE).min(4096);
+            let bytes = &mut buf[..(n * 8) as usize];
+            self.pagemap
+                .read_exact_at(bytes, at / PAGE * 8)
+                .map_err(|e| {
+                    Error::from(e).context(format!("read pagemap for {at:#x}+{n} pages"))
+                })?;
+            for (i, c) in bytes.chunks_exact(8).enumerate() {
+                let e = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+                let flags = self.entry_flags(e);
+                if flags != 0 {
+                    let a = at + i as u64 * PAGE;
+                    push_run(out, a, a + PAGE, flags);
+                }
+            }
+            at += n * PAGE;
+        }
+        Ok(())
+    }
+
+    fn entry_flags(&self, e: u64) -> u8 {
+        if e & PM_GUARD != 0 {
+            return P_GUARD;
+        }
+        let present = e & PM_PRESENT != 0;
+        flag_if(present, P_PRESENT)
+            | flag_if(e & PM_SWAPPED != 0, P_SWAPPED)
+            | flag_if((present || e & PM_SWAPPED != 0) && e & PM_FILE != 0, P_FILE)
+            | flag_if(
+                present && self.zero_pfn.is_some_and(|z| e & PM_PFN == z),
+                P_ZERO,
+            )
+    }
+}
+
+fn flag_if(cond: bool, flag: u8) -> u8 {
+    if cond { flag } else { 0 }
+}
+
+/// Appends `[start, end)` with `flags`, merging with the last run.
+fn push_run(out: &mut Vec<Run>, start: u64, end: u64, flags: u8) {
+    match out.last_mut() {
+        Some(last) if last.end == start && last.flags == flags => last.end = end,
+        _ => out.push(Run { start, end, flags }),
+    }
+}
+
+/// Whether every thread of `pid` is stopped (group stop after SIGSTOP, or
+/// traced); `None` once the process is gone.
+pub fn all_threads_stopped(pid: i32) -> Option<bool> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut any = false;
+    for t in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue; // a thread exiting right now
+        };
+        any = true;
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].trim_start().chars().next());
+        match state {
+            Some('T') | Some('t') | Some('Z') | Some('X') => {}
+            _ => return Some(false),
+        }
+    }
+    any.then_some(true)
 }
 
 #[cfg(test)]
@@ -303,30 +490,102 @@ mod tests {
     }
 
     #[test]
-    fn captures_writable_private_and_shared_anon_only() {
+    fn captures_every_private_mapping_and_shared_anonymous_memory() {
         let m = parse_maps(MAPS).unwrap();
         let thread_sp = 0x7f4ebb06a800;
         let r = captured(&m, &[thread_sp], false);
-        let starts: Vec<(u64, Kind)> = r.iter().map(|r| (r.start, r.kind)).collect();
+        let got: Vec<(u64, Kind, bool)> = r.iter().map(|r| (r.start, r.kind, r.tracked)).collect();
         assert_eq!(
-            starts,
+            got,
             vec![
-                (0x5593cd6d6000, Kind::FilePrivate),
-                (0x5593cd6d7000, Kind::Anon),
-                (0x5593f8638000, Kind::Anon),
-                (0x7f4ebb068000, Kind::SharedAnon),
-                (0x7f4ebb06b000, Kind::Anon),
-                (0x7f4ebb06e000, Kind::Anon),
+                // Read-only or PROT_NONE: content can still change by mprotect.
+                (0x5593cd6d2000, Kind::File, true),
+                (0x5593cd6d6000, Kind::File, true),
+                (0x5593cd6d7000, Kind::Anon, true),
+                (0x5593f8638000, Kind::Anon, true),
+                (0x7f4ebb068000, Kind::SharedAnon, false),
+                (0x7f4ebb069000, Kind::Anon, true),
+                // 0x7f4ebb06a000 holds the thread's stack pointer: never.
+                (0x7f4ebb06b000, Kind::Anon, true),
+                // Right above a PROT_NONE mapping, yet no stack: captured.
+                (0x7f4ebb06c000, Kind::Anon, true),
+                (0x7f4ebb06d000, Kind::Anon, true),
+                (0x7f4ebb06e000, Kind::Anon, true),
             ]
         );
+        assert_eq!(
+            r[1].file,
+            Some(("fe:00".to_string(), 18504, 0x3000)),
+            "file regions remember where in the file they are"
+        );
         let anon = captured(&m, &[], true);
-        assert!(anon.iter().all(|r| r.kind != Kind::FilePrivate));
-        // A thread stack is recognised by its guard page even without a
-        // stack pointer; a malloc arena (read-write below its reserve) is not.
-        assert!(!anon.iter().any(|r| r.start == 0x7f4ebb06a000));
-        assert!(anon.iter().any(|r| r.start == 0x7f4ebb06b000));
-        // musl's guarded brk heap is the heap, not a stack.
-        assert!(anon.iter().any(|r| r.start == 0x7f4ebb06e000));
+        assert!(anon.iter().all(|r| r.kind != Kind::File));
+        assert!(anon.iter().any(|r| r.start == 0x7f4ebb06a000));
+    }
+
+    #[test]
+    fn system_v_and_huge_page_shared_memory_is_shared_anonymous() {
+        let m = parse_maps(
+            "7f0000000000-7f0000100000 rw-s 00000000 00:01 32769   /SYSV0000abcd (deleted)\n\
+             7f0000200000-7f0000400000 rw-s 00000000 00:0f 1234    /anon_hugepage (deleted)\n\
+             7f0000400000-7f0000600000 rw-p 00000000 00:0f 1235    /anon_hugepage (deleted)\n\
+             7f0000600000-7f0000601000 rw-s 00000000 00:01 77      /memfd:x (deleted)\n\
+             7f0000601000-7f0000602000 rw-p 00000000 00:01 77      /memfd:x (deleted)\n",
+        )
+        .unwrap();
+        let kinds: Vec<Option<Kind>> = m.iter().map(Mapping::kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                Some(Kind::SharedAnon),
+                Some(Kind::SharedAnon),
+                Some(Kind::Anon),
+                None,
+                Some(Kind::File)
+            ]
+        );
+        let r = captured(&m, &[], false);
+        assert!(!r[2].tracked, "huge pages are never skipped as untouched");
+    }
+
+    #[test]
+    fn a_region_is_the_same_memory_only_for_the_same_file_offset() {
+        let m = parse_maps(MAPS).unwrap();
+        let r = captured(&m, &[], false);
+        let data = &r[1];
+        assert!(data.same_memory(&m[1], 0x5593cd6d6000));
+        let mut moved = m[1].clone();
+        moved.offset = 0x4000;
+        assert!(!data.same_memory(&moved, 0x5593cd6d6000));
+        assert!(!data.same_memory(&m[2], 0x5593cd6d6000));
+    }
+
+    #[test]
+    fn runs_merge_pages_with_equal_flags() {
+        let mut v = Vec::new();
+        push_run(&mut v, 0, PAGE, P_PRESENT);
+        push_run(&mut v, PAGE, 2 * PAGE, P_PRESENT);
+        push_run(&mut v, 2 * PAGE, 3 * PAGE, P_PRESENT | P_ZERO);
+        push_run(&mut v, 5 * PAGE, 6 * PAGE, P_PRESENT | P_ZERO);
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0].pages().count(), 2);
+        assert!(!v[1].may_hold_data(Kind::Anon));
+        assert!(v[1].may_hold_data(Kind::File));
+        let g = Run {
+            start: 0,
+            end: PAGE,
+            flags: P_GUARD | P_SWAPPED,
+        };
+        assert!(!g.may_hold_data(Kind::Anon) && !g.may_hold_data(Kind::SharedAnon));
+        let f = Run {
+            start: 0,
+            end: PAGE,
+            flags: P_PRESENT | P_FILE,
+        };
+        assert!(
+            !f.may_hold_data(Kind::File),
+            "an unmodified file page is the file"
+        );
     }
 
     #[test]
@@ -345,14 +604,66 @@ mod tests {
 
 #[cfg(test)]
 mod root_tests {
+    use super::*;
+
     #[test]
     fn the_zero_page_frame_is_found_as_root() {
         if !nix::unistd::geteuid().is_root() {
             // Frame numbers need CAP_SYS_ADMIN: then it must say so with None.
-            assert_eq!(super::zero_pfn(), None);
+            assert_eq!(zero_pfn(), None);
             return;
         }
-        let z = super::zero_pfn().expect("root sees page frame numbers");
-        assert_eq!(super::zero_pfn(), Some(z), "the zero page does not move");
+        let z = zero_pfn().expect("root sees page frame numbers");
+        assert_eq!(zero_pfn(), Some(z), "the zero page does not move");
+    }
+
+    /// Residency of our own memory: written, read-only-touched (zero page),
+    /// absent and guard pages, the same through `PAGEMAP_SCAN` and pagemap.
+    #[test]
+    fn residency_sees_written_zero_absent_and_guard_pages() {
+        let mut m = memmap2::MmapOptions::new()
+            .len(6 * PAGE as usize)
+            .map_anon()
+            .unwrap();
+        let base = m.as_ptr() as u64;
+        m[0] = 1;
+        m[PAGE as usize] = 1;
+        std::hint::black_box(m[2 * PAGE as usize]);
+        let guard = crate::os::madvise_guard(base + 4 * PAGE, PAGE).is_ok();
+        let me = std::process::id() as i32;
+        let z = zero_pfn();
+        let mut r = Residency::open(me, z).unwrap();
+        for scan in [r.scan, false] {
+            r.scan = scan;
+            let runs = r.runs(base, base + 6 * PAGE).unwrap();
+            assert_eq!(
+                runs[0],
+                Run {
+                    start: base,
+                    end: base + 2 * PAGE,
+                    flags: P_PRESENT
+                },
+                "{runs:?}"
+            );
+            if scan || z.is_some() {
+                assert_eq!(runs[1].flags, P_PRESENT | P_ZERO, "{runs:?}");
+            }
+            assert_eq!(runs[1].start, base + 2 * PAGE);
+            if guard {
+                let g = runs
+                    .iter()
+                    .find(|r| r.start == base + 4 * PAGE)
+                    .expect("guard run");
+                assert!(
+                    g.flags & P_GUARD != 0 && !g.may_hold_data(Kind::Anon),
+                    "{runs:?}"
+                );
+            }
+            assert!(
+                !runs
+                    .iter()
+                    .any(|r| r.start <= base + 3 * PAGE && base + 3 * PAGE < r.end)
+            );
+        }
     }
 }

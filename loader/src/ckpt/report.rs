@@ -21,6 +21,11 @@ pub struct Stats {
     pub pages_skipped_unmapped: u64,
     /// Pages a checkpoint did not read because they were never written.
     pub pages_skipped_untouched: u64,
+    /// Pages that held data at a checkpoint completed from user space but
+    /// were never marked written: writes the tracking missed (0 expected).
+    pub pages_unmarked_data: u64,
+    /// Untouched file pages put back from the file at a restore.
+    pub pages_reverted_user: u64,
     /// Times the target was held (stopped) for user-space work.
     pub holds: u64,
     pub ckpt_kernel_ns: u64,
@@ -43,6 +48,8 @@ impl Stats {
         self.pages_zeroed_user += o.pages_zeroed_user;
         self.pages_skipped_unmapped += o.pages_skipped_unmapped;
         self.pages_skipped_untouched += o.pages_skipped_untouched;
+        self.pages_unmarked_data += o.pages_unmarked_data;
+        self.pages_reverted_user += o.pages_reverted_user;
         self.holds += o.holds;
         self.ckpt_kernel_ns += o.ckpt_kernel_ns;
         self.ckpt_kernel_ns_max = self.ckpt_kernel_ns_max.max(o.ckpt_kernel_ns_max);
@@ -64,6 +71,8 @@ impl Stats {
             ("pages_zeroed_user", self.pages_zeroed_user),
             ("pages_skipped_unmapped", self.pages_skipped_unmapped),
             ("pages_skipped_untouched", self.pages_skipped_untouched),
+            ("pages_unmarked_data", self.pages_unmarked_data),
+            ("pages_reverted_user", self.pages_reverted_user),
             ("holds", self.holds),
             ("checkpoint_kernel_ns", self.ckpt_kernel_ns),
             ("checkpoint_kernel_ns_max", self.ckpt_kernel_ns_max),

@@ -12,7 +12,9 @@ use std::os::fd::{AsFd, AsRawFd};
 /// Lets inner maps of one outer map differ in `max_entries`.
 const BPF_F_INNER_MAP: u32 = 1 << 12;
 
-fn inner_array(name: &str, value_size: u32, entries: u32) -> Result<Map> {
+/// An mmapable array usable as the inner map of a map-in-map whose inner
+/// maps differ in size.
+pub fn inner_array(name: &str, value_size: u32, entries: u32) -> Result<Map> {
     Map::array(
         name,
         value_size,

@@ -3,7 +3,7 @@
 //! pages user space wrote itself (its writes fault nothing).
 
 use super::abi;
-use super::procfs::{self, PAGE, PM_PRESENT, PM_SWAPPED};
+use super::procfs::PAGE;
 use super::wire;
 use crate::Result;
 use bpfload::maps::Map;
@@ -103,21 +103,8 @@ impl Written {
         Self(None)
     }
 
-    /// Whether a private anonymous page with pagemap entry `pm` may hold
-    /// data. Swapped: yes. Present: if it was written, or (should a write
-    /// have escaped the tracking) unless it is the shared zero page.
-    /// Absent: no.
-    pub fn anon_page_may_hold_data(&self, addr: u64, pm: u64, zero_pfn: Option<u64>) -> bool {
-        if pm & PM_SWAPPED != 0 {
-            return true;
-        }
-        if pm & PM_PRESENT == 0 {
-            return false;
-        }
-        self.may_hold_data(addr) || zero_pfn.is_none_or(|z| pm & procfs::PM_PFN != z)
-    }
-
-    fn may_hold_data(&self, addr: u64) -> bool {
+    /// Whether the page at `addr` was written (always, when untracked).
+    pub fn marked(&self, addr: u64) -> bool {
         let Some(chunks) = &self.0 else { return true };
         let (chunk, w, m) = bit_of(addr);
         chunks.get(&chunk).is_some_and(|bits| bits[w] & m != 0)
@@ -139,21 +126,16 @@ mod tests {
     }
 
     #[test]
-    fn written_pages_decide_only_for_present_pages() {
+    fn written_pages_are_the_marked_ones() {
         let mut chunks = HashMap::new();
         let (c, w, m) = bit_of(3 * PAGE);
         let mut bits = [0u64; 8];
         bits[w] = m;
         chunks.insert(c, bits);
         let wr = Written(Some(chunks));
-        let zero = Some(0x1234);
-        let present_zero_page = PM_PRESENT | 0x1234;
-        assert!(wr.anon_page_may_hold_data(3 * PAGE, present_zero_page, zero));
-        assert!(!wr.anon_page_may_hold_data(4 * PAGE, present_zero_page, zero));
-        // A present page that is not the zero page holds data whatever the bits say.
-        assert!(wr.anon_page_may_hold_data(4 * PAGE, PM_PRESENT | 0x99, zero));
-        assert!(wr.anon_page_may_hold_data(4 * PAGE, PM_SWAPPED, zero));
-        assert!(!wr.anon_page_may_hold_data(3 * PAGE, 0, zero));
-        assert!(Written::untracked().anon_page_may_hold_data(4 * PAGE, present_zero_page, zero));
+        assert!(wr.marked(3 * PAGE));
+        assert!(!wr.marked(4 * PAGE));
+        assert!(!wr.marked(3 * PAGE + (1 << abi::CHUNK_SHIFT)));
+        assert!(Written::untracked().marked(4 * PAGE));
     }
 }

@@ -5,17 +5,19 @@ use super::abi::{ChunkKey, Config, Region, State, Touched};
 use std::mem::offset_of;
 
 const _: () = {
-    assert!(offset_of!(Config, applied_seq) == 8);
-    assert!(offset_of!(Config, nregions) == 16);
-    assert!(offset_of!(Config, nzero) == 20);
-    assert!(offset_of!(Config, total_pages) == 24);
-    assert!(offset_of!(Config, zero_pages) == 32);
-    assert!(offset_of!(Config, capacity) == 40);
-    assert!(offset_of!(Config, image_slots) == 48);
-    assert!(offset_of!(Config, watch_comm) == 56);
-    assert!(offset_of!(Config, ckpt_path) == 72);
-    assert!(offset_of!(Config, restore_path) == 200);
-    assert!(size_of::<Config>() == 328);
+    assert!(offset_of!(Config, version) == 8);
+    assert!(offset_of!(Config, applied_seq) == 16);
+    assert!(offset_of!(Config, nregions) == 24);
+    assert!(offset_of!(Config, nzero) == 28);
+    assert!(offset_of!(Config, total_pages) == 32);
+    assert!(offset_of!(Config, zero_pages) == 40);
+    assert!(offset_of!(Config, capacity) == 48);
+    assert!(offset_of!(Config, image_slots) == 56);
+    assert!(offset_of!(Config, image_seq) == 64);
+    assert!(offset_of!(Config, watch_comm) == 72);
+    assert!(offset_of!(Config, ckpt_path) == 88);
+    assert!(offset_of!(Config, restore_path) == 216);
+    assert!(size_of::<Config>() == 344);
     assert!(size_of::<Region>() == 32);
     assert!(offset_of!(State, exec_gen) == 16);
     assert!(offset_of!(State, untracked) == 24);
@@ -23,14 +25,25 @@ const _: () = {
     assert!(size_of::<Touched>() == 128);
 };
 
+/// Where `Config::version` sits; every other byte is written between its
+/// odd and even values.
+pub const CONFIG_VERSION_AT: usize = offset_of!(Config, version);
+
 pub fn config_bytes(c: &Config) -> Vec<u8> {
     let mut b = Vec::with_capacity(size_of::<Config>());
     b.extend_from_slice(&c.tgid.to_ne_bytes());
     b.extend_from_slice(&c.flags.to_ne_bytes());
+    b.extend_from_slice(&c.version.to_ne_bytes());
     b.extend_from_slice(&c.applied_seq.to_ne_bytes());
     b.extend_from_slice(&c.nregions.to_ne_bytes());
     b.extend_from_slice(&c.nzero.to_ne_bytes());
-    for v in [c.total_pages, c.zero_pages, c.capacity, c.image_slots] {
+    for v in [
+        c.total_pages,
+        c.zero_pages,
+        c.capacity,
+        c.image_slots,
+        c.image_seq,
+    ] {
         b.extend_from_slice(&v.to_ne_bytes());
     }
     b.extend_from_slice(&c.watch_comm);

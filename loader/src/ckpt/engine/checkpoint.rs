@@ -1,5 +1,6 @@
 //! Completing a checkpoint: what BPF saved, what user space adds while the
-//! target is held, and the zero ranges (pages absent at the checkpoint).
+//! target is held, and the blank ranges (pages that held nothing of their
+//! own at the checkpoint: absent anonymous pages, untouched file pages).
 
 use super::Engine;
 use super::serve::{Target, cont, wait_stopped};
@@ -7,26 +8,51 @@ use crate::ckpt::abi;
 use crate::ckpt::events::{Checkpoint, Stale};
 use crate::ckpt::markers;
 use crate::ckpt::memio::Mem;
-use crate::ckpt::procfs::{Kind, PAGE, Pagemap, Region};
+use crate::ckpt::procfs::{Kind, P_GUARD, P_PRESENT, PAGE, Region, Residency, Run};
 use crate::ckpt::report::J;
 use crate::ckpt::storage::{Storage, human};
+use crate::ckpt::touched::Written;
 use crate::{Error, Result};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// The image of the last checkpoint: slots `0..slots` of the store, plus the
-/// ranges that were absent (zero) then.
+/// Pages that held nothing of their own at the checkpoint: a restore
+/// makes any of them written since what it was again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Blank {
+    pub start: u64,
+    pub pages: u64,
+    /// Untouched pages of a file mapping (the file's bytes), else zero.
+    pub file: bool,
+}
+
+impl Blank {
+    pub fn end(&self) -> u64 {
+        self.start + self.pages * PAGE
+    }
+}
+
+/// The image of the last checkpoint: slots `0..slots` of the store, the
+/// blank ranges, and the regions they were taken from.
 pub(super) struct Image {
     pub slots: u64,
-    pub zero: Vec<(u64, u64)>,
-    /// Zero ranges the BPF restore cannot cover (table too small).
-    pub zero_in_user: bool,
+    pub blank: Vec<Blank>,
+    pub regions: Rc<Vec<Region>>,
 }
 
 /// Where a checkpoint's pages came from.
 struct Saved {
     bpf: u64,
     user: u64,
-    zero: Vec<(u64, u64)>,
+    blank: Vec<Blank>,
+    regions: Rc<Vec<Region>>,
+    /// Layout sequence number of the table the image follows.
+    seq: u64,
+    /// Pages read from user space that held data yet were never marked
+    /// written (a write the tracking missed; should stay 0).
+    unmarked: u64,
 }
 
 impl Engine {
@@ -37,8 +63,9 @@ impl Engine {
         t.stats.ckpt_kernel_ns += c.ns;
         t.stats.ckpt_kernel_ns_max = t.stats.ckpt_kernel_ns_max.max(c.ns);
         let t0 = Instant::now();
-        let result = self.checkpoint(t, c);
-        if c.held {
+        let mut held = c.held;
+        let result = self.checkpoint(t, c, &mut held);
+        if held {
             t.stats.holds += 1;
             cont(t.pid);
         }
@@ -46,77 +73,90 @@ impl Engine {
         result
     }
 
-    fn checkpoint(&mut self, t: &mut Target, c: &Checkpoint) -> Result<()> {
-        let saved = self.gather(t, c)?;
+    fn checkpoint(&mut self, t: &mut Target, c: &Checkpoint, held: &mut bool) -> Result<()> {
+        let saved = self.gather(t, c, held)?;
         t.stats.pages_skipped_untouched += c.skipped;
         t.stats.pages_saved_bpf += saved.bpf;
         t.stats.pages_saved_user += saved.user;
+        t.stats.pages_unmarked_data += saved.unmarked;
         self.publish_image(t, &saved)?;
-        self.report_checkpoint(t, c, &saved);
+        self.report_checkpoint(t, c, &saved, *held);
         self.triggers.create(markers::CHECKPOINT_DONE)
     }
 
     /// What the image holds: BPF's copy, completed from user space when the
     /// probe held the target.
-    fn gather(&mut self, t: &mut Target, c: &Checkpoint) -> Result<Saved> {
+    fn gather(&mut self, t: &mut Target, c: &Checkpoint, held: &mut bool) -> Result<Saved> {
         if !c.held {
-            // Every page BPF did not save was never written: zero.
-            let store = t
-                .store
-                .as_ref()
-                .ok_or_else(|| Error::new("no page store"))?;
-            let zero = gaps(&t.regions, store, c.saved);
-            return Ok(Saved {
-                bpf: c.saved,
-                user: 0,
-                zero,
-            });
+            if let (Stale::No, Some(regions)) = (c.stale, t.table_at(c.version)) {
+                let regions: Rc<Vec<Region>> = regions;
+                // Every page BPF did not save was never written.
+                let store = t
+                    .store
+                    .as_ref()
+                    .ok_or_else(|| Error::new("no page store"))?;
+                let blank = gaps(&regions, store, c.saved);
+                return Ok(Saved {
+                    bpf: c.saved,
+                    user: 0,
+                    blank,
+                    regions,
+                    seq: c.table_seq,
+                    unmarked: 0,
+                });
+            }
+            // The table it walked is no longer known: the target still
+            // waits for its marker, so hold it and take the image again.
+            let _ = kill(Pid::from_raw(t.pid), Signal::SIGSTOP);
+            *held = true;
+            wait_stopped(t.pid)?;
+            return self.redo(t);
         }
         wait_stopped(t.pid)?;
-        if c.stale == Stale::Layout || c.table_seq != t.applied_seq {
-            // The table was stale or the store too small: redo it all from
-            // user space, at the same instant (the target is held).
-            self.apply_layout(t)?;
-            let (user, zero) = self.complete(t, 0)?;
-            Ok(Saved { bpf: 0, user, zero })
-        } else {
-            // Some pages unreadable, or the store full: keep what BPF saved
-            // and add the rest.
-            let (user, zero) = self.complete(t, c.saved)?;
-            Ok(Saved {
-                bpf: c.saved,
-                user,
-                zero,
-            })
+        if c.stale == Stale::Layout || c.version != self.probes.version() {
+            // The table was stale, torn, or replaced since: redo it all
+            // from user space, at the same instant (the target is held).
+            return self.redo(t);
         }
+        // Some pages unreadable, or the copy stopped early: keep what BPF
+        // saved and add the rest.
+        let mut s = self.complete(t, c.saved)?;
+        s.bpf = c.saved;
+        Ok(s)
+    }
+
+    fn redo(&mut self, t: &mut Target) -> Result<Saved> {
+        self.apply_layout(t)?;
+        self.complete(t, 0)
     }
 
     /// Makes the image the one the next restore writes back.
     fn publish_image(&mut self, t: &mut Target, s: &Saved) -> Result<()> {
         let slots = s.bpf + s.user;
-        let zero_pages: u64 = s.zero.iter().map(|z| z.1).sum();
-        let zero_in_user = s.zero.len() > abi::MAX_REGIONS as usize;
-        if !zero_in_user {
-            self.probes.write_zero_ranges(&s.zero)?;
-        }
+        let rows: Vec<(u64, u64, u64)> = s
+            .blank
+            .iter()
+            .map(|b| (b.start, b.pages, if b.file { abi::R_FILE } else { 0 }))
+            .collect();
         self.cfg.image_slots = slots;
-        self.cfg.nzero = if zero_in_user { 0 } else { s.zero.len() as u32 };
-        self.cfg.zero_pages = if zero_in_user { 0 } else { zero_pages };
-        self.cfg.flags = self.flags(
-            if zero_in_user { abi::F_HOLD_RESTORE } else { 0 }
-                | if self.swap { abi::F_VERIFY_ZERO } else { 0 },
-        );
-        self.push_config()?;
+        self.cfg.nzero = u32::try_from(rows.len())
+            .map_err(|_| Error::new(format!("{} blank ranges", rows.len())))?;
+        self.cfg.zero_pages = s.blank.iter().map(|b| b.pages).sum();
+        self.cfg.image_seq = s.seq;
+        let version = self
+            .probes
+            .publish(&mut self.cfg, |tb| tb.zero_ranges(&rows))?;
+        t.published(version);
         t.image = Some(Image {
             slots,
-            zero: s.zero.clone(),
-            zero_in_user,
+            blank: s.blank.clone(),
+            regions: s.regions.clone(),
         });
         Ok(())
     }
 
-    fn report_checkpoint(&self, t: &Target, c: &Checkpoint, s: &Saved) {
-        let zero_pages: u64 = s.zero.iter().map(|z| z.1).sum();
+    fn report_checkpoint(&self, t: &Target, c: &Checkpoint, s: &Saved, held: bool) {
+        let blank_pages: u64 = s.blank.iter().map(|b| b.pages).sum();
         let stale = match c.stale {
             Stale::No => 0,
             Stale::Layout => abi::STALE_LAYOUT,
@@ -125,7 +165,7 @@ impl Engine {
         self.report().detail(
             "checkpoint",
             &format!(
-                "checkpoint of pid {}: {} saved ({} pages by BPF in {:?}, {} from user space), {zero_pages} pages absent",
+                "checkpoint of pid {}: {} saved ({} pages by BPF in {:?}, {} from user space), {blank_pages} pages absent or untouched",
                 t.pid,
                 human((s.bpf + s.user) * PAGE),
                 s.bpf,
@@ -136,9 +176,10 @@ impl Engine {
                 ("pid", J::N(t.pid as u64)),
                 ("pages_bpf", J::N(s.bpf)),
                 ("pages_user", J::N(s.user)),
-                ("pages_absent", J::N(zero_pages)),
+                ("pages_absent", J::N(blank_pages)),
+                ("pages_unmarked_data", J::N(s.unmarked)),
                 ("kernel_ns", J::N(c.ns)),
-                ("held", J::B(c.held)),
+                ("held", J::B(held)),
                 ("stale", J::N(stale)),
                 ("table_seq", J::N(c.table_seq)),
                 ("applied_seq", J::N(t.applied_seq)),
@@ -147,20 +188,25 @@ impl Engine {
     }
 
     /// Completes an image of which BPF saved the first `saved` slots (in
-    /// region order): every other page of the region table is read from user
-    /// space if it may hold data, or recorded as a zero range. Returns the
-    /// pages added and the zero ranges.
-    fn complete(&mut self, t: &mut Target, saved: u64) -> Result<(u64, Vec<(u64, u64)>)> {
-        let Plan { read: todo, zero } = self.plan_completion(t, saved)?;
-        let need = saved + todo.len() as u64;
+    /// region order) with the current region table: every other page is
+    /// read from user space if it may hold data, or recorded as blank.
+    fn complete(&mut self, t: &mut Target, saved: u64) -> Result<Saved> {
+        let written = self.written(t.pid)?;
+        let plan = self.plan_completion(t, saved, &written)?;
+        let need = saved + plan.read.len() as u64;
         if need > t.store.as_ref().map_or(0, Storage::capacity) {
             let want = Storage::with_headroom(need);
             let new = match &t.store {
                 Some(old) if saved > 0 => old.grown(want, saved, self.opts.max_memory)?,
                 _ => Storage::create(want, self.opts.max_memory)?,
             };
-            self.install_store(t, new)?;
-            self.push_config()?;
+            self.cfg.capacity = new.capacity();
+            let version = self
+                .probes
+                .publish(&mut self.cfg, |tb| tb.install_store(&new))?;
+            t.published(version);
+            t.stats.peak_store_bytes = t.stats.peak_store_bytes.max(new.kernel_bytes());
+            t.store = Some(new);
         }
         let store = t
             .store
@@ -169,6 +215,7 @@ impl Engine {
         // Opened per request: /proc/PID/mem stays bound to the mm it was
         // opened on, and the target may have exec'd since.
         let mem = Mem::open(t.pid)?;
+        let todo = &plan.read;
         // Read runs of consecutive pages straight into consecutive slots.
         let mut i = 0;
         while i < todo.len() {
@@ -183,84 +230,144 @@ impl Engine {
             }
             i += n;
         }
+        let unmarked = plan
+            .unmarked
+            .iter()
+            .filter(|&&k| store.pages(saved + k as u64, 1).iter().any(|&b| b != 0))
+            .count() as u64;
         // Pages saved here hold data whether or not a fault announced it:
         // make sure the next checkpoint reads them too.
         self.mark_written(t.pid, todo.iter().copied())?;
-        Ok((todo.len() as u64, zero))
+        Ok(Saved {
+            bpf: 0,
+            user: todo.len() as u64,
+            blank: plan.blank,
+            regions: t.regions.clone(),
+            seq: t.applied_seq,
+            unmarked,
+        })
     }
 
     /// The pages of the region table not among the first `saved` slots:
-    /// those that may hold data (to read) and the rest as zero ranges.
-    fn plan_completion(&self, t: &Target, saved: u64) -> Result<Plan> {
-        let pm = Pagemap::open(t.pid)?;
+    /// those that may hold data (to read) and the rest as blank ranges.
+    /// Guard pages are neither.
+    fn plan_completion(&self, t: &Target, saved: u64, written: &Written) -> Result<Plan> {
+        let res = Residency::open(t.pid, self.zero_pfn)?;
         let store = t.store.as_ref();
-        let mut cursor = 0u64;
-        let mut next_saved = |addr: u64| -> bool {
-            // Saved addresses ascend with the region table.
-            while cursor < saved {
-                let a = store.map_or(u64::MAX, |s| s.addr(cursor));
-                if a >= addr {
-                    if a == addr {
-                        cursor += 1;
-                        return true;
+        let mut saved_addrs = (0..saved)
+            .map(|s| store.map_or(u64::MAX, |st| st.addr(s)))
+            .peekable();
+        let mut plan = Plan::default();
+        for r in t.regions.iter() {
+            let runs = if r.kind == Kind::SharedAnon {
+                // Shared memory may hold pages that are not mapped here yet.
+                vec![Run {
+                    start: r.start,
+                    end: r.end,
+                    flags: P_PRESENT,
+                }]
+            } else {
+                res.runs(r.start, r.end)?
+            };
+            let mut at = r.start;
+            for run in runs.iter().chain(std::iter::once(&Run {
+                start: r.end,
+                end: r.end,
+                flags: 0,
+            })) {
+                // Absent pages before the run: blank, unless BPF saved them.
+                while at < run.start {
+                    let next = saved_in(&mut saved_addrs, at, run.start);
+                    plan.blank(at, next.unwrap_or(run.start), r.kind);
+                    match next {
+                        Some(a) => at = a + PAGE,
+                        None => at = run.start,
                     }
-                    return false;
                 }
-                cursor += 1;
-            }
-            false
-        };
-        let written = self.written(t.pid)?;
-        let mut todo: Vec<u64> = Vec::new();
-        let mut zero: Vec<(u64, u64)> = Vec::new();
-        let mut flags = Vec::new();
-        for r in &t.regions {
-            flags.clear();
-            pm.read(r.start, r.pages(), &mut flags)?;
-            for (i, f) in flags.iter().enumerate() {
-                let addr = r.start + i as u64 * PAGE;
-                if next_saved(addr) {
-                    continue;
+                for addr in run.pages() {
+                    if saved_in(&mut saved_addrs, addr, addr + PAGE).is_some()
+                        || run.flags & P_GUARD != 0
+                    {
+                        continue;
+                    }
+                    if run.may_hold_data(r.kind) {
+                        if r.tracked && !written.marked(addr) {
+                            plan.unmarked.push(plan.read.len());
+                        }
+                        plan.read.push(addr);
+                    } else {
+                        plan.blank(addr, addr + PAGE, r.kind);
+                    }
                 }
-                let maybe_data = r.kind != Kind::Anon
-                    || written.anon_page_may_hold_data(addr, *f, self.zero_pfn);
-                if maybe_data {
-                    todo.push(addr);
-                } else {
-                    push_range(&mut zero, addr, addr + PAGE);
-                }
+                at = at.max(run.end);
             }
         }
-        Ok(Plan { read: todo, zero })
+        Ok(plan)
     }
 }
 
+/// The next saved address in `[from, to)`, consumed; saved addresses below
+/// `from` are skipped (they ascend with the region table).
+fn saved_in(
+    saved: &mut std::iter::Peekable<impl Iterator<Item = u64>>,
+    from: u64,
+    to: u64,
+) -> Option<u64> {
+    while let Some(&a) = saved.peek() {
+        let a = a & !abi::ADDR_FAILED;
+        if a < from {
+            saved.next();
+        } else if a < to {
+            saved.next();
+            return Some(a);
+        } else {
+            return None;
+        }
+    }
+    None
+}
+
 /// How user space completes an image.
+#[derive(Default)]
 struct Plan {
     /// Pages to read, ascending.
     read: Vec<u64>,
-    /// Pages absent at the checkpoint, as `(start, pages)`.
-    zero: Vec<(u64, u64)>,
+    /// Indices into `read` of pages in tracked regions never marked written.
+    unmarked: Vec<usize>,
+    blank: Vec<Blank>,
 }
 
-/// Appends `[start, end)` to `ranges` (`(start, pages)`), merging with the
-/// last range when they touch.
-fn push_range(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) {
+impl Plan {
+    fn blank(&mut self, start: u64, end: u64, kind: Kind) {
+        push_blank(&mut self.blank, start, end, kind == Kind::File);
+    }
+}
+
+/// Appends `[start, end)` to `ranges`, merging with the last range when they
+/// touch and are of the same kind.
+fn push_blank(ranges: &mut Vec<Blank>, start: u64, end: u64, file: bool) {
     if end <= start {
         return;
     }
     match ranges.last_mut() {
-        Some(last) if last.0 + last.1 * PAGE == start => last.1 += (end - start) / PAGE,
-        _ => ranges.push((start, (end - start) / PAGE)),
+        Some(last) if last.end() == start && last.file == file => {
+            last.pages += (end - start) / PAGE
+        }
+        _ => ranges.push(Blank {
+            start,
+            pages: (end - start) / PAGE,
+            file,
+        }),
     }
 }
 
 /// The pages of `regions` not among the first `saved` slots of `store`
-/// (whose addresses ascend in region order), as (start, pages) ranges.
-fn gaps(regions: &[Region], store: &Storage, saved: u64) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
+/// (whose addresses ascend in region order), as blank ranges.
+fn gaps(regions: &[Region], store: &Storage, saved: u64) -> Vec<Blank> {
+    let mut out = Vec::new();
     let mut slot = 0;
     for r in regions {
+        let file = r.kind == Kind::File;
         let mut at = r.start;
         while slot < saved {
             let a = store.addr(slot) & !abi::ADDR_FAILED;
@@ -268,12 +375,12 @@ fn gaps(regions: &[Region], store: &Storage, saved: u64) -> Vec<(u64, u64)> {
                 break;
             }
             if a >= at {
-                push_range(&mut out, at, a);
+                push_blank(&mut out, at, a, file);
                 at = a + PAGE;
             }
             slot += 1;
         }
-        push_range(&mut out, at, r.end);
+        push_blank(&mut out, at, r.end, file);
     }
     out
 }
@@ -283,12 +390,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges_merge_when_they_touch() {
+    fn blanks_merge_when_they_touch_and_are_alike() {
         let mut r = Vec::new();
-        push_range(&mut r, 0, PAGE);
-        push_range(&mut r, PAGE, 3 * PAGE);
-        push_range(&mut r, 5 * PAGE, 6 * PAGE);
-        push_range(&mut r, 6 * PAGE, 6 * PAGE);
-        assert_eq!(r, vec![(0, 3), (5 * PAGE, 1)]);
+        push_blank(&mut r, 0, PAGE, false);
+        push_blank(&mut r, PAGE, 3 * PAGE, false);
+        push_blank(&mut r, 3 * PAGE, 4 * PAGE, true);
+        push_blank(&mut r, 5 * PAGE, 6 * PAGE, true);
+        push_blank(&mut r, 6 * PAGE, 6 * PAGE, true);
+        assert_eq!(
+            r,
+            vec![
+                Blank {
+                    start: 0,
+                    pages: 3,
+                    file: false
+                },
+                Blank {
+                    start: 3 * PAGE,
+                    pages: 1,
+                    file: true
+                },
+                Blank {
+                    start: 5 * PAGE,
+                    pages: 1,
+                    file: true
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn saved_addresses_are_taken_in_order() {
+        let mut it = [PAGE, 3 * PAGE, 9 * PAGE].into_iter().peekable();
+        assert_eq!(saved_in(&mut it, 0, PAGE), None);
+        assert_eq!(saved_in(&mut it, 2 * PAGE, 5 * PAGE), Some(3 * PAGE));
+        assert_eq!(saved_in(&mut it, 5 * PAGE, 10 * PAGE), Some(9 * PAGE));
+        assert_eq!(saved_in(&mut it, 0, u64::MAX), None);
     }
 }

@@ -2,12 +2,12 @@
 
 use super::Engine;
 use super::serve::Target;
+use crate::Result;
 use crate::ckpt::abi;
 use crate::ckpt::probes::StateField;
-use crate::ckpt::procfs::{self, Kind, PAGE, Pagemap, Region};
+use crate::ckpt::procfs::{self, Kind, P_PRESENT, Region, Residency};
 use crate::ckpt::storage::Storage;
-use crate::ckpt::touched::Written;
-use crate::{Error, Result};
+use std::rc::Rc;
 
 impl Engine {
     /// Rereads the target's mappings into the probes' region table.
@@ -17,84 +17,110 @@ impl Engine {
         self.probes.set_state(StateField::Notified, 0)?;
         let seq = self.probes.state(StateField::LayoutSeq)?;
         let maps = procfs::read_maps(t.pid)?;
-        let regions = procfs::captured(&maps, &procfs::stack_pointers(t.pid), self.opts.anon_only);
-        if regions.len() > abi::MAX_REGIONS as usize {
-            return Err(Error::new(format!(
-                "pid {} has {} mappings to capture; the region table holds {}",
-                t.pid,
-                regions.len(),
-                abi::MAX_REGIONS
-            )));
-        }
-        // Seqlock: invalidate, rewrite, validate.
-        self.cfg.applied_seq = u64::MAX;
-        self.push_config()?;
-        self.probes
-            .write_regions(&regions, |r| r.kind == Kind::Anon)?;
+        let regions = procfs::captured(&maps, &self.live_stacks(t), self.opts.anon_only);
         if self.opts.report.verbose > 1 {
             for r in &regions {
                 eprintln!("bpfckpt:   region {:#x}-{:#x} {:?}", r.start, r.end, r.kind);
             }
         }
-        if t.image.is_none() {
-            self.size_store(t, &regions)?;
-        }
-        self.cfg.nregions = regions.len() as u32;
+        let store = if t.image.is_none() {
+            self.store_for(t, &regions)?
+        } else {
+            None
+        };
+        let rows: Vec<(u64, u64, u64)> = regions
+            .iter()
+            .map(|r| {
+                (
+                    r.start,
+                    r.pages(),
+                    if r.tracked { abi::R_TRACKED } else { 0 },
+                )
+            })
+            .collect();
+        self.cfg.nregions = u32::try_from(rows.len())
+            .map_err(|_| crate::Error::new(format!("pid {} has {} mappings", t.pid, rows.len())))?;
         self.cfg.total_pages = regions.iter().map(Region::pages).sum();
         self.cfg.applied_seq = seq;
-        self.push_config()?;
-        t.regions = regions;
+        if let Some(s) = &store {
+            self.cfg.capacity = s.capacity();
+        }
+        let version = self.probes.publish(&mut self.cfg, |tb| {
+            if let Some(s) = &store {
+                tb.install_store(s)?;
+            }
+            tb.regions(&rows)
+        })?;
+        if let Some(s) = store {
+            t.stats.peak_store_bytes = t.stats.peak_store_bytes.max(s.kernel_bytes());
+            t.store = Some(s);
+        }
+        t.regions = Rc::new(regions);
         t.maps = maps;
         t.applied_seq = seq;
         t.layout_dirty = false;
+        t.published(version);
         Ok(())
     }
 
-    /// Nothing to preserve yet: sizes the store to what a checkpoint would
-    /// save now, with a little room to grow.
-    fn size_store(&mut self, t: &mut Target, regions: &[Region]) -> Result<()> {
-        let need = count_to_save(t.pid, regions, &self.written(t.pid)?, self.zero_pfn)?;
-        if t.store.as_ref().is_none_or(|s| s.capacity() < need) {
-            let store = Storage::create(Storage::with_headroom(need), self.opts.max_memory)?;
-            self.install_store(t, store)?;
+    /// Where the target's threads run: the stacks their `clone` calls
+    /// named, and the stack pointers of threads blocked (or stopped) now.
+    pub(super) fn live_stacks(&self, t: &Target) -> Vec<u64> {
+        let mut s = procfs::stack_pointers(t.pid);
+        s.extend_from_slice(&t.thread_stacks);
+        s
+    }
+
+    /// Nothing to preserve yet: a store sized to what a checkpoint would
+    /// save now, with a little room to grow, if the current one is smaller.
+    fn store_for(&mut self, t: &Target, regions: &[Region]) -> Result<Option<Storage>> {
+        let need = self.count_to_save(t.pid, regions)?;
+        if t.store.as_ref().is_some_and(|s| s.capacity() >= need) {
+            return Ok(None);
         }
-        Ok(())
+        Storage::create(Storage::with_headroom(need), self.opts.max_memory).map(Some)
     }
 
-    pub(super) fn install_store(&mut self, t: &mut Target, s: Storage) -> Result<()> {
-        self.probes.install_store(&s)?;
-        self.cfg.capacity = s.capacity();
-        t.stats.peak_store_bytes = t.stats.peak_store_bytes.max(s.kernel_bytes());
-        t.store = Some(s);
-        Ok(())
-    }
-}
-
-/// Pages a checkpoint would save now: present or swapped anonymous pages,
-/// every page of shared-anonymous and file-backed regions.
-fn count_to_save(
-    pid: i32,
-    regions: &[Region],
-    written: &Written,
-    zero_pfn: Option<u64>,
-) -> Result<u64> {
-    let pm = Pagemap::open(pid)?;
-    let mut flags = Vec::new();
-    let mut n = 0;
-    for r in regions {
-        if r.kind != Kind::Anon {
-            n += r.pages();
-            continue;
+    /// Pages a checkpoint would save now: every page of untracked regions,
+    /// and in tracked ones the pages that may hold data or were written.
+    fn count_to_save(&self, pid: i32, regions: &[Region]) -> Result<u64> {
+        let res = Residency::open(pid, self.zero_pfn)?;
+        let written = self.written(pid)?;
+        let mut n = 0;
+        for r in regions {
+            if r.kind == Kind::SharedAnon {
+                n += r.pages();
+                continue;
+            }
+            for run in res.runs(r.start, r.end)? {
+                n += run
+                    .pages()
+                    .filter(|&a| {
+                        run.may_hold_data(r.kind)
+                            || !r.tracked
+                            || (run.flags & P_PRESENT != 0 && written.marked(a))
+                    })
+                    .count() as u64;
+            }
         }
-        flags.clear();
-        pm.read(r.start, r.pages(), &mut flags)?;
-        n += flags
-            .iter()
-            .enumerate()
-            .filter(|(i, f)| {
-                written.anon_page_may_hold_data(r.start + *i as u64 * PAGE, **f, zero_pfn)
-            })
-            .count() as u64;
+        Ok(n)
     }
-    Ok(n)
+
+    /// Marks the pages that hold data now as written: the target may have
+    /// written them before the probes served it (a `watch` target's exec).
+    pub(super) fn seed_written(&self, t: &Target) -> Result<()> {
+        if self.exhaustive() {
+            return Ok(());
+        }
+        let res = Residency::open(t.pid, self.zero_pfn)?;
+        let mut pages = Vec::new();
+        for r in t.regions.iter().filter(|r| r.tracked) {
+            for run in res.runs(r.start, r.end)? {
+                if run.may_hold_data(r.kind) {
+                    pages.extend(run.pages());
+                }
+            }
+        }
+        self.mark_written(t.pid, pages.into_iter())
+    }
 }

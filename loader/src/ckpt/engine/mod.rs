@@ -83,8 +83,6 @@ pub struct Engine {
     /// Config flags that hold for every target (exhaustive, THP).
     base_flags: u32,
     bpf_write: bool,
-    /// Swap is on: a page BPF cannot write may be swapped out, not absent.
-    swap: bool,
     /// Frame of the shared zero page, if pagemap shows frames.
     zero_pfn: Option<u64>,
     opts: Options,
@@ -106,12 +104,11 @@ impl Engine {
         let watchdog = Watchdog::spawn()?;
         let probes = Probes::load(bpf_write, opts.report, opts.exhaustive)?;
         let base_flags = base_flags(opts.exhaustive || !probes.tracking());
-        let e = Self {
+        let mut e = Self {
             cfg: initial_config(&triggers),
             probes,
             base_flags,
             bpf_write,
-            swap: swap_enabled(),
             zero_pfn: super::procfs::zero_pfn(),
             opts,
             triggers,
@@ -169,8 +166,9 @@ impl Engine {
         self.bpf_write
     }
 
-    fn push_config(&self) -> Result<()> {
-        self.probes.push_config(&self.cfg)
+    /// Publishes the config (nothing else changes).
+    fn push_config(&mut self) -> Result<()> {
+        self.probes.publish(&mut self.cfg, |_| Ok(())).map(drop)
     }
 
     /// Sets the process name `watch` waits for (first 15 bytes, as the kernel keeps it).
@@ -211,10 +209,40 @@ fn signals_as_events() -> Result<SignalFd> {
 
 /// Flags for every target: exhaustive, and whether THP maps whole chunks.
 fn base_flags(exhaustive: bool) -> u32 {
-    let thp_always = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .is_ok_and(|s| s.contains("[always]"));
     (if exhaustive { abi::F_EXHAUSTIVE } else { 0 })
-        | if thp_always { abi::F_THP_ALWAYS } else { 0 }
+        | if thp_for_all_memory(THP_SYSFS) {
+            abi::F_THP_ALWAYS
+        } else {
+            0
+        }
+}
+
+const THP_SYSFS: &str = "/sys/kernel/mm/transparent_hugepage";
+
+/// Whether a fault anywhere may be backed by a huge page, so that later
+/// writes next to it fault no more: the top-level knob, or any per-size
+/// knob (PMD size or multi-size THP) set to `always`, or to `inherit`
+/// while the top level says `always`. (With `madvise`, only ranges the
+/// target marked with MADV_HUGEPAGE; the probes see that call.)
+fn thp_for_all_memory(dir: &str) -> bool {
+    let selected = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| {
+                let (_, rest) = s.split_once('[')?;
+                rest.split_once(']').map(|(v, _)| v.to_string())
+            })
+            .unwrap_or_default()
+    };
+    let top = selected(&std::path::Path::new(dir).join("enabled")) == "always";
+    let sizes = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    top || sizes
+        .filter(|e| e.file_name().to_string_lossy().starts_with("hugepages-"))
+        .any(|e| match selected(&e.path().join("enabled")).as_str() {
+            "always" => true,
+            "inherit" => top,
+            _ => false,
+        })
 }
 
 fn initial_config(triggers: &Triggers) -> Config {
@@ -222,6 +250,7 @@ fn initial_config(triggers: &Triggers) -> Config {
     Config {
         tgid: 0,
         flags: 0,
+        version: 0,
         applied_seq: u64::MAX,
         nregions: 0,
         nzero: 0,
@@ -229,14 +258,11 @@ fn initial_config(triggers: &Triggers) -> Config {
         zero_pages: 0,
         capacity: 0,
         image_slots: 0,
+        image_seq: u64::MAX,
         watch_comm: [0; abi::COMM_LEN],
         ckpt_path: path(markers::CHECKPOINT_REQUEST),
         restore_path: path(markers::RESTORE_REQUEST),
     }
-}
-
-fn swap_enabled() -> bool {
-    std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1)
 }
 
 /// One clear line when we cannot use BPF at all.
@@ -262,4 +288,69 @@ fn check_privileges() -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn knobs(top: &str, sizes: &[(&str, &str)]) -> tempdir::Dir {
+        let d = tempdir::Dir::new();
+        std::fs::write(d.0.join("enabled"), top).unwrap();
+        for (size, v) in sizes {
+            let p = d.0.join(format!("hugepages-{size}"));
+            std::fs::create_dir(&p).unwrap();
+            std::fs::write(p.join("enabled"), v).unwrap();
+        }
+        d
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let p =
+                    std::env::temp_dir().join(format!("bpfckpt-thp-{}-{n}", std::process::id()));
+                std::fs::create_dir_all(&p).unwrap();
+                Self(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn thp_for_all_memory_reads_every_knob() {
+        let on = |d: &tempdir::Dir| thp_for_all_memory(d.0.to_str().unwrap());
+        assert!(on(&knobs("[always] madvise never\n", &[])));
+        assert!(!on(&knobs(
+            "always [madvise] never\n",
+            &[("2048kB", "always inherit [madvise] never")]
+        )));
+        assert!(on(&knobs(
+            "always [madvise] never\n",
+            &[("2048kB", "[always] inherit madvise never")]
+        )));
+        assert!(on(&knobs(
+            "always [madvise] never\n",
+            &[("64kB", "[always] inherit madvise never")]
+        )));
+        assert!(!on(&knobs(
+            "always [madvise] never\n",
+            &[("64kB", "always [inherit] madvise never")]
+        )));
+        assert!(on(&knobs(
+            "[always] madvise never\n",
+            &[("64kB", "always [inherit] madvise never")]
+        )));
+        assert!(!on(&knobs(
+            "always madvise [never]\n",
+            &[("16kB", "always inherit madvise [never]")]
+        )));
+    }
 }

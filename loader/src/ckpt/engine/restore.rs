@@ -1,18 +1,22 @@
-//! Restores from user space: the pages BPF could not write (or all of
-//! them, without the write helper) and the zeroing of pages absent at the
-//! checkpoint, while the target is held at its trigger.
+//! Restores from user space, with the target held at its trigger: the pages
+//! BPF could not write (or all of them, without the write helper or when
+//! the probe left everything to us), and the blank pages written since the
+//! checkpoint: anonymous ones zeroed, file ones read back from the file.
 
 use super::Engine;
-use super::checkpoint::Image;
+use super::checkpoint::{Blank, Image};
 use super::serve::{Target, cont, wait_stopped};
 use crate::ckpt::abi;
 use crate::ckpt::events::{Restore, ZeroTodo};
 use crate::ckpt::markers;
 use crate::ckpt::memio::{Mem, ZERO_PAGE};
 use crate::ckpt::probes::StateField;
-use crate::ckpt::procfs::{self, Mapping, PAGE, PM_PRESENT, PM_SWAPPED, Pagemap};
+use crate::ckpt::procfs::{self, Kind, Mapping, P_GUARD, PAGE, Residency};
 use crate::ckpt::report::J;
 use crate::{Error, Result};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 /// What user space did for one restore.
@@ -20,8 +24,31 @@ use std::time::{Duration, Instant};
 struct UserWrites {
     written: u64,
     zeroed: u64,
-    /// Saved pages whose address is no longer writable.
+    reverted: u64,
+    /// Saved pages whose memory is gone or is something else now.
     skipped: u64,
+}
+
+/// Where a restore may write, as the target is now.
+struct Now<'a> {
+    maps: &'a [Mapping],
+    stacks: Vec<u64>,
+    image: &'a Image,
+}
+
+impl Now<'_> {
+    /// Inside a current mapping that is still the memory the image holds
+    /// for `addr` (same kind, same file at the same offset), never a live
+    /// stack.
+    fn mapping(&self, addr: u64) -> Option<&Mapping> {
+        let i = self.maps.partition_point(|m| m.end <= addr);
+        let m = self.maps.get(i).filter(|m| m.contains(addr))?;
+        let regions = &self.image.regions;
+        let j = regions.partition_point(|r| r.end <= addr);
+        let r = regions.get(j).filter(|r| r.contains(addr))?;
+        let live_stack = self.stacks.iter().any(|&sp| m.contains(sp));
+        (r.same_memory(m, addr) && !live_stack).then_some(m)
+    }
 }
 
 impl Engine {
@@ -62,10 +89,11 @@ impl Engine {
         s.pages_zeroed_bpf += r.zeroed;
         s.pages_restored_user += done.written;
         s.pages_zeroed_user += done.zeroed;
+        s.pages_reverted_user += done.reverted;
         s.pages_skipped_unmapped += done.skipped;
         if done.skipped > 0 {
             self.opts.report.warn(&format!(
-                "pid {}: {} saved pages are no longer mapped; not restored",
+                "pid {}: {} saved pages are no longer mapped as they were; not restored",
                 t.pid, done.skipped
             ));
         }
@@ -88,25 +116,52 @@ impl Engine {
             fresh = procfs::read_maps(t.pid)?;
             &fresh
         };
-        let stacks = procfs::stack_pointers(t.pid);
+        let now = Now {
+            maps,
+            stacks: self.live_stacks(t),
+            image,
+        };
         // Opened per request: /proc/PID/mem stays bound to the mm it was
         // opened on, and the target may have exec'd since.
         let mem = Mem::open(t.pid)?;
-        let store = t
-            .store
-            .as_mut()
-            .ok_or_else(|| Error::new("no page store"))?;
-        let by_bpf = self.bpf_write;
-        // With the BPF path only the pages it marked failed remain.
+        let res = Residency::open(t.pid, self.zero_pfn)?;
+        let all = r.partial || !self.bpf_write;
+        let mut done = self.write_saved(t.pid, &mut t.store, &now, &mem, &res, all)?;
+        let blank = match r.zero_todo {
+            ZeroTodo::Listed(n) if !self.bpf_write && !r.partial => {
+                let listed: Vec<u64> = self.probes.zero_todo(n).collect();
+                listed_blanks(&res, &image.blank, &listed)?
+            }
+            ZeroTodo::Listed(_) if self.bpf_write && !r.partial && r.zero_failed == 0 => Vec::new(),
+            _ => scan_blanks(&res, &image.blank)?,
+        };
+        let (zeroed, reverted) =
+            self.rewrite_blanks(t.pid, &now, &mem, &blank, &mut done.skipped)?;
+        done.zeroed = zeroed;
+        done.reverted = reverted;
+        Ok(done)
+    }
+
+    /// Writes the saved pages (every one, or those BPF marked failed).
+    fn write_saved(
+        &self,
+        pid: i32,
+        store: &mut Option<crate::ckpt::storage::Storage>,
+        now: &Now<'_>,
+        mem: &Mem,
+        res: &Residency,
+        all: bool,
+    ) -> Result<UserWrites> {
+        let store = store.as_mut().ok_or_else(|| Error::new("no page store"))?;
         let mut slots = Vec::new();
         let mut skipped = 0;
-        for s in 0..image.slots {
+        for s in 0..now.image.slots {
             let a = store.addr(s);
-            if by_bpf && a & abi::ADDR_FAILED == 0 {
+            if !all && a & abi::ADDR_FAILED == 0 {
                 continue;
             }
             let a = a & !abi::ADDR_FAILED;
-            if writable(maps, &stacks, a) {
+            if now.mapping(a).is_some() {
                 slots.push((s, a));
             } else {
                 skipped += 1;
@@ -114,47 +169,62 @@ impl Engine {
         }
         // Consecutive slots holding consecutive pages go as one iovec:
         // per-page iovecs cost the kernel a page pin each.
-        mem.write_pages(runs(&slots).map(|(s, a, n)| (a, store.pages(s, n))))?;
+        let failed = mem.write_pages(runs(&slots).map(|(s, a, n)| (a, store.pages(s, n))))?;
+        skipped += unwritable(res, &failed)?;
         for &(s, a) in &slots {
             store.set_addr(s, a)?;
         }
         // Writes from user space fault nothing: record them, or the next
         // checkpoint would take these pages for never written.
-        self.mark_written(t.pid, slots.iter().map(|&(_, a)| a))?;
-        let zeroed = match r.zero_todo {
-            ZeroTodo::Listed(n) if !by_bpf => {
-                // The probe listed the zero-range pages written since.
-                let pages: Vec<u64> = self
-                    .probes
-                    .zero_todo(n)
-                    .filter(|&a| writable(maps, &stacks, a))
-                    .collect();
-                mem.write_pages(pages.iter().map(|&a| (a, &ZERO_PAGE[..])))?;
-                pages.len() as u64
-            }
-            _ if !by_bpf || image.zero_in_user || r.zero_failed != 0 => {
-                zero_dirty(t.pid, &mem, &image.zero, maps, &stacks)?
-            }
-            _ => 0,
-        };
+        self.mark_written(pid, slots.iter().map(|&(_, a)| a))?;
         Ok(UserWrites {
-            written: slots.len() as u64,
-            zeroed,
+            written: slots.len() as u64 - failed.len() as u64,
             skipped,
+            ..Default::default()
         })
+    }
+
+    /// Zeroes the anonymous pages and reads back the file pages among
+    /// `pages` (blank pages written since the checkpoint).
+    fn rewrite_blanks(
+        &self,
+        pid: i32,
+        now: &Now<'_>,
+        mem: &Mem,
+        pages: &[(u64, bool)],
+        skipped: &mut u64,
+    ) -> Result<(u64, u64)> {
+        let mut zeros = Vec::new();
+        let mut files = FileReader::new(pid);
+        let mut contents = Vec::new();
+        for &(a, file) in pages {
+            let Some(m) = now.mapping(a) else { continue };
+            if file {
+                contents.push((a, files.page(m, a)?));
+            } else {
+                zeros.push(a);
+            }
+        }
+        let mut failed = mem.write_pages(zeros.iter().map(|&a| (a, &ZERO_PAGE[..])))?;
+        failed.extend(mem.write_pages(contents.iter().map(|(a, d)| (*a, &d[..])))?);
+        *skipped += failed.len() as u64;
+        let written = zeros.iter().chain(contents.iter().map(|(a, _)| a));
+        self.mark_written(pid, written.copied().filter(|a| !failed.contains(a)))?;
+        Ok((zeros.len() as u64, contents.len() as u64))
     }
 
     fn report_restore(&self, t: &Target, r: &Restore, d: &UserWrites) {
         self.report().detail(
             "restore",
             &format!(
-                "restore of pid {}: {} pages by BPF ({} zeroed) in {:?}, {} from user space ({} zeroed)",
+                "restore of pid {}: {} pages by BPF ({} zeroed) in {:?}, {} from user space ({} zeroed, {} from files)",
                 t.pid,
                 r.written,
                 r.zeroed,
                 Duration::from_nanos(r.ns),
                 d.written,
                 d.zeroed,
+                d.reverted,
             ),
             &[
                 ("pid", J::N(t.pid as u64)),
@@ -162,11 +232,114 @@ impl Engine {
                 ("zeroed_bpf", J::N(r.zeroed)),
                 ("pages_user", J::N(d.written)),
                 ("zeroed_user", J::N(d.zeroed)),
+                ("reverted_user", J::N(d.reverted)),
                 ("skipped_unmapped", J::N(d.skipped)),
                 ("kernel_ns", J::N(r.ns)),
                 ("held", J::B(r.held)),
+                ("partial", J::B(r.partial)),
             ],
         );
+    }
+}
+
+/// Pages that could not be written: guard pages installed since are left
+/// guards and counted; anything else is an error.
+fn unwritable(res: &Residency, failed: &[u64]) -> Result<u64> {
+    for &a in failed {
+        let guard = res
+            .runs(a, a + PAGE)?
+            .first()
+            .is_some_and(|r| r.flags & P_GUARD != 0);
+        if !guard {
+            return Err(Error::new(format!(
+                "cannot write the target's memory at {a:#x}"
+            )));
+        }
+    }
+    Ok(failed.len() as u64)
+}
+
+/// The blank pages that hold something now, by scanning every blank range.
+fn scan_blanks(res: &Residency, blank: &[Blank]) -> Result<Vec<(u64, bool)>> {
+    let mut out = Vec::new();
+    for b in blank {
+        let kind = if b.file { Kind::File } else { Kind::Anon };
+        for run in res.runs(b.start, b.end())? {
+            if run.may_hold_data(kind) {
+                out.extend(run.pages().map(|a| (a, b.file)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Of the pages the probe listed (blank pages written since), those that
+/// hold something now (not dropped again, not the zero page).
+fn listed_blanks(res: &Residency, blank: &[Blank], listed: &[u64]) -> Result<Vec<(u64, bool)>> {
+    let mut out = Vec::new();
+    let mut sorted = listed.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    // One residency query per 2 MiB chunk of listed pages.
+    for chunk in sorted.chunk_by(|a, b| a >> abi::CHUNK_SHIFT == b >> abi::CHUNK_SHIFT) {
+        let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
+        let runs = res.runs(first, last + PAGE)?;
+        for &a in chunk {
+            let i = blank.partition_point(|b| b.end() <= a);
+            let Some(b) = blank.get(i).filter(|b| b.start <= a) else {
+                continue;
+            };
+            let kind = if b.file { Kind::File } else { Kind::Anon };
+            if runs
+                .iter()
+                .any(|r| r.start <= a && a < r.end && r.may_hold_data(kind))
+            {
+                out.push((a, b.file));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the bytes a file page holds, through the target's
+/// `/proc/PID/map_files` (which keeps working if the file was renamed or
+/// deleted).
+struct FileReader {
+    pid: i32,
+    open: HashMap<(u64, u64), File>,
+}
+
+impl FileReader {
+    fn new(pid: i32) -> Self {
+        Self {
+            pid,
+            open: HashMap::new(),
+        }
+    }
+
+    fn page(&mut self, m: &Mapping, addr: u64) -> Result<Vec<u8>> {
+        if !self.open.contains_key(&(m.start, m.end)) {
+            let p = format!("/proc/{}/map_files/{:x}-{:x}", self.pid, m.start, m.end);
+            let f = File::open(&p).map_err(|e| Error::from(e).context(format!("open {p}")))?;
+            self.open.insert((m.start, m.end), f);
+        }
+        let f = &self.open[&(m.start, m.end)];
+        let mut buf = vec![0u8; PAGE as usize];
+        let at = m.offset + (addr - m.start);
+        let mut got = 0;
+        // Past the end of the file the page reads as zeros, as it maps.
+        while got < buf.len() {
+            match f.read_at(&mut buf[got..], at + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => {
+                    return Err(
+                        Error::from(e).context(format!("read the file mapped at {addr:#x}"))
+                    );
+                }
+            }
+        }
+        Ok(buf)
     }
 }
 
@@ -185,45 +358,6 @@ fn runs(slots: &[(u64, u64)]) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
         }
         i += n as usize;
         Some((s, a, n))
-    })
-}
-
-/// Zeroes, from user space, pages of the zero ranges that are present (or
-/// swapped) now; untouched pages are left alone (they read as zero).
-fn zero_dirty(
-    pid: i32,
-    mem: &Mem,
-    zero: &[(u64, u64)],
-    maps: &[Mapping],
-    stacks: &[u64],
-) -> Result<u64> {
-    let pm = Pagemap::open(pid)?;
-    let mut flags = Vec::new();
-    let mut todo = Vec::new();
-    for &(start, n) in zero {
-        flags.clear();
-        if pm.read(start, n, &mut flags).is_err() {
-            continue; // unmapped since: nothing to zero
-        }
-        for (i, f) in flags.iter().enumerate() {
-            let a = start + i as u64 * PAGE;
-            if f & (PM_PRESENT | PM_SWAPPED) != 0 && writable(maps, stacks, a) {
-                todo.push(a);
-            }
-        }
-    }
-    mem.write_pages(todo.iter().map(|&a| (a, &ZERO_PAGE[..])))?;
-    Ok(todo.len() as u64)
-}
-
-/// Where a restore may write now: inside a current mapping that is private
-/// or shared-anonymous (never a file-shared one, never outside the target).
-/// `live_stacks`: stack pointers of the (held) target's threads; a mapping
-/// holding one is a stack in use and is never written.
-fn writable(maps: &[Mapping], live_stacks: &[u64], addr: u64) -> bool {
-    let i = maps.partition_point(|m| m.end <= addr);
-    maps.get(i).is_some_and(|m| {
-        m.contains(addr) && m.writable_target() && !live_stacks.iter().any(|&sp| m.contains(sp))
     })
 }
 

@@ -12,16 +12,26 @@ use crate::ckpt::touched::Written;
 use crate::{Error, Result};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use std::collections::VecDeque;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+/// Region tables kept for checkpoints that report an older config version.
+const HISTORY: usize = 16;
 
 /// One target being served.
 pub(super) struct Target {
     pub pid: i32,
-    pub regions: Vec<Region>,
+    pub regions: Rc<Vec<Region>>,
     /// `/proc/PID/maps` as read for `regions` (valid while the layout
     /// sequence number still equals `applied_seq`).
     pub maps: Vec<Mapping>,
     pub applied_seq: u64,
+    /// The region table under each config version published, newest last:
+    /// an unheld checkpoint's copy is read against the table it walked.
+    pub history: VecDeque<(u64, Rc<Vec<Region>>)>,
+    /// An address inside each thread stack the target's `clone` calls named.
+    pub thread_stacks: Vec<u64>,
     pub layout_dirty: bool,
     /// Consecutive failed attempts to read the layout.
     pub layout_failures: u32,
@@ -30,6 +40,25 @@ pub(super) struct Target {
     pub store: Option<Storage>,
     pub image: Option<Image>,
     pub stats: Stats,
+}
+
+impl Target {
+    /// Notes that `version` was published with the current region table.
+    pub fn published(&mut self, version: u64) {
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back((version, self.regions.clone()));
+    }
+
+    /// The region table the probes saw under config `version`.
+    pub fn table_at(&self, version: u64) -> Option<Rc<Vec<Region>>> {
+        self.history
+            .iter()
+            .rev()
+            .find(|(v, _)| *v == version)
+            .map(|(_, r)| r.clone())
+    }
 }
 
 impl Engine {
@@ -78,9 +107,11 @@ impl Engine {
         self.watchdog.serving(pid);
         let mut t = Target {
             pid,
-            regions: Vec::new(),
+            regions: Rc::new(Vec::new()),
             maps: Vec::new(),
             applied_seq: u64::MAX,
+            history: VecDeque::new(),
+            thread_stacks: Vec::new(),
             layout_dirty: true,
             layout_failures: 0,
             lost_seen: self.probes.state(StateField::Lost)?,
@@ -91,6 +122,7 @@ impl Engine {
         self.start_serving(pid)?;
         let result = self
             .apply_layout(&mut t)
+            .and_then(|()| self.seed_written(&t))
             .and_then(|()| release())
             .and_then(|()| self.serve_loop(&mut t, &mut waiter));
         self.stop_serving(&t);
@@ -140,6 +172,7 @@ impl Engine {
         self.cfg.image_slots = 0;
         self.cfg.nzero = 0;
         self.cfg.zero_pages = 0;
+        self.cfg.image_seq = u64::MAX;
     }
 
     fn serve_loop(&mut self, t: &mut Target, waiter: &mut Waiter) -> Result<Outcome> {
@@ -229,6 +262,13 @@ impl Engine {
                 self.on_exec(t);
                 Ok(())
             }
+            Event::Clone { stack, .. } => {
+                if !t.thread_stacks.contains(stack) {
+                    t.thread_stacks.push(*stack);
+                }
+                t.layout_dirty = true;
+                Ok(())
+            }
             Event::Checkpoint(c) => self.on_checkpoint(t, c),
             Event::Restore(r) => self.on_restore(t, r),
         }
@@ -278,17 +318,21 @@ fn alive(pid: i32) -> bool {
     procfs::process_state(pid).is_some_and(|s| s != 'Z' && s != 'X')
 }
 
-/// The target stops on its way out of the trigger syscall.
+/// The target stops on its way out of the trigger syscall: every thread
+/// (the group stop reaches them one by one), so that none runs while user
+/// space reads or writes its memory.
 pub(super) fn wait_stopped(pid: i32) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut spin = 0u32;
     loop {
         match procfs::process_state(pid) {
-            Some('T') | Some('t') => return Ok(()),
             None | Some('Z') | Some('X') => {
                 return Err(Error::new(format!(
                     "pid {pid} exited while held for a request"
                 )));
+            }
+            Some('T') | Some('t') if procfs::all_threads_stopped(pid) == Some(true) => {
+                return Ok(());
             }
             _ => {}
         }
