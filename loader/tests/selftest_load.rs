@@ -1,5 +1,5 @@
 //! The probe object's `selftest` program, loaded by our loader into the real kernel,
-//! exercises every relocation case of DESIGN.md section 4 (legacy maps, `.data`,
+//! exercises every relocation case the loader handles (legacy maps, `.data`,
 //! `.rodata`, `.bss`, a bpf-to-bpf call, a `bpf_loop` callback) and reports what it saw;
 //! plus: the verifier's own message reaches the user, and every probe program loads,
 //! attaches and is freed on drop. These tests need root (CI runs as root); without it
@@ -7,6 +7,8 @@
 
 #[path = "../../probes/src/abi.rs"]
 mod abi;
+#[path = "../bpfload/tests/common/mod.rs"]
+mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
@@ -21,6 +23,7 @@ use bpfload::maps::Map;
 use bpfload::ringbuf::RingBuf;
 use bpfload::sys::{self, MapCreateAttr};
 use bpfload::{linker, obj};
+use common::need_root;
 
 /// What the probe keeps in `.data` / `.rodata` (probes/src/main.rs).
 const DATA: u64 = 0x1111_2222_3333_4444;
@@ -33,13 +36,6 @@ const LOOP: u64 = 55;
 const NVALS: usize = abi::ST_HITS as usize + 1;
 /// openat calls the child of the first test makes while the program is attached.
 const OPENS: u64 = 4;
-
-fn need_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests need root (bpf(2), perf_event_open(2), tracefs); CI runs them as root"
-    );
-}
 
 fn load_selftest() -> Loaded {
     load::load(

@@ -1,5 +1,7 @@
-//! sys/maps/attach/ringbuf/doctor against the real kernel. These tests need root (CI runs
+//! sys/maps/attach/ringbuf against the real kernel. These tests need root (CI runs
 //! as root); without it they fail with a clear message rather than pass silently.
+
+mod common;
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -7,23 +9,16 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bpfckpt::doctor;
 use bpfload::attach::{self, TracepointMode};
 use bpfload::insn::{Insn, asm};
 use bpfload::maps::Map;
 use bpfload::ringbuf::RingBuf;
 use bpfload::sys::{self, MapCreateAttr, ProgLoadAttr};
+use common::need_root;
 
 /// Tests that attach to the same tracepoint and spawn children run one at a time, so
 /// one test's child does not count in another's program (they filter on tgid anyway).
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn need_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests need root (bpf(2), perf_event_open(2), tracefs)"
-    );
-}
 
 fn load_tp(name: &str, insns: &[Insn]) -> bpfload::Result<OwnedFd> {
     sys::prog_load(&ProgLoadAttr {
@@ -515,53 +510,6 @@ fn sys_ringbuf_wraps_around() {
     assert_eq!(total, cfg.get_u64(1).unwrap().unwrap());
     assert!(total * 24 > 4 * 16384, "only {total} records: did not wrap");
     assert_eq!(rb.pending(), 0);
-}
-
-#[test]
-fn sys_doctor_reports_this_machine() {
-    need_root();
-    let checks = doctor::run();
-    let text = doctor::format(&checks);
-    eprintln!("{text}");
-    let get = |n: &str| {
-        checks
-            .iter()
-            .find(|c| c.name == n)
-            .unwrap_or_else(|| panic!("no check {n}:\n{text}"))
-    };
-    for ok in [
-        "bpf_loop helper",
-        "bpf_probe_read_user helper",
-        "bpf_probe_read_user_str helper",
-        "bpf_get_current_pid_tgid helper",
-        "bpf_send_signal helper",
-        "ring buffer (bpf_ringbuf_output)",
-        "tracefs",
-        "privileges",
-        "kernel BTF",
-    ] {
-        assert!(get(ok).ok, "{text}");
-    }
-    let lockdown = std::fs::read_to_string("/sys/kernel/security/lockdown").unwrap_or_default();
-    let (avail, why) = doctor::probe_write_user_available();
-    let pwu = get("bpf_probe_write_user helper");
-    assert_eq!(pwu.ok, avail);
-    if lockdown.contains("[integrity]") || lockdown.contains("[confidentiality]") {
-        assert!(!pwu.ok, "{text}");
-        assert!(
-            pwu.detail
-                .contains("cannot use helper bpf_probe_write_user#36"),
-            "{text}"
-        );
-        assert!(pwu.detail.contains("kernel lockdown"), "{text}");
-        assert!(why.contains("refused by the verifier"), "{why}");
-        assert!(
-            text.lines().any(
-                |l| l.starts_with("FAIL  bpf_probe_write_user helper: refused by the verifier")
-            )
-        );
-        assert!(text.lines().any(|l| l == "ok    bpf_loop helper"));
-    }
 }
 
 #[test]
