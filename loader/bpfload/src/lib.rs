@@ -12,6 +12,9 @@
 //!
 //! The crate knows nothing of what the programs do.
 
+// `sys` allows it for itself, and documents each block.
+#![deny(unsafe_code)]
+
 pub mod attach;
 pub mod btf;
 pub mod error;

@@ -1,0 +1,325 @@
+//! Maps: BPF_MAP_CREATE, element lookup/update/delete/iteration with buffer sizes checked
+//! against the map's, and BPF_MAP_FREEZE.
+
+use std::mem::size_of;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use super::consts::*;
+use super::info::MapInfo;
+use super::{BPF_MAP_CREATE, bpf, bpf_fd, map_info, obj_name, ptr_u64};
+use crate::{Error, Result};
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateRaw {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+    map_ifindex: u32,
+    btf_fd: u32,
+    btf_key_type_id: u32,
+    btf_value_type_id: u32,
+    btf_vmlinux_value_type_id: u32,
+}
+const _: () = assert!(size_of::<MapCreateRaw>() == 64);
+
+/// Arguments of [`map_create`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MapCreateAttr<'a> {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+    /// Sanitised by [`obj_name`].
+    pub name: &'a str,
+    /// Template inner map, for ARRAY_OF_MAPS / HASH_OF_MAPS.
+    pub inner_map_fd: Option<BorrowedFd<'a>>,
+}
+
+/// BPF_MAP_CREATE.
+pub fn map_create(a: &MapCreateAttr<'_>) -> Result<OwnedFd> {
+    let mut raw = MapCreateRaw {
+        map_type: a.map_type,
+        key_size: a.key_size,
+        value_size: a.value_size,
+        max_entries: a.max_entries,
+        map_flags: a.map_flags,
+        inner_map_fd: a.inner_map_fd.map_or(0, |f| f.as_raw_fd() as u32),
+        map_name: obj_name(a.name),
+        ..Default::default()
+    };
+    bpf_fd(BPF_MAP_CREATE, &mut raw).map_err(|e| {
+        Error::sys(
+            format!(
+                "creating map `{}` (type {}, key {} B, value {} B, {} entries, flags {:#x})",
+                a.name, a.map_type, a.key_size, a.value_size, a.max_entries, a.map_flags
+            ),
+            e,
+        )
+    })
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapElemRaw {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+const _: () = assert!(size_of::<MapElemRaw>() == 32);
+
+#[repr(C)]
+#[derive(Default)]
+struct MapFdRaw {
+    map_fd: u32,
+}
+
+/// Buffer sizes the kernel uses for a map's elements, as user space sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElemSizes {
+    pub key: usize,
+    /// For per-CPU maps: round_up(value_size, 8) * possible CPUs.
+    pub value: usize,
+}
+
+fn is_percpu(map_type: u32) -> bool {
+    matches!(
+        map_type,
+        BPF_MAP_TYPE_PERCPU_HASH
+            | BPF_MAP_TYPE_PERCPU_ARRAY
+            | BPF_MAP_TYPE_LRU_PERCPU_HASH
+            | BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE
+    )
+}
+
+/// Number of possible CPUs, from `/sys/devices/system/cpu/possible` ("0-3,5").
+pub fn possible_cpus() -> Result<usize> {
+    let path = "/sys/devices/system/cpu/possible";
+    let s = std::fs::read_to_string(path).map_err(|e| Error::from(e).context(path))?;
+    parse_cpu_list(s.trim()).ok_or_else(|| Error::new(format!("{path}: cannot parse {s:?}")))
+}
+
+fn parse_cpu_list(s: &str) -> Option<usize> {
+    let mut max = None;
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let last = part.rsplit('-').next()?;
+        let n: usize = last.trim().parse().ok()?;
+        max = Some(max.map_or(n, |m: usize| m.max(n)));
+    }
+    max.map(|m| m + 1)
+}
+
+impl ElemSizes {
+    /// Sizes for a map described by `info`.
+    pub fn of(info: &MapInfo) -> Result<Self> {
+        let mut value = info.value_size as usize;
+        if is_percpu(info.map_type) {
+            value = value.div_ceil(8) * 8 * possible_cpus()?;
+        }
+        Ok(Self {
+            key: info.key_size as usize,
+            value,
+        })
+    }
+
+    fn check(&self, what: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<()> {
+        if let Some(k) = key
+            && k.len() != self.key
+        {
+            crate::bail!(
+                "{what}: key is {} bytes, the map's keys are {} bytes",
+                k.len(),
+                self.key
+            );
+        }
+        if let Some(v) = value
+            && v.len() != self.value
+        {
+            crate::bail!(
+                "{what}: value buffer is {} bytes, the map's values are {} bytes",
+                v.len(),
+                self.value
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A map descriptor together with its (immutable) element sizes, so that element
+/// operations can check buffer lengths without asking the kernel each time.
+#[derive(Debug)]
+pub struct MapFd {
+    fd: OwnedFd,
+    info: MapInfo,
+    sizes: ElemSizes,
+}
+
+impl MapFd {
+    /// Creates a map.
+    pub fn create(a: &MapCreateAttr<'_>) -> Result<Self> {
+        Self::from_fd(map_create(a)?)
+    }
+
+    /// Takes ownership of a map descriptor; asks the kernel for its type and sizes.
+    pub fn from_fd(fd: OwnedFd) -> Result<Self> {
+        let info = map_info(fd.as_fd())?;
+        let sizes = ElemSizes::of(&info)?;
+        Ok(Self { fd, info, sizes })
+    }
+
+    pub fn info(&self) -> &MapInfo {
+        &self.info
+    }
+
+    pub fn sizes(&self) -> ElemSizes {
+        self.sizes
+    }
+
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
+    /// BPF_MAP_LOOKUP_ELEM; `Ok(false)` when the key is absent.
+    pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> Result<bool> {
+        self.sizes.check("map lookup", Some(key), Some(value))?;
+        lookup_raw(self.fd.as_fd(), key, value)
+    }
+
+    /// BPF_MAP_UPDATE_ELEM with `flags` (BPF_ANY, BPF_NOEXIST, BPF_EXIST).
+    pub fn update(&self, key: &[u8], value: &[u8], flags: u64) -> Result<()> {
+        self.sizes.check("map update", Some(key), Some(value))?;
+        update_raw(self.fd.as_fd(), key, value, flags)
+    }
+
+    /// BPF_MAP_DELETE_ELEM; `Ok(false)` when the key is absent.
+    pub fn delete(&self, key: &[u8]) -> Result<bool> {
+        self.sizes.check("map delete", Some(key), None)?;
+        delete_raw(self.fd.as_fd(), key)
+    }
+
+    /// BPF_MAP_GET_NEXT_KEY; `key: None` gives the first key; `Ok(false)` at the end.
+    pub fn next_key(&self, key: Option<&[u8]>, next: &mut [u8]) -> Result<bool> {
+        self.sizes.check("map get_next_key", key, None)?;
+        self.sizes.check("map get_next_key", Some(next), None)?;
+        next_key_raw(self.fd.as_fd(), key, next)
+    }
+}
+
+impl AsFd for MapFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn lookup_raw(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> Result<bool> {
+    let mut a = MapElemRaw {
+        map_fd: fd.as_raw_fd() as u32,
+        key: ptr_u64(key.as_ptr()),
+        value: ptr_u64(value.as_mut_ptr()),
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut a) {
+        Ok(_) => Ok(true),
+        Err(libc::ENOENT) => Ok(false),
+        Err(e) => Err(Error::sys("BPF_MAP_LOOKUP_ELEM", e)),
+    }
+}
+
+fn update_raw(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> Result<()> {
+    let mut a = MapElemRaw {
+        map_fd: fd.as_raw_fd() as u32,
+        key: ptr_u64(key.as_ptr()),
+        value: ptr_u64(value.as_ptr()),
+        flags,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut a)
+        .map(drop)
+        .map_err(|e| Error::sys("BPF_MAP_UPDATE_ELEM", e))
+}
+
+fn delete_raw(fd: BorrowedFd<'_>, key: &[u8]) -> Result<bool> {
+    let mut a = MapElemRaw {
+        map_fd: fd.as_raw_fd() as u32,
+        key: ptr_u64(key.as_ptr()),
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_DELETE_ELEM, &mut a) {
+        Ok(_) => Ok(true),
+        Err(libc::ENOENT) => Ok(false),
+        Err(e) => Err(Error::sys("BPF_MAP_DELETE_ELEM", e)),
+    }
+}
+
+fn next_key_raw(fd: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> Result<bool> {
+    let mut a = MapElemRaw {
+        map_fd: fd.as_raw_fd() as u32,
+        key: key.map_or(0, |k| ptr_u64(k.as_ptr())),
+        value: ptr_u64(next.as_mut_ptr()),
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
+        Ok(_) => Ok(true),
+        Err(libc::ENOENT) => Ok(false),
+        Err(e) => Err(Error::sys("BPF_MAP_GET_NEXT_KEY", e)),
+    }
+}
+
+/// BPF_MAP_LOOKUP_ELEM on any map descriptor; `Ok(false)` when the key is absent.
+/// Asks the kernel for the map's sizes first (use [`MapFd`] to skip that).
+pub fn map_lookup_elem(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> Result<bool> {
+    ElemSizes::of(&map_info(fd)?)?.check("map lookup", Some(key), Some(value))?;
+    lookup_raw(fd, key, value)
+}
+
+/// BPF_MAP_UPDATE_ELEM on any map descriptor.
+pub fn map_update_elem(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> Result<()> {
+    ElemSizes::of(&map_info(fd)?)?.check("map update", Some(key), Some(value))?;
+    update_raw(fd, key, value, flags)
+}
+
+/// BPF_MAP_DELETE_ELEM on any map descriptor; `Ok(false)` when the key is absent.
+pub fn map_delete_elem(fd: BorrowedFd<'_>, key: &[u8]) -> Result<bool> {
+    ElemSizes::of(&map_info(fd)?)?.check("map delete", Some(key), None)?;
+    delete_raw(fd, key)
+}
+
+/// BPF_MAP_GET_NEXT_KEY on any map descriptor; `Ok(false)` after the last key.
+pub fn map_get_next_key(fd: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> Result<bool> {
+    let s = ElemSizes::of(&map_info(fd)?)?;
+    s.check("map get_next_key", key, None)?;
+    s.check("map get_next_key", Some(next), None)?;
+    next_key_raw(fd, key, next)
+}
+
+/// BPF_MAP_FREEZE: user space can no longer write the map (programs still can unless the
+/// map was created with BPF_F_RDONLY_PROG).
+pub fn map_freeze(fd: BorrowedFd<'_>) -> Result<()> {
+    let mut a = MapFdRaw {
+        map_fd: fd.as_raw_fd() as u32,
+    };
+    bpf(BPF_MAP_FREEZE, &mut a)
+        .map(drop)
+        .map_err(|e| Error::sys("BPF_MAP_FREEZE", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-1"), Some(2));
+        assert_eq!(parse_cpu_list("0"), Some(1));
+        assert_eq!(parse_cpu_list("0-3,5,7-8"), Some(9));
+        assert_eq!(parse_cpu_list("x"), None);
+    }
+}
