@@ -14,7 +14,7 @@ use crate::{Error, Result};
 const MAX_LOG_SIZE: usize = 64 << 20;
 /// First verifier log size tried.
 const FIRST_LOG_SIZE: usize = 1 << 20;
-/// Lines of verifier log kept in an error message.
+/// Lines of verifier log kept in an error.
 const LOG_TAIL_LINES: usize = 40;
 
 #[repr(C)]
@@ -63,7 +63,8 @@ fn load_with_log(
     }
 }
 
-/// BPF_BTF_LOAD. On failure, loads again with a log and puts its tail in the error.
+/// BPF_BTF_LOAD. On failure, loads again with a log and puts its tail in the error
+/// ([`Error::log`]).
 pub fn btf_load(blob: &[u8]) -> Result<OwnedFd> {
     let Ok(btf_size) = u32::try_from(blob.len()) else {
         crate::bail!("BTF blob of {} bytes is too large", blob.len());
@@ -91,10 +92,10 @@ pub fn btf_load(blob: &[u8]) -> Result<OwnedFd> {
     if let Ok(fd) = res {
         return Ok(fd);
     }
-    let mut err = Error::sys(format!("BPF_BTF_LOAD ({} bytes)", blob.len()), errno);
-    err.msg.push_str("\nBTF log:\n");
-    err.msg.push_str(&log_tail(&log, LOG_TAIL_LINES));
-    Err(err)
+    Err(
+        Error::sys(format!("BPF_BTF_LOAD ({} bytes)", blob.len()), errno)
+            .with_log(log_tail(&log, LOG_TAIL_LINES)),
+    )
 }
 
 #[repr(C)]
@@ -148,7 +149,7 @@ pub struct ProgLoadAttr<'a> {
 
 /// BPF_PROG_LOAD. Loads once without a log (fast path); on failure loads again with a
 /// level-1 verifier log, growing it on ENOSPC, and returns an error holding the errno of
-/// the first attempt and the tail of the verifier log.
+/// the first attempt and the tail of the verifier log ([`Error::log`]).
 pub fn prog_load(a: &ProgLoadAttr<'_>) -> Result<OwnedFd> {
     let what = format!("loading BPF program `{}`", a.name);
     let Ok(license) = CString::new(a.license) else {
@@ -215,15 +216,7 @@ pub fn prog_load(a: &ProgLoadAttr<'_>) -> Result<OwnedFd> {
         // Loaded the second time (transient failure): take it.
         return Ok(fd);
     }
-    let mut err = Error::sys(&what, errno);
-    let tail = log_tail(&log, LOG_TAIL_LINES);
-    if tail.is_empty() {
-        err.msg.push_str("\n(the verifier wrote no log)");
-    } else {
-        err.msg.push_str("\nverifier log:\n");
-        err.msg.push_str(&tail);
-    }
-    Err(err)
+    Err(Error::sys(&what, errno).with_log(log_tail(&log, LOG_TAIL_LINES)))
 }
 
 #[cfg(test)]
