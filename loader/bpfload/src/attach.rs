@@ -5,7 +5,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use crate::{Error, Result, sys};
+use crate::{Error, Result, names, sys};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
@@ -40,7 +40,7 @@ pub fn tracefs_root() -> Result<PathBuf> {
 
 /// Rejects names that would escape `events/` (we build paths from them).
 fn check_component(what: &str, s: &str) -> Result<()> {
-    if s.is_empty() || s.starts_with('.') || s.contains('/') || s.contains('\0') {
+    if !names::valid_tracepoint_part(s) {
         crate::bail!("invalid tracepoint {what} {s:?}");
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! The minimal BTF the loader writes for each program (DESIGN.md section 4).
+//! The minimal BTF the loader writes for each program.
 //!
 //! The verifier demands `func_info` as soon as a program has a callback
 //! (`BPF_PSEUDO_FUNC`), and rustc's own BTF does not pass the kernel's
@@ -16,7 +16,7 @@
 //! be static ("callback function not static").
 
 use crate::linker::LinkedProgram;
-use crate::obj::demangled_tail;
+use crate::names::demangled_tail;
 use std::collections::HashSet;
 
 /// `struct btf_header.magic`.

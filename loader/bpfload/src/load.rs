@@ -8,7 +8,7 @@ use crate::linker::{self, LinkedProgram};
 use crate::maps::Map;
 use crate::obj::{self, AttachPoint, ObjectSpec};
 use crate::sys::{self, MapCreateAttr};
-use crate::{Error, Result};
+use crate::{Error, Result, names};
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
@@ -67,11 +67,10 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// The map called `name`, found as [`ObjectSpec::map_index`] finds it.
     pub fn map(&self, name: &str) -> Result<&Map> {
-        self.maps
-            .iter()
-            .find(|(n, _)| n == name || obj::demangled_tail(n) == name)
-            .map(|(_, m)| m)
+        names::find(self.maps.iter().map(|(n, _)| n.as_str()), name)
+            .map(|i| &self.maps[i].1)
             .ok_or_else(|| Error::new(format!("the object has no (loaded) map `{name}`")))
     }
 
@@ -130,7 +129,7 @@ pub fn load(bytes: &[u8], opts: &LoadOptions<'_>) -> Result<Loaded> {
             name: &kname,
             inner_map_fd: ov.inner_map,
         })
-        .map_err(|e| e.context(format!("map `{}`", obj::demangled_tail(&m.name))))?;
+        .map_err(|e| e.context(format!("map `{}`", names::demangled_tail(&m.name))))?;
         if let Some(init) = &m.initial {
             map.update(&0u32.to_ne_bytes(), init, sys::BPF_ANY)
                 .map_err(|e| e.context(format!("fill `{}`", m.name)))?;

@@ -593,15 +593,3 @@ fn attach_point_names() {
         assert_eq!(AttachPoint::from_section(bad), None, "{bad}");
     }
 }
-
-#[test]
-fn demangled_names() {
-    assert_eq!(obj::demangled_tail("_RNvCs12jkoC9p3aE_1p6COUNTS"), "COUNTS");
-    assert_eq!(
-        obj::demangled_tail("_RNvCsfLfy6EI15iL_7___rustc17rust_begin_unwind"),
-        "rust_begin_unwind"
-    );
-    assert_eq!(obj::demangled_tail("EVENTS"), "EVENTS");
-    assert_eq!(obj::demangled_tail("_R"), "_R");
-    assert_eq!(obj::demangled_tail("_R12"), "_R12");
-}

@@ -27,6 +27,7 @@ mod sections;
 mod symbols;
 
 use crate::insn::{self, Insn};
+use crate::names;
 use crate::{Error, Result};
 use object::LittleEndian as LE;
 use object::elf;
@@ -37,8 +38,6 @@ type Elf = elf::FileHeader64<LE>;
 
 /// Size of the legacy `struct bpf_map_def` prefix the loader reads.
 pub const MAP_DEF_SIZE: u64 = 20;
-/// Kernel limit on map names (`BPF_OBJ_NAME_LEN` minus the NUL).
-pub const MAX_KERNEL_NAME: usize = 15;
 
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 /// Programs may only read the map; user space may still write it until frozen.
@@ -87,50 +86,10 @@ impl MapSpec {
     }
 
     /// The name to pass in `bpf_attr.map_name`: Rust mangling stripped to the
-    /// last path component, characters other than `[A-Za-z0-9_.]` replaced
-    /// by `_`, cut to 15 bytes.
+    /// last path component, then [`names::kernel_name`].
     pub fn kernel_name(&self) -> String {
-        let short = demangled_tail(&self.name);
-        short
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(MAX_KERNEL_NAME)
-            .collect()
+        names::kernel_name(names::demangled_tail(&self.name))
     }
-}
-
-/// The last identifier of a Rust v0 mangled name (`_RNvCs..._1p6COUNTS` -> `COUNTS`),
-/// or the name itself.
-pub fn demangled_tail(name: &str) -> &str {
-    if !name.starts_with("_R") {
-        return name;
-    }
-    // v0 ends with `<decimal length><identifier>`; find the split where the
-    // decimal prefix equals the length of the rest.
-    let b = name.as_bytes();
-    for start in (2..b.len()).rev() {
-        if !b[start - 1].is_ascii_digit() {
-            continue;
-        }
-        let mut d = start - 1;
-        while d > 2 && b[d - 1].is_ascii_digit() {
-            d -= 1;
-        }
-        if let Some(len) = name.get(d..start).and_then(|s| s.parse::<usize>().ok())
-            && len == b.len() - start
-            && len > 0
-            && !b[start].is_ascii_digit()
-        {
-            return name.get(start..).unwrap_or(name);
-        }
-    }
-    name
 }
 
 /// Where a program attaches, from its section name.
@@ -149,26 +108,21 @@ impl AttachPoint {
         match kind {
             "tracepoint" | "tp" => {
                 let (category, name) = rest.split_once('/')?;
-                (valid_tp_part(category) && valid_tp_part(name)).then(|| Self::Tracepoint {
-                    category: category.to_string(),
-                    name: name.to_string(),
+                (names::valid_tracepoint_part(category) && names::valid_tracepoint_part(name)).then(
+                    || Self::Tracepoint {
+                        category: category.to_string(),
+                        name: name.to_string(),
+                    },
+                )
+            }
+            "raw_tracepoint" | "raw_tp" => {
+                names::valid_tracepoint_part(rest).then(|| Self::RawTracepoint {
+                    name: rest.to_string(),
                 })
             }
-            "raw_tracepoint" | "raw_tp" => valid_tp_part(rest).then(|| Self::RawTracepoint {
-                name: rest.to_string(),
-            }),
             _ => None,
         }
     }
-}
-
-/// Tracepoint names end up in tracefs paths: no `/`, no `.`/`..`, nothing exotic.
-fn valid_tp_part(s: &str) -> bool {
-    !s.is_empty()
-        && s != "."
-        && s != ".."
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// A function inside a code section, in instruction indices.
@@ -247,13 +201,10 @@ pub struct ObjectSpec {
 }
 
 impl ObjectSpec {
-    /// Index of the map called `name` (exact name, else the demangled tail of a legacy map).
+    /// Index of the map called `name`, by [`names::find`]: the exact name,
+    /// else the demangled tail of a legacy map.
     pub fn map_index(&self, name: &str) -> Option<usize> {
-        self.maps.iter().position(|m| m.name == name).or_else(|| {
-            self.maps
-                .iter()
-                .position(|m| demangled_tail(&m.name) == name)
-        })
+        names::find(self.maps.iter().map(|m| m.name.as_str()), name)
     }
 
     /// Names of all programs, in section order.
@@ -460,24 +411,15 @@ mod tests {
     }
 
     #[test]
-    fn kernel_names_replace_bad_characters_and_are_cut() {
+    fn kernel_names_of_maps() {
         let m = map;
         assert_eq!(m(".rodata.str1.1").kernel_name(), ".rodata.str1.1");
-        assert_eq!(m("a-b:c").kernel_name(), "a_b_c");
+        assert_eq!(m("_RNvCs1_1p7a_b_c_d").kernel_name(), "a_b_c_d");
+        assert_eq!(m("a-b:c").kernel_name(), "abc");
         assert_eq!(
             m("abcdefghijklmnopqrstuvwxyz").kernel_name(),
             "abcdefghijklmno"
         );
-    }
-
-    #[test]
-    fn tracepoint_parts() {
-        for ok in ["sys_enter_openat", "a-b", "x.y", "A1"] {
-            assert!(valid_tp_part(ok), "{ok}");
-        }
-        for bad in ["", ".", "..", "a/b", "a b", "é", "a\0"] {
-            assert!(!valid_tp_part(bad), "{bad:?}");
-        }
     }
 
     #[test]

@@ -36,6 +36,7 @@ use std::mem::size_of;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
+use crate::names;
 use crate::{Error, Result};
 
 fn last_errno() -> i32 {
@@ -74,14 +75,10 @@ fn ptr_u64<T>(p: *const T) -> u64 {
     p as usize as u64
 }
 
-/// Kernel object name: at most 15 bytes of `[A-Za-z0-9_.]`, NUL-padded (the kernel rejects
-/// any other byte).
+/// A kernel object name as `bpf_attr` holds it: [`names::kernel_name`], NUL-padded.
 pub fn obj_name(name: &str) -> [u8; BPF_OBJ_NAME_LEN] {
     let mut out = [0u8; BPF_OBJ_NAME_LEN];
-    let ok = name
-        .bytes()
-        .filter(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.');
-    for (dst, b) in out.iter_mut().take(BPF_OBJ_NAME_LEN - 1).zip(ok) {
+    for (dst, b) in out.iter_mut().zip(names::kernel_name(name).bytes()) {
         *dst = b;
     }
     out
