@@ -21,7 +21,7 @@ use bpfload::insn::{self, Insn};
 use bpfload::load::{self, LoadOptions, Loaded, MapOverride};
 use bpfload::maps::Map;
 use bpfload::ringbuf::RingBuf;
-use bpfload::sys::{self, MapCreateAttr};
+use bpfload::sys;
 use bpfload::{linker, obj};
 use common::need_root;
 
@@ -222,29 +222,15 @@ fn selftest_ignores_other_processes() {
     drop(idle);
 }
 
-/// Maps for `p` as `load` would make them, by spec index (`-1` for unused ones).
+/// Maps for `p` as `load` makes them, by spec index (`-1` for unused ones).
 fn create_maps(spec: &obj::ObjectSpec, p: &linker::LinkedProgram) -> (Vec<Map>, Vec<i32>) {
     let used: BTreeSet<usize> = p.map_refs.iter().map(|r| r.map).collect();
     let mut fds = vec![-1; spec.maps.len()];
     let mut maps = Vec::new();
     for &i in &used {
         let s = &spec.maps[i];
-        let m = Map::create(&MapCreateAttr {
-            map_type: s.map_type,
-            key_size: s.key_size,
-            value_size: s.value_size,
-            max_entries: s.max_entries,
-            map_flags: s.flags,
-            name: &s.kernel_name(),
-            inner_map_fd: None,
-        })
-        .unwrap_or_else(|e| panic!("map `{}`: {e}", s.name));
-        if let Some(init) = &s.initial {
-            m.update_u32_key(0, init, sys::BPF_ANY).unwrap();
-        }
-        if s.frozen() {
-            m.freeze().unwrap();
-        }
+        let m = load::create_map(s, MapOverride::default())
+            .unwrap_or_else(|e| panic!("map `{}`: {e}", s.name));
         fds[i] = m.as_fd().as_raw_fd();
         maps.push(m);
     }
@@ -325,13 +311,7 @@ fn is_write_trigger(name: &str) -> bool {
 
 /// Ids of every program (or map) the kernel currently has.
 fn all_ids(next: fn(u32) -> bpfload::Result<Option<u32>>) -> BTreeSet<u32> {
-    let mut ids = BTreeSet::new();
-    let mut id = 0;
-    while let Some(n) = next(id).unwrap() {
-        ids.insert(n);
-        id = n;
-    }
-    ids
+    common::all_ids(next).into_iter().collect()
 }
 
 #[test]

@@ -6,7 +6,7 @@ use crate::attach::{self, RawTracepointLink, TracepointLink};
 use crate::btf;
 use crate::linker::{self, LinkedProgram};
 use crate::maps::Map;
-use crate::obj::{self, AttachPoint, ObjectSpec};
+use crate::obj::{self, AttachPoint, MapSpec, ObjectSpec};
 use crate::sys::{self, MapCreateAttr};
 use crate::{Error, Result, names};
 use std::collections::{BTreeSet, HashMap};
@@ -119,24 +119,7 @@ pub fn load(bytes: &[u8], opts: &LoadOptions<'_>) -> Result<Loaded> {
             .find(|(k, _)| spec.map_index(k) == Some(i))
             .map(|(_, v)| *v)
             .unwrap_or_default();
-        let kname = m.kernel_name();
-        let map = Map::create(&MapCreateAttr {
-            map_type: m.map_type,
-            key_size: m.key_size,
-            value_size: m.value_size,
-            max_entries: ov.max_entries.unwrap_or(m.max_entries),
-            map_flags: m.flags,
-            name: &kname,
-            inner_map_fd: ov.inner_map,
-        })
-        .map_err(|e| e.context(format!("map `{}`", names::demangled_tail(&m.name))))?;
-        if let Some(init) = &m.initial {
-            map.update(&0u32.to_ne_bytes(), init, sys::BPF_ANY)
-                .map_err(|e| e.context(format!("fill `{}`", m.name)))?;
-        }
-        if m.frozen() {
-            map.freeze()?;
-        }
+        let map = create_map(m, ov)?;
         fds[i] = map.as_fd().as_raw_fd();
         maps.push((m.name.clone(), map));
     }
@@ -147,6 +130,29 @@ pub fn load(bytes: &[u8], opts: &LoadOptions<'_>) -> Result<Loaded> {
         programs.push(load_program(p, &spec.license)?);
     }
     Ok(Loaded { maps, programs })
+}
+
+/// Creates the map `m` describes (with `ov` applied), fills it with its
+/// initial bytes and freezes it if it is read-only data.
+pub fn create_map(m: &MapSpec, ov: MapOverride<'_>) -> Result<Map> {
+    let map = Map::create(&MapCreateAttr {
+        map_type: m.map_type,
+        key_size: m.key_size,
+        value_size: m.value_size,
+        max_entries: ov.max_entries.unwrap_or(m.max_entries),
+        map_flags: m.flags,
+        name: &m.kernel_name(),
+        inner_map_fd: ov.inner_map,
+    })
+    .map_err(|e| e.context(format!("map `{}`", names::demangled_tail(&m.name))))?;
+    if let Some(init) = &m.initial {
+        map.update(&0u32.to_ne_bytes(), init, sys::BPF_ANY)
+            .map_err(|e| e.context(format!("fill `{}`", m.name)))?;
+    }
+    if m.frozen() {
+        map.freeze()?;
+    }
+    Ok(map)
 }
 
 fn select(spec: &ObjectSpec, names: &[String]) -> Result<Vec<LinkedProgram>> {

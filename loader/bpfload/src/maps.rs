@@ -199,16 +199,8 @@ impl Map {
     }
 
     fn mmap_impl(&self, writable: bool) -> Result<ArrayMmap> {
-        if self.map_type != sys::BPF_MAP_TYPE_ARRAY || self.map_flags & sys::BPF_F_MMAPABLE == 0 {
-            crate::bail!(
-                "map `{}`: only ARRAY maps created with BPF_F_MMAPABLE can be mapped (type {}, flags {:#x})",
-                self.name,
-                self.map_type,
-                self.map_flags
-            );
-        }
-        // Elements sit at a stride of round_up(value_size, 8) in the mapped area.
-        let stride = (self.value_size as usize).div_ceil(8) * 8;
+        // sys::mmap_map checks, with the kernel's view of the map, that it can be mapped.
+        let stride = sys::value_stride(self.value_size);
         let Some(len) = stride.checked_mul(self.max_entries as usize) else {
             crate::bail!("map `{}`: size overflows", self.name);
         };

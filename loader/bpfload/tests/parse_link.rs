@@ -398,6 +398,19 @@ fn rich_btf_linkage_and_func_info() {
     assert_eq!(recs, [[0, 4], [13, 5], [18, 6], [22, 7]]);
 }
 
+/// One function per name, one instruction apart, the first the main one.
+fn funcs_named(names: &[&str]) -> Vec<linker::FuncInfo> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| linker::FuncInfo {
+            insn_off: i as u32,
+            name: n.to_string(),
+            is_main: i == 0,
+        })
+        .collect()
+}
+
 #[test]
 fn btf_names_are_sanitized_and_unique() {
     let p = LinkedProgram {
@@ -409,15 +422,7 @@ fn btf_names_are_sanitized_and_unique() {
         },
         insns: vec![asm::exit(); 4],
         map_refs: vec![],
-        funcs: ["ma-in", "x::y", "x_y", "9lives", "", &"z".repeat(300)]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| linker::FuncInfo {
-                insn_off: i as u32,
-                name: n.to_string(),
-                is_main: i == 0,
-            })
-            .collect(),
+        funcs: funcs_named(&["ma-in", "x::y", "x_y", "9lives", "", &"z".repeat(300)]),
     };
     let b = btf::program_btf(&p);
     let names: Vec<String> = decode_btf(&b.blob).into_iter().map(|f| f.name).collect();
@@ -425,15 +430,7 @@ fn btf_names_are_sanitized_and_unique() {
     assert_eq!(names[5].len(), 127);
     assert_eq!(btf::sanitize_name("a.b"), "a_b");
     let p2 = LinkedProgram {
-        funcs: ["a.b", "a_b", "a-b"]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| linker::FuncInfo {
-                insn_off: i as u32,
-                name: n.to_string(),
-                is_main: i == 0,
-            })
-            .collect(),
+        funcs: funcs_named(&["a.b", "a_b", "a-b"]),
         ..p
     };
     let names: Vec<String> = decode_btf(&btf::program_btf(&p2).blob)
@@ -545,17 +542,7 @@ fn relocations_in_debug_sections_are_ignored() {
     let (mut e, p, _) = simple(&[asm::exit()], &[], &[]);
     let dbg = e.section(".debug_info", SectionKind::Debug, &[0; 16], 1);
     let sym = e.section_symbol(p);
-    e.obj
-        .add_relocation(
-            dbg,
-            object::write::Relocation {
-                offset: 0,
-                symbol: sym,
-                addend: 0,
-                flags: object::RelocationFlags::Elf { r_type: 3 },
-            },
-        )
-        .unwrap();
+    e.reloc(dbg, 0, sym, 3);
     obj::parse(&e.finish()).unwrap();
 }
 

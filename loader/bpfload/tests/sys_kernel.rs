@@ -14,7 +14,7 @@ use bpfload::insn::{Insn, asm};
 use bpfload::maps::Map;
 use bpfload::ringbuf::RingBuf;
 use bpfload::sys::{self, MapCreateAttr, ProgLoadAttr};
-use common::need_root;
+use common::{all_ids, need_root};
 
 /// Tests that attach to the same tracepoint and spawn children run one at a time, so
 /// one test's child does not count in another's program (they filter on tgid anyway).
@@ -240,16 +240,7 @@ fn sys_ids_track_map_lifetime() {
     let m = Map::array("sys_test_ids", 8, 1, 0).unwrap();
     let id = m.id();
     assert_eq!(m.info().unwrap().id, id);
-    let all = |next: fn(u32) -> bpfload::Result<Option<u32>>| {
-        let mut ids = vec![];
-        let mut cur = 0;
-        while let Some(n) = next(cur).unwrap() {
-            ids.push(n);
-            cur = n;
-        }
-        ids
-    };
-    assert!(all(sys::map_get_next_id).contains(&id));
+    assert!(all_ids(sys::map_get_next_id).contains(&id));
     let fd = sys::map_get_fd_by_id(id).unwrap();
     let info = sys::map_info(fd.as_fd()).unwrap();
     assert_eq!((info.id, info.name.as_str()), (id, "sys_test_ids"));
@@ -258,15 +249,15 @@ fn sys_ids_track_map_lifetime() {
     // The kernel frees maps from a work queue: give it a moment.
     let mut gone = false;
     for _ in 0..200 {
-        if !all(sys::map_get_next_id).contains(&id) {
+        if !all_ids(sys::map_get_next_id).contains(&id) {
             gone = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(gone, "map id {id} still listed after drop");
-    let _ = all(sys::prog_get_next_id);
-    let _ = all(sys::link_get_next_id);
+    let _ = all_ids(sys::prog_get_next_id);
+    let _ = all_ids(sys::link_get_next_id);
 }
 
 #[test]

@@ -90,6 +90,12 @@ pub struct ElemSizes {
     pub value: usize,
 }
 
+/// The distance between consecutive values where the kernel lays them out
+/// for user space (mmap of an array, per-CPU values): the size rounded up to 8.
+pub(crate) fn value_stride(value_size: u32) -> usize {
+    (value_size as usize).div_ceil(8) * 8
+}
+
 fn is_percpu(map_type: u32) -> bool {
     matches!(
         map_type,
@@ -122,7 +128,7 @@ impl ElemSizes {
     pub fn of(info: &MapInfo) -> Result<Self> {
         let mut value = info.value_size as usize;
         if is_percpu(info.map_type) {
-            value = value.div_ceil(8) * 8 * possible_cpus()?;
+            value = value_stride(info.value_size) * possible_cpus()?;
         }
         Ok(Self {
             key: info.key_size as usize,
@@ -187,29 +193,32 @@ impl MapFd {
         self.fd
     }
 
+    /// Element operations with this map's sizes.
+    fn elems(&self) -> Elems<'_> {
+        Elems {
+            fd: self.fd.as_fd(),
+            sizes: self.sizes,
+        }
+    }
+
     /// BPF_MAP_LOOKUP_ELEM; `Ok(false)` when the key is absent.
     pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> Result<bool> {
-        self.sizes.check("map lookup", Some(key), Some(value))?;
-        lookup_raw(self.fd.as_fd(), key, value)
+        self.elems().lookup(key, value)
     }
 
     /// BPF_MAP_UPDATE_ELEM with `flags` (BPF_ANY, BPF_NOEXIST, BPF_EXIST).
     pub fn update(&self, key: &[u8], value: &[u8], flags: u64) -> Result<()> {
-        self.sizes.check("map update", Some(key), Some(value))?;
-        update_raw(self.fd.as_fd(), key, value, flags)
+        self.elems().update(key, value, flags)
     }
 
     /// BPF_MAP_DELETE_ELEM; `Ok(false)` when the key is absent.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
-        self.sizes.check("map delete", Some(key), None)?;
-        delete_raw(self.fd.as_fd(), key)
+        self.elems().delete(key)
     }
 
     /// BPF_MAP_GET_NEXT_KEY; `key: None` gives the first key; `Ok(false)` at the end.
     pub fn next_key(&self, key: Option<&[u8]>, next: &mut [u8]) -> Result<bool> {
-        self.sizes.check("map get_next_key", key, None)?;
-        self.sizes.check("map get_next_key", Some(next), None)?;
-        next_key_raw(self.fd.as_fd(), key, next)
+        self.elems().next_key(key, next)
     }
 }
 
@@ -219,85 +228,77 @@ impl AsFd for MapFd {
     }
 }
 
-fn lookup_raw(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> Result<bool> {
-    let mut a = MapElemRaw {
-        map_fd: fd.as_raw_fd() as u32,
-        key: ptr_u64(key.as_ptr()),
-        value: ptr_u64(value.as_mut_ptr()),
-        ..Default::default()
-    };
-    match bpf(BPF_MAP_LOOKUP_ELEM, &mut a) {
-        Ok(_) => Ok(true),
-        Err(libc::ENOENT) => Ok(false),
-        Err(e) => Err(Error::sys("BPF_MAP_LOOKUP_ELEM", e)),
+/// The element commands on one map: each checks the buffers against the map's sizes
+/// before the kernel reads or writes them.
+#[derive(Clone, Copy)]
+struct Elems<'a> {
+    fd: BorrowedFd<'a>,
+    sizes: ElemSizes,
+}
+
+impl<'a> Elems<'a> {
+    /// Asks the kernel for the sizes of the map behind `fd`.
+    fn of(fd: BorrowedFd<'a>) -> Result<Self> {
+        let sizes = ElemSizes::of(&map_info(fd)?)?;
+        Ok(Self { fd, sizes })
     }
-}
 
-fn update_raw(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> Result<()> {
-    let mut a = MapElemRaw {
-        map_fd: fd.as_raw_fd() as u32,
-        key: ptr_u64(key.as_ptr()),
-        value: ptr_u64(value.as_ptr()),
-        flags,
-        ..Default::default()
-    };
-    bpf(BPF_MAP_UPDATE_ELEM, &mut a)
-        .map(drop)
-        .map_err(|e| Error::sys("BPF_MAP_UPDATE_ELEM", e))
-}
-
-fn delete_raw(fd: BorrowedFd<'_>, key: &[u8]) -> Result<bool> {
-    let mut a = MapElemRaw {
-        map_fd: fd.as_raw_fd() as u32,
-        key: ptr_u64(key.as_ptr()),
-        ..Default::default()
-    };
-    match bpf(BPF_MAP_DELETE_ELEM, &mut a) {
-        Ok(_) => Ok(true),
-        Err(libc::ENOENT) => Ok(false),
-        Err(e) => Err(Error::sys("BPF_MAP_DELETE_ELEM", e)),
+    /// Runs element command `cmd`; `Ok(false)` when the key is absent.
+    fn run(self, cmd: u32, what: &str, key: u64, value: u64, flags: u64) -> Result<bool> {
+        let mut a = MapElemRaw {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key,
+            value,
+            flags,
+            ..Default::default()
+        };
+        match bpf(cmd, &mut a) {
+            Ok(_) => Ok(true),
+            Err(libc::ENOENT) => Ok(false),
+            Err(e) => Err(Error::sys(what, e)),
+        }
     }
-}
 
-fn next_key_raw(fd: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> Result<bool> {
-    let mut a = MapElemRaw {
-        map_fd: fd.as_raw_fd() as u32,
-        key: key.map_or(0, |k| ptr_u64(k.as_ptr())),
-        value: ptr_u64(next.as_mut_ptr()),
-        ..Default::default()
-    };
-    match bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
-        Ok(_) => Ok(true),
-        Err(libc::ENOENT) => Ok(false),
-        Err(e) => Err(Error::sys("BPF_MAP_GET_NEXT_KEY", e)),
+    fn lookup(self, key: &[u8], value: &mut [u8]) -> Result<bool> {
+        self.sizes.check("map lookup", Some(key), Some(value))?;
+        let (k, v) = (ptr_u64(key.as_ptr()), ptr_u64(value.as_mut_ptr()));
+        self.run(BPF_MAP_LOOKUP_ELEM, "BPF_MAP_LOOKUP_ELEM", k, v, 0)
+    }
+
+    fn update(self, key: &[u8], value: &[u8], flags: u64) -> Result<()> {
+        self.sizes.check("map update", Some(key), Some(value))?;
+        let (k, v) = (ptr_u64(key.as_ptr()), ptr_u64(value.as_ptr()));
+        // ENOENT is an error here (BPF_EXIST on an absent key), not "absent".
+        match self.run(BPF_MAP_UPDATE_ELEM, "BPF_MAP_UPDATE_ELEM", k, v, flags)? {
+            true => Ok(()),
+            false => Err(Error::sys("BPF_MAP_UPDATE_ELEM", libc::ENOENT)),
+        }
+    }
+
+    fn delete(self, key: &[u8]) -> Result<bool> {
+        self.sizes.check("map delete", Some(key), None)?;
+        let k = ptr_u64(key.as_ptr());
+        self.run(BPF_MAP_DELETE_ELEM, "BPF_MAP_DELETE_ELEM", k, 0, 0)
+    }
+
+    fn next_key(self, key: Option<&[u8]>, next: &mut [u8]) -> Result<bool> {
+        self.sizes.check("map get_next_key", key, None)?;
+        self.sizes.check("map get_next_key", Some(next), None)?;
+        let k = key.map_or(0, |k| ptr_u64(k.as_ptr()));
+        let n = ptr_u64(next.as_mut_ptr());
+        self.run(BPF_MAP_GET_NEXT_KEY, "BPF_MAP_GET_NEXT_KEY", k, n, 0)
     }
 }
 
 /// BPF_MAP_LOOKUP_ELEM on any map descriptor; `Ok(false)` when the key is absent.
 /// Asks the kernel for the map's sizes first (use [`MapFd`] to skip that).
 pub fn map_lookup_elem(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> Result<bool> {
-    ElemSizes::of(&map_info(fd)?)?.check("map lookup", Some(key), Some(value))?;
-    lookup_raw(fd, key, value)
-}
-
-/// BPF_MAP_UPDATE_ELEM on any map descriptor.
-pub fn map_update_elem(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> Result<()> {
-    ElemSizes::of(&map_info(fd)?)?.check("map update", Some(key), Some(value))?;
-    update_raw(fd, key, value, flags)
-}
-
-/// BPF_MAP_DELETE_ELEM on any map descriptor; `Ok(false)` when the key is absent.
-pub fn map_delete_elem(fd: BorrowedFd<'_>, key: &[u8]) -> Result<bool> {
-    ElemSizes::of(&map_info(fd)?)?.check("map delete", Some(key), None)?;
-    delete_raw(fd, key)
+    Elems::of(fd)?.lookup(key, value)
 }
 
 /// BPF_MAP_GET_NEXT_KEY on any map descriptor; `Ok(false)` after the last key.
 pub fn map_get_next_key(fd: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> Result<bool> {
-    let s = ElemSizes::of(&map_info(fd)?)?;
-    s.check("map get_next_key", key, None)?;
-    s.check("map get_next_key", Some(next), None)?;
-    next_key_raw(fd, key, next)
+    Elems::of(fd)?.next_key(key, next)
 }
 
 /// BPF_MAP_FREEZE: user space can no longer write the map (programs still can unless the

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::consts::*;
 use super::info::map_info;
+use super::map::value_stride;
 use crate::{Error, Result};
 
 /// A shared mapping of a map's memory (BPF_F_MMAPABLE arrays), read-write or read-only.
@@ -61,7 +62,7 @@ pub fn mmap_map(fd: BorrowedFd<'_>, offset: u64, len: usize, writable: bool) -> 
             info.name
         );
     }
-    let size = (info.value_size as u64).div_ceil(8) * 8 * info.max_entries as u64;
+    let size = value_stride(info.value_size) as u64 * u64::from(info.max_entries);
     if offset.checked_add(len as u64).is_none_or(|end| end > size) {
         crate::bail!(
             "map `{}`: mmap of {len} bytes at offset {offset} exceeds its {size} bytes",
@@ -104,18 +105,18 @@ pub fn page_size() -> usize {
 }
 
 impl RingMmap {
-    /// Maps a ring buffer map whose data area is `size` bytes (its max_entries: a power of
-    /// two and a multiple of the page size).
-    pub fn new(fd: BorrowedFd<'_>, size: usize) -> Result<Self> {
+    /// Maps a ring buffer map; its data area is max_entries bytes (a power of two and a
+    /// multiple of the page size).
+    pub fn new(fd: BorrowedFd<'_>) -> Result<Self> {
         let info = map_info(fd)?;
-        if info.map_type != BPF_MAP_TYPE_RINGBUF || info.max_entries as usize != size {
+        if info.map_type != BPF_MAP_TYPE_RINGBUF {
             crate::bail!(
-                "map `{}` is not a ring buffer of {size} bytes (type {}, max_entries {})",
+                "map `{}` is not a ring buffer (type {}, BPF_MAP_TYPE_RINGBUF is {BPF_MAP_TYPE_RINGBUF})",
                 info.name,
-                info.map_type,
-                info.max_entries
+                info.map_type
             );
         }
+        let size = info.max_entries as usize;
         let page = page_size();
         if !size.is_power_of_two() || !size.is_multiple_of(page) {
             crate::bail!(

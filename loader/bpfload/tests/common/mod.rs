@@ -24,6 +24,17 @@ pub fn need_root() {
     );
 }
 
+/// Every id `next` enumerates (`sys::prog_get_next_id`, ...), in order.
+pub fn all_ids(next: fn(u32) -> bpfload::Result<Option<u32>>) -> Vec<u32> {
+    let mut ids = Vec::new();
+    let mut cur = 0;
+    while let Some(n) = next(cur).unwrap() {
+        ids.push(n);
+        cur = n;
+    }
+    ids
+}
+
 pub const R_BPF_64_64: u32 = 1;
 pub const R_BPF_64_32: u32 = 10;
 
