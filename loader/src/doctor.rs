@@ -382,7 +382,6 @@ fn try_load(insns: &[Insn], with_btf: bool) -> Result<(), String> {
         func_info_rec_size: if with_btf { 8 } else { 0 },
         func_info_cnt: (func_info.len() / 8) as u32,
         func_info: &func_info,
-        ..Default::default()
     };
     sys::prog_load(&attr).map(drop).map_err(|e| refusal(&e))
 }

@@ -22,7 +22,7 @@ pub mod insn;
 pub mod linker;
 pub mod load;
 pub mod maps;
-pub mod names;
+mod names;
 pub mod obj;
 pub mod ringbuf;
 pub mod sys;

@@ -13,11 +13,11 @@ use crate::{Result, bail};
 use std::collections::{HashMap, HashSet};
 
 /// Largest program the kernel accepts (`BPF_COMPLEXITY_LIMIT_INSNS`).
-pub const MAX_PROG_INSNS: usize = 1_000_000;
+const MAX_PROG_INSNS: usize = 1_000_000;
 /// Bound on the instructions `link` produces for one object in total, so
 /// that a hostile object (many programs sharing a huge `.text`) cannot make
 /// it allocate without limit.
-pub const MAX_TOTAL_INSNS: usize = 8_000_000;
+const MAX_TOTAL_INSNS: usize = 8_000_000;
 
 /// How an `ld_imm64` refers to a map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

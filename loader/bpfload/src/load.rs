@@ -74,13 +74,6 @@ impl Loaded {
             .ok_or_else(|| Error::new(format!("the object has no (loaded) map `{name}`")))
     }
 
-    pub fn program(&self, name: &str) -> Result<&Program> {
-        self.programs
-            .iter()
-            .find(|p| p.name == name)
-            .ok_or_else(|| Error::new(format!("the object has no (loaded) program `{name}`")))
-    }
-
     /// Attaches every loaded program; the links detach when dropped.
     pub fn attach_all(&self) -> Result<Vec<Link>> {
         self.programs.iter().map(Program::attach).collect()
@@ -182,7 +175,6 @@ pub fn load_program(p: &LinkedProgram, license: &str) -> Result<Program> {
         insns: &p.insns,
         license,
         name: &p.name,
-        expected_attach_type: 0,
         prog_btf_fd: Some(btf_fd.as_raw_fd()),
         func_info: &b.func_info,
         func_info_rec_size: b.func_info_rec_size,

@@ -18,7 +18,6 @@ pub struct Map {
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
-    pub map_flags: u32,
     pub name: String,
 }
 
@@ -84,7 +83,6 @@ impl Map {
             key_size: i.key_size,
             value_size: i.value_size,
             max_entries: i.max_entries,
-            map_flags: i.map_flags,
             name: i.name,
         }
     }
@@ -103,11 +101,6 @@ impl Map {
     /// round_up(value_size, 8) times the number of possible CPUs.
     pub fn value_len(&self) -> usize {
         self.fd.sizes().value
-    }
-
-    /// Gives up the descriptor.
-    pub fn into_fd(self) -> OwnedFd {
-        self.fd.into_fd()
     }
 
     fn ctx(&self, e: Error) -> Error {

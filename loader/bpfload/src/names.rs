@@ -6,7 +6,7 @@ use crate::sys::BPF_OBJ_NAME_LEN;
 
 /// The name the kernel gets for a map or program: only the bytes it accepts
 /// (`[A-Za-z0-9_.]`, others dropped), at most 15 (`BPF_OBJ_NAME_LEN` less the NUL).
-pub fn kernel_name(name: &str) -> String {
+pub(crate) fn kernel_name(name: &str) -> String {
     name.chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
         .take(BPF_OBJ_NAME_LEN - 1)
@@ -15,7 +15,7 @@ pub fn kernel_name(name: &str) -> String {
 
 /// Whether `s` may be a tracepoint category or name. They end up in tracefs
 /// paths: no `/`, no `.`/`..`, nothing exotic.
-pub fn valid_tracepoint_part(s: &str) -> bool {
+pub(crate) fn valid_tracepoint_part(s: &str) -> bool {
     !s.is_empty()
         && s != "."
         && s != ".."
@@ -25,7 +25,7 @@ pub fn valid_tracepoint_part(s: &str) -> bool {
 
 /// The last identifier of a Rust v0 mangled name (`_RNvCs..._1p6COUNTS` -> `COUNTS`),
 /// or the name itself.
-pub fn demangled_tail(name: &str) -> &str {
+pub(crate) fn demangled_tail(name: &str) -> &str {
     if !name.starts_with("_R") {
         return name;
     }
@@ -54,7 +54,7 @@ pub fn demangled_tail(name: &str) -> &str {
 /// The position of `name` among `names`: the one spelled exactly so, else
 /// the first whose demangled tail is `name` (maps are asked for by their
 /// Rust name, `COUNTS`, whatever the compiler made of it).
-pub fn find<'a>(names: impl Iterator<Item = &'a str> + Clone, name: &str) -> Option<usize> {
+pub(crate) fn find<'a>(names: impl Iterator<Item = &'a str> + Clone, name: &str) -> Option<usize> {
     let mut all = names.clone();
     all.position(|n| n == name)
         .or_else(|| names.into_iter().position(|n| demangled_tail(n) == name))

@@ -75,7 +75,7 @@ fn rustc_fixture_parse() {
     let str1 = &spec.maps[3];
     assert_eq!(str1.initial.as_deref(), Some(&b"hello world string\0"[..]));
     assert!(str1.frozen() && spec.maps[1].frozen() && !data.frozen() && !bss.frozen());
-    assert_eq!(spec.maps[1].flags, obj::BPF_F_RDONLY_PROG);
+    assert_eq!(spec.maps[1].flags, bpfload::sys::BPF_F_RDONLY_PROG);
     assert_eq!(str1.kernel_name(), ".rodata.str1.1");
 }
 

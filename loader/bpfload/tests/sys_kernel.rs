@@ -53,6 +53,11 @@ fn sys_hash_map_update_lookup_delete_iterate() {
     // NOEXIST on an existing key fails with EEXIST.
     let e = m.update_u64_key(1, &[0; 16], sys::BPF_NOEXIST).unwrap_err();
     assert_eq!(e.errno, Some(libc::EEXIST), "{e}");
+    // EXIST on an absent key fails with ENOENT (an error, not "absent"); on a present
+    // key it replaces the value.
+    let e = m.update_u64_key(99, &[0; 16], sys::BPF_EXIST).unwrap_err();
+    assert_eq!(e.errno, Some(libc::ENOENT), "{e}");
+    m.update_u64_key(4, &[4; 16], sys::BPF_EXIST).unwrap();
     let mut v = [0u8; 16];
     assert!(m.lookup_u64_key(3, &mut v).unwrap());
     assert_eq!(v, [3; 16]);

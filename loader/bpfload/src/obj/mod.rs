@@ -28,6 +28,7 @@ mod symbols;
 
 use crate::insn::{self, Insn};
 use crate::names;
+use crate::sys::{BPF_F_RDONLY_PROG, BPF_MAP_TYPE_ARRAY};
 use crate::{Error, Result};
 use object::LittleEndian as LE;
 use object::elf;
@@ -37,11 +38,7 @@ use symbols::SymInfo;
 type Elf = elf::FileHeader64<LE>;
 
 /// Size of the legacy `struct bpf_map_def` prefix the loader reads.
-pub const MAP_DEF_SIZE: u64 = 20;
-
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
-/// Programs may only read the map; user space may still write it until frozen.
-pub const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+const MAP_DEF_SIZE: u64 = 20;
 
 /// Where a map comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

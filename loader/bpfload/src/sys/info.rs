@@ -76,7 +76,7 @@ struct InfoRaw {
 /// BPF_OBJ_GET_INFO_BY_FD into `info` (a zeroed prefix of struct bpf_prog_info,
 /// bpf_map_info, bpf_link_info or bpf_btf_info); returns the number of bytes the kernel
 /// filled. Pointer fields inside `info` must stay zero.
-pub fn obj_get_info_by_fd(fd: BorrowedFd<'_>, info: &mut [u8]) -> Result<usize> {
+fn obj_get_info_by_fd(fd: BorrowedFd<'_>, info: &mut [u8]) -> Result<usize> {
     let Ok(info_len) = u32::try_from(info.len()) else {
         crate::bail!("BPF_OBJ_GET_INFO_BY_FD: info buffer too large");
     };
@@ -114,8 +114,6 @@ pub struct MapInfo {
 /// The part of struct bpf_link_info we use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkInfo {
-    pub link_type: u32,
-    pub id: u32,
     pub prog_id: u32,
 }
 
@@ -147,13 +145,12 @@ pub fn map_info(fd: BorrowedFd<'_>) -> Result<MapInfo> {
     })
 }
 
-/// Type, id and program id of a link.
+/// The program a link attaches.
 pub fn link_info(fd: BorrowedFd<'_>) -> Result<LinkInfo> {
     let mut b = [0u8; 16];
     obj_get_info_by_fd(fd, &mut b).map_err(|e| e.context("link info"))?;
+    // type, id, then prog_id.
     Ok(LinkInfo {
-        link_type: ne_u32(&b, 0),
-        id: ne_u32(&b, 4),
         prog_id: ne_u32(&b, 8),
     })
 }

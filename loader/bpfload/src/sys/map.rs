@@ -84,7 +84,7 @@ struct MapFdRaw {
 
 /// Buffer sizes the kernel uses for a map's elements, as user space sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ElemSizes {
+pub(crate) struct ElemSizes {
     pub key: usize,
     /// For per-CPU maps: round_up(value_size, 8) * possible CPUs.
     pub value: usize,
@@ -107,7 +107,7 @@ fn is_percpu(map_type: u32) -> bool {
 }
 
 /// Number of possible CPUs, from `/sys/devices/system/cpu/possible` ("0-3,5").
-pub fn possible_cpus() -> Result<usize> {
+fn possible_cpus() -> Result<usize> {
     let path = "/sys/devices/system/cpu/possible";
     let s = std::fs::read_to_string(path).map_err(|e| Error::from(e).context(path))?;
     parse_cpu_list(s.trim()).ok_or_else(|| Error::new(format!("{path}: cannot parse {s:?}")))
@@ -162,7 +162,7 @@ impl ElemSizes {
 /// A map descriptor together with its (immutable) element sizes, so that element
 /// operations can check buffer lengths without asking the kernel each time.
 #[derive(Debug)]
-pub struct MapFd {
+pub(crate) struct MapFd {
     fd: OwnedFd,
     info: MapInfo,
     sizes: ElemSizes,
@@ -187,10 +187,6 @@ impl MapFd {
 
     pub fn sizes(&self) -> ElemSizes {
         self.sizes
-    }
-
-    pub fn into_fd(self) -> OwnedFd {
-        self.fd
     }
 
     /// Element operations with this map's sizes.
@@ -303,7 +299,7 @@ pub fn map_get_next_key(fd: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8])
 
 /// BPF_MAP_FREEZE: user space can no longer write the map (programs still can unless the
 /// map was created with BPF_F_RDONLY_PROG).
-pub fn map_freeze(fd: BorrowedFd<'_>) -> Result<()> {
+pub(crate) fn map_freeze(fd: BorrowedFd<'_>) -> Result<()> {
     let mut a = MapFdRaw {
         map_fd: fd.as_raw_fd() as u32,
     };

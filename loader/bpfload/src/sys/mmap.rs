@@ -14,7 +14,7 @@ use crate::{Error, Result};
 /// as a snapshot that can change under you (like any shared memory), and synchronise with
 /// the programs through the protocol (e.g. read only after the program signalled completion).
 #[derive(Debug)]
-pub enum MapMmap {
+pub(crate) enum MapMmap {
     Rw(memmap2::MmapMut),
     Ro(memmap2::Mmap),
 }
@@ -34,14 +34,6 @@ impl MapMmap {
             MapMmap::Ro(_) => None,
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 fn mmap_err(what: String, e: std::io::Error) -> Error {
@@ -49,7 +41,12 @@ fn mmap_err(what: String, e: std::io::Error) -> Error {
 }
 
 /// mmap(MAP_SHARED) of `len` bytes of a map at `offset` (a multiple of the page size).
-pub fn mmap_map(fd: BorrowedFd<'_>, offset: u64, len: usize, writable: bool) -> Result<MapMmap> {
+pub(crate) fn mmap_map(
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    len: usize,
+    writable: bool,
+) -> Result<MapMmap> {
     if len == 0 {
         crate::bail!("mmap of a BPF map: length 0");
     }
@@ -90,7 +87,7 @@ pub fn mmap_map(fd: BorrowedFd<'_>, offset: u64, len: usize, writable: bool) -> 
 /// producer page followed by the data area mapped twice (read-only, offset one page), so a
 /// record that wraps around the end is still contiguous.
 #[derive(Debug)]
-pub struct RingMmap {
+pub(crate) struct RingMmap {
     consumer: memmap2::MmapRaw,
     producer: memmap2::MmapRaw,
     page: usize,

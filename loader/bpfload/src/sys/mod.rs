@@ -28,7 +28,7 @@ pub use consts::*;
 pub use info::*;
 pub use map::*;
 pub use mmap::*;
-pub use perf::*;
+pub(crate) use perf::*;
 pub use prog::*;
 
 use std::ffi::CString;
@@ -76,7 +76,7 @@ fn ptr_u64<T>(p: *const T) -> u64 {
 }
 
 /// A kernel object name as `bpf_attr` holds it: [`names::kernel_name`], NUL-padded.
-pub fn obj_name(name: &str) -> [u8; BPF_OBJ_NAME_LEN] {
+fn obj_name(name: &str) -> [u8; BPF_OBJ_NAME_LEN] {
     let mut out = [0u8; BPF_OBJ_NAME_LEN];
     for (dst, b) in out.iter_mut().zip(names::kernel_name(name).bytes()) {
         *dst = b;

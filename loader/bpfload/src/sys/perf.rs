@@ -28,7 +28,7 @@ struct PerfEventAttrRaw {
 const _: () = assert!(size_of::<PerfEventAttrRaw>() == 72);
 
 /// perf_event_open(2) of a tracepoint event (`tp_id` from tracefs), close-on-exec.
-pub fn perf_event_open_tracepoint(tp_id: u64, pid: i32, cpu: i32) -> Result<OwnedFd> {
+pub(crate) fn perf_event_open_tracepoint(tp_id: u64, pid: i32, cpu: i32) -> Result<OwnedFd> {
     let mut attr = PerfEventAttrRaw {
         type_: PERF_TYPE_TRACEPOINT,
         size: size_of::<PerfEventAttrRaw>() as u32,
@@ -72,13 +72,13 @@ fn ioctl_int(
 }
 
 /// PERF_EVENT_IOC_SET_BPF: attach a program to a perf event (legacy path).
-pub fn perf_event_set_bpf(fd: BorrowedFd<'_>, prog_fd: BorrowedFd<'_>) -> Result<()> {
+pub(crate) fn perf_event_set_bpf(fd: BorrowedFd<'_>, prog_fd: BorrowedFd<'_>) -> Result<()> {
     ioctl_int(fd, PERF_EVENT_IOC_SET_BPF, prog_fd.as_raw_fd())
         .map_err(|e| Error::sys("ioctl(PERF_EVENT_IOC_SET_BPF)", e))
 }
 
 /// PERF_EVENT_IOC_ENABLE.
-pub fn perf_event_enable(fd: BorrowedFd<'_>) -> Result<()> {
+pub(crate) fn perf_event_enable(fd: BorrowedFd<'_>) -> Result<()> {
     ioctl_int(fd, PERF_EVENT_IOC_ENABLE, 0)
         .map_err(|e| Error::sys("ioctl(PERF_EVENT_IOC_ENABLE)", e))
 }
@@ -95,7 +95,7 @@ struct LinkCreateRaw {
 const _: () = assert!(size_of::<LinkCreateRaw>() == 24);
 
 /// BPF_LINK_CREATE (for perf events: `attach_type` = [`BPF_PERF_EVENT`]).
-pub fn link_create(
+pub(crate) fn link_create(
     prog_fd: BorrowedFd<'_>,
     target_fd: BorrowedFd<'_>,
     attach_type: u32,
@@ -121,7 +121,7 @@ struct RawTpOpenRaw {
 const _: () = assert!(size_of::<RawTpOpenRaw>() == 24);
 
 /// BPF_RAW_TRACEPOINT_OPEN: attaches a raw tracepoint program; closing the fd detaches.
-pub fn raw_tracepoint_open(name: &str, prog_fd: BorrowedFd<'_>) -> Result<OwnedFd> {
+pub(crate) fn raw_tracepoint_open(name: &str, prog_fd: BorrowedFd<'_>) -> Result<OwnedFd> {
     let Ok(cname) = CString::new(name) else {
         crate::bail!("raw tracepoint name {name:?} contains a NUL byte");
     };

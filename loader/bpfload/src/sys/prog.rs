@@ -139,7 +139,6 @@ pub struct ProgLoadAttr<'a> {
     pub license: &'a str,
     /// Sanitised by [`obj_name`].
     pub name: &'a str,
-    pub expected_attach_type: u32,
     pub prog_btf_fd: Option<RawFd>,
     /// `func_info_cnt` records of `func_info_rec_size` bytes (struct bpf_func_info).
     pub func_info: &'a [u8],
@@ -176,7 +175,6 @@ pub fn prog_load(a: &ProgLoadAttr<'_>) -> Result<OwnedFd> {
         insns: ptr_u64(a.insns.as_ptr()),
         license: ptr_u64(license.as_ptr()),
         prog_name: obj_name(a.name),
-        expected_attach_type: a.expected_attach_type,
         prog_btf_fd: a.prog_btf_fd.map_or(0, |f| f as u32),
         func_info_rec_size: if a.func_info_cnt > 0 {
             a.func_info_rec_size
