@@ -117,8 +117,8 @@ pub fn program_btf(prog: &LinkedProgram) -> ProgramBtf {
 }
 
 /// A valid C identifier (what the kernel's BTF name check accepts): invalid
-/// characters become `_`, a leading digit gets a `_` prefix, cut to
-/// [`MAX_NAME_LEN`].
+/// characters become `_`, a leading digit gets a `_` prefix, cut to 127
+/// bytes (kernels before 6.1 allow no more).
 pub fn sanitize_name(name: &str) -> String {
     let mut s: String = name
         .chars()

@@ -83,7 +83,8 @@ impl MapSpec {
     }
 
     /// The name to pass in `bpf_attr.map_name`: Rust mangling stripped to the
-    /// last path component, then [`names::kernel_name`].
+    /// last path component, then only `[A-Za-z0-9_.]` kept (others dropped), at
+    /// most 15 bytes: the kernel's rule for object names.
     pub fn kernel_name(&self) -> String {
         names::kernel_name(names::demangled_tail(&self.name))
     }
@@ -198,8 +199,8 @@ pub struct ObjectSpec {
 }
 
 impl ObjectSpec {
-    /// Index of the map called `name`, by [`names::find`]: the exact name,
-    /// else the demangled tail of a legacy map.
+    /// Index of the map called `name`: the exact name, else the first map
+    /// whose demangled name is `name` (as [`crate::load::Loaded::map`] finds maps).
     pub fn map_index(&self, name: &str) -> Option<usize> {
         names::find(self.maps.iter().map(|m| m.name.as_str()), name)
     }

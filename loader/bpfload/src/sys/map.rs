@@ -36,7 +36,7 @@ pub struct MapCreateAttr<'a> {
     pub value_size: u32,
     pub max_entries: u32,
     pub map_flags: u32,
-    /// Sanitised by [`obj_name`].
+    /// Only the bytes the kernel accepts are kept, at most 15.
     pub name: &'a str,
     /// Template inner map, for ARRAY_OF_MAPS / HASH_OF_MAPS.
     pub inner_map_fd: Option<BorrowedFd<'a>>,
@@ -287,7 +287,7 @@ impl<'a> Elems<'a> {
 }
 
 /// BPF_MAP_LOOKUP_ELEM on any map descriptor; `Ok(false)` when the key is absent.
-/// Asks the kernel for the map's sizes first (use [`MapFd`] to skip that).
+/// Asks the kernel for the map's sizes first ([`crate::maps::Map`] knows them).
 pub fn map_lookup_elem(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> Result<bool> {
     Elems::of(fd)?.lookup(key, value)
 }

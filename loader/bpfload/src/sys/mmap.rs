@@ -55,7 +55,7 @@ pub(crate) fn mmap_map(
     let info = map_info(fd)?;
     if info.map_type != BPF_MAP_TYPE_ARRAY || info.map_flags & BPF_F_MMAPABLE == 0 {
         crate::bail!(
-            "map `{}` cannot be mapped: only ARRAY maps created with BPF_F_MMAPABLE can (use RingMmap for ring buffers)",
+            "map `{}` cannot be mapped: only ARRAY maps created with BPF_F_MMAPABLE can (ring buffers are read with RingBuf)",
             info.name
         );
     }

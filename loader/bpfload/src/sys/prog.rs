@@ -137,7 +137,7 @@ pub struct ProgLoadAttr<'a> {
     pub insns: &'a [Insn],
     /// "GPL" for programs using GPL-only helpers (bpf_probe_read_user, ...).
     pub license: &'a str,
-    /// Sanitised by [`obj_name`].
+    /// Only the bytes the kernel accepts are kept, at most 15.
     pub name: &'a str,
     pub prog_btf_fd: Option<RawFd>,
     /// `func_info_cnt` records of `func_info_rec_size` bytes (struct bpf_func_info).
