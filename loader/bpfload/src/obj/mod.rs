@@ -234,19 +234,10 @@ fn aligned<R>(bytes: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
 }
 
 fn parse_aligned(bytes: &[u8]) -> Result<ObjectSpec> {
-    let mut p = Parser::open(bytes)?;
-    p.sections()?;
-    p.legacy_maps()?;
-    p.functions()?;
-    p.programs()?;
+    let mut p = Parser::through_programs(bytes)?;
     let pending = p.relocations()?;
     p.calls(pending)?;
-    Ok(ObjectSpec {
-        license: p.license,
-        maps: p.maps,
-        programs: p.programs,
-        code: p.code,
-    })
+    Ok(p.into_spec())
 }
 
 /// What a section turned into.
@@ -315,6 +306,25 @@ impl<'a> Parser<'a> {
             code: Vec::new(),
             programs: Vec::new(),
         })
+    }
+
+    /// Every phase up to the programs: what the relocations are resolved against.
+    fn through_programs(bytes: &'a [u8]) -> Result<Self> {
+        let mut p = Self::open(bytes)?;
+        p.sections()?;
+        p.legacy_maps()?;
+        p.functions()?;
+        p.programs()?;
+        Ok(p)
+    }
+
+    fn into_spec(self) -> ObjectSpec {
+        ObjectSpec {
+            license: self.license,
+            maps: self.maps,
+            programs: self.programs,
+            code: self.code,
+        }
     }
 
     /// The name of section `i`, empty if it has none.

@@ -152,13 +152,7 @@ impl Ctx<'_> {
 
     /// `R_BPF_64_64`: an `ld_imm64` of a map, global data or a function address.
     fn ld_imm64(&self, site: &Site<'_>) -> Result<RelocTarget> {
-        let Site {
-            cs,
-            pc,
-            ref here,
-            y,
-            role,
-        } = *site;
+        let (cs, pc, here, y, role) = (site.cs, site.pc, &site.here, site.y, site.role);
         let ins = cs.insns[pc];
         if !ins.is_ld_imm64() {
             bail!("invalid BPF object: R_BPF_64_64 at {here} is not on an ld_imm64");
@@ -211,13 +205,7 @@ impl Ctx<'_> {
 
     /// `R_BPF_64_32`: a bpf-to-bpf call.
     fn call(&self, site: &Site<'_>) -> Result<RelocTarget> {
-        let Site {
-            cs,
-            pc,
-            ref here,
-            y,
-            role,
-        } = *site;
+        let (cs, pc, here, y, role) = (site.cs, site.pc, &site.here, site.y, site.role);
         let ins = cs.insns[pc];
         if !ins.is_pseudo_call() {
             bail!("invalid BPF object: R_BPF_64_32 at {here} is not on a bpf-to-bpf call");

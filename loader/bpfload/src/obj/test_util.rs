@@ -90,19 +90,8 @@ pub fn code_section(name: &str, insns: Vec<Insn>, funcs: &[(&str, usize, usize)]
 /// Runs the phases up to and including `programs` (no relocations).
 pub fn parsed_until_programs(bytes: &[u8]) -> Result<(ObjectSpec, Vec<Role>)> {
     aligned(bytes, |b| {
-        let mut p = Parser::open(b)?;
-        p.sections()?;
-        p.legacy_maps()?;
-        p.functions()?;
-        p.programs()?;
-        Ok((
-            ObjectSpec {
-                license: p.license,
-                maps: p.maps,
-                programs: p.programs,
-                code: p.code,
-            },
-            p.roles,
-        ))
+        let p = Parser::through_programs(b)?;
+        let roles = p.roles.clone();
+        Ok((p.into_spec(), roles))
     })
 }
