@@ -319,4 +319,47 @@ mod tests {
         assert_eq!(parse_cpu_list("0-3,5,7-8"), Some(9));
         assert_eq!(parse_cpu_list("x"), None);
     }
+
+    #[test]
+    fn value_strides() {
+        assert_eq!(value_stride(0), 0);
+        assert_eq!(value_stride(1), 8);
+        assert_eq!(value_stride(12), 16);
+        assert_eq!(value_stride(16), 16);
+    }
+
+    #[test]
+    fn buffers_are_checked_against_the_sizes() {
+        let s = ElemSizes { key: 4, value: 8 };
+        assert!(s.check("t", Some(&[0; 4]), Some(&[0; 8])).is_ok());
+        assert!(s.check("t", None, None).is_ok());
+        let e = s
+            .check("map lookup", Some(&[0; 8]), Some(&[0; 8]))
+            .unwrap_err();
+        assert_eq!(
+            e.msg,
+            "map lookup: key is 8 bytes, the map's keys are 4 bytes"
+        );
+        let e = s
+            .check("map update", Some(&[0; 4]), Some(&[0; 7]))
+            .unwrap_err();
+        assert_eq!(
+            e.msg,
+            "map update: value buffer is 7 bytes, the map's values are 8 bytes"
+        );
+        let info = |map_type| MapInfo {
+            map_type,
+            id: 1,
+            key_size: 4,
+            value_size: 12,
+            max_entries: 1,
+            map_flags: 0,
+            name: String::new(),
+        };
+        let plain = ElemSizes::of(&info(BPF_MAP_TYPE_ARRAY)).unwrap();
+        assert_eq!(plain, ElemSizes { key: 4, value: 12 });
+        // Per-CPU: one 8-aligned value per possible CPU.
+        let per_cpu = ElemSizes::of(&info(BPF_MAP_TYPE_PERCPU_ARRAY)).unwrap();
+        assert_eq!(per_cpu.value, 16 * possible_cpus().unwrap());
+    }
 }

@@ -135,4 +135,14 @@ mod tests {
         assert_eq!(&n[..15], b"abcdefghijklmno");
         assert_eq!(n[15], 0);
     }
+
+    #[test]
+    fn info_buffer_fields() {
+        assert_eq!(name_from_bytes(b"abc\0def"), "abc");
+        assert_eq!(name_from_bytes(b"full"), "full");
+        let b = 0x1234_5678u32.to_ne_bytes();
+        assert_eq!(ne_u32(&b, 0), 0x1234_5678);
+        // Past the end reads as 0 rather than panicking.
+        assert_eq!(ne_u32(&b, 2), 0);
+    }
 }
