@@ -382,7 +382,6 @@ fn try_load(insns: &[Insn], with_btf: bool) -> Result<(), String> {
         func_info_rec_size: if with_btf { 8 } else { 0 },
         func_info_cnt: (func_info.len() / 8) as u32,
         func_info: &func_info,
-        ..Default::default()
     };
     sys::prog_load(&attr).map(drop).map_err(|e| refusal(&e))
 }
@@ -394,11 +393,7 @@ fn first_line(s: &str) -> &str {
 /// The verifier's own reason from a `sys::prog_load` error: the last log line that is not
 /// an instruction trace or a statistics line; else the error's first line.
 fn refusal(e: &Error) -> String {
-    let log = e
-        .msg
-        .split_once("\nverifier log:\n")
-        .map(|(_, l)| l)
-        .unwrap_or("");
+    let log = e.log.as_deref().unwrap_or("");
     let reason = log.lines().rev().map(str::trim).find(|l| {
         let insn_trace = l
             .split_once(':')
@@ -482,8 +477,8 @@ mod tests {
 
     #[test]
     fn refusal_picks_the_verifier_reason() {
-        let e = Error::new(
-            "loading BPF program `x`: Invalid argument (os error 22)\nverifier log:\n0: R1=ctx() R10=fp0\n\
+        let e = Error::new("loading BPF program `x`: Invalid argument (os error 22)").with_log(
+            "0: R1=ctx() R10=fp0\n\
              3: (85) call bpf_probe_write_user#36\nprogram of this type cannot use helper bpf_probe_write_user#36\n\
              processed 4 insns (limit 1000000) max_states_per_insn 0",
         );

@@ -7,20 +7,24 @@
 //! - `BPFCKPT_FUZZ_AS` address-space cap of the worker in bytes (default
 //!   1 GiB).
 //!
+//! It lives in the application's package for its best seed, the real probe
+//! object; the rest is bpfload's test code (loader/bpfload/tests: common/,
+//! fuzzing/), included with `#[path]`.
+//!
 //! The test supervises a worker: this same test binary, re-run with
 //! `BPFCKPT_FUZZ_WORKER` set, under `prlimit --as`. The worker mutates the
-//! seeds (the real probe object, tests/fixtures/*.o, the hand-made rich
-//! object) and keeps every input that reaches a new outcome (a new error
+//! seeds (the real probe object, loader/bpfload/tests/fixtures/*.o, the
+//! hand-made rich object) and keeps every input that reaches a new outcome (a new error
 //! message, or linking with a new shape) as a further base. Before each
 //! input it writes it to a scratch file; each input runs under
 //! `catch_unwind` and a peak-RSS budget (see fuzzing/mod.rs). A panic, a
 //! broken invariant or a budget overrun is saved by the worker as
-//! `loader/tests/fuzz-corpus/crash-<hash>.bin` / `memory-<hash>.bin`; a
+//! `loader/bpfload/tests/fuzz-corpus/crash-<hash>.bin` / `memory-<hash>.bin`; a
 //! worker that dies (abort on an allocation beyond the cap, stack overflow)
 //! or hangs (no new input for 10 s) has its input in flight saved by the
 //! supervisor as `crash-<hash>.bin` / `hang-<hash>.bin`. Any of these fails
-//! the test; fuzz_corpus.rs replays the files from then on. A crash whose
-//! bug is known and reported lives in tests/fuzz-corpus/known/ until it is
+//! the test; bpfload's fuzz_corpus.rs replays the files from then on. A crash
+//! whose bug is known and reported lives in fuzz-corpus/known/ until it is
 //! fixed; the driver counts inputs that hit the same panic (message without
 //! program name and numbers) as `known_bug_hits` instead of failing.
 //!
@@ -30,11 +34,13 @@
 //! crate outside the workspace and a separately installed tool. This
 //! driver needs none of that.
 
+#[path = "../bpfload/tests/common/mod.rs"]
 mod common;
+#[path = "../bpfload/tests/fuzzing/mod.rs"]
 mod fuzzing;
 
 use common::Rng;
-use fuzzing::{Failure, failure_key, known_files, mutate, run_one, save, seeds};
+use fuzzing::{Failure, failure_key, known_files, mutate, run_one, save};
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Command;
@@ -137,7 +143,8 @@ fn worker(current: PathBuf) {
     let seconds: f64 = env_num("BPFCKPT_FUZZ_SECONDS").unwrap_or(60.0);
     let seed: u64 = env_num("BPFCKPT_FUZZ_SEED").unwrap_or(1);
     let mut rng = Rng(seed | 1);
-    let seeds = seeds();
+    let mut seeds = vec![("probes".to_string(), bpfckpt::PROBES_OBJ.to_vec())];
+    seeds.extend(fuzzing::seeds());
     let nseeds = seeds.len();
     // Inputs that reached a new outcome are mutated further.
     let mut pool: Vec<Vec<u8>> = seeds.iter().map(|s| s.1.clone()).collect();
@@ -151,7 +158,7 @@ fn worker(current: PathBuf) {
             Err(f) => panic!("seed {name}: {f:?}"),
         }
     }
-    // Known bugs (tests/fuzz-corpus/known): their failures are counted, not
+    // Known bugs (fuzz-corpus/known): their failures are counted, not
     // reported again, while they are not fixed.
     let mut known: HashSet<String> = HashSet::new();
     for p in known_files() {

@@ -1,5 +1,5 @@
 //! The probe object's `selftest` program, loaded by our loader into the real kernel,
-//! exercises every relocation case of DESIGN.md section 4 (legacy maps, `.data`,
+//! exercises every relocation case the loader handles (legacy maps, `.data`,
 //! `.rodata`, `.bss`, a bpf-to-bpf call, a `bpf_loop` callback) and reports what it saw;
 //! plus: the verifier's own message reaches the user, and every probe program loads,
 //! attaches and is freed on drop. These tests need root (CI runs as root); without it
@@ -7,6 +7,8 @@
 
 #[path = "../../probes/src/abi.rs"]
 mod abi;
+#[path = "../bpfload/tests/common/mod.rs"]
+mod common;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -19,8 +21,9 @@ use bpfload::insn::{self, Insn};
 use bpfload::load::{self, LoadOptions, Loaded};
 use bpfload::maps::Map;
 use bpfload::ringbuf::RingBuf;
-use bpfload::sys::{self, MapCreateAttr};
+use bpfload::sys;
 use bpfload::{linker, obj};
+use common::need_root;
 
 /// What the probe keeps in `.data` / `.rodata` (probes/src/main.rs).
 const DATA: u64 = 0x1111_2222_3333_4444;
@@ -33,13 +36,6 @@ const LOOP: u64 = 55;
 const NVALS: usize = abi::ST_HITS as usize + 1;
 /// openat calls the child of the first test makes while the program is attached.
 const OPENS: u64 = 4;
-
-fn need_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests need root (bpf(2), perf_event_open(2), tracefs); CI runs them as root"
-    );
-}
 
 fn load_selftest() -> Loaded {
     load::load(
@@ -226,29 +222,15 @@ fn selftest_ignores_other_processes() {
     drop(idle);
 }
 
-/// Maps for `p` as `load` would make them, by spec index (`-1` for unused ones).
+/// Maps for `p` as `load` makes them, by spec index (`-1` for unused ones).
 fn create_maps(spec: &obj::ObjectSpec, p: &linker::LinkedProgram) -> (Vec<Map>, Vec<i32>) {
     let used: BTreeSet<usize> = p.map_refs.iter().map(|r| r.map).collect();
     let mut fds = vec![-1; spec.maps.len()];
     let mut maps = Vec::new();
     for &i in &used {
         let s = &spec.maps[i];
-        let m = Map::create(&MapCreateAttr {
-            map_type: s.map_type,
-            key_size: s.key_size,
-            value_size: s.value_size,
-            max_entries: s.max_entries,
-            map_flags: s.flags,
-            name: &s.kernel_name(),
-            inner_map_fd: None,
-        })
-        .unwrap_or_else(|e| panic!("map `{}`: {e}", s.name));
-        if let Some(init) = &s.initial {
-            m.update_u32_key(0, init, sys::BPF_ANY).unwrap();
-        }
-        if s.frozen() {
-            m.freeze().unwrap();
-        }
+        let m = load::create_map(s, MapOverride::default())
+            .unwrap_or_else(|e| panic!("map `{}`: {e}", s.name));
         fds[i] = m.as_fd().as_raw_fd();
         maps.push(m);
     }
@@ -314,7 +296,7 @@ fn verifier_error_from_a_real_linked_program_shows_the_verifier_message() {
     assert_eq!(e.errno, Some(libc::EACCES), "{e}");
     let want = format!("R{k} !read_ok");
     assert!(
-        e.msg.contains(&want),
+        e.log.as_deref().is_some_and(|l| l.contains(&want)),
         "the error does not carry the verifier's message `{want}`: {e}"
     );
     assert!(
@@ -329,13 +311,7 @@ fn is_write_trigger(name: &str) -> bool {
 
 /// Ids of every program (or map) the kernel currently has.
 fn all_ids(next: fn(u32) -> bpfload::Result<Option<u32>>) -> BTreeSet<u32> {
-    let mut ids = BTreeSet::new();
-    let mut id = 0;
-    while let Some(n) = next(id).unwrap() {
-        ids.insert(n);
-        id = n;
-    }
-    ids
+    common::all_ids(next).into_iter().collect()
 }
 
 #[test]
@@ -370,7 +346,7 @@ fn all_probe_programs_load_on_this_kernel() {
                 "trigger_openat_w must load when bpf_probe_write_user is available: {e}"
             );
             assert!(
-                e.msg.contains("bpf_probe_write_user"),
+                e.to_string().contains("bpf_probe_write_user"),
                 "the refusal does not name bpf_probe_write_user: {e}"
             );
         }

@@ -7,8 +7,8 @@
 //! does not depend on bpfckpt (and build the probes). It is built with the
 //! test (debug) profile on purpose: integer overflow checks stay on, so an
 //! arithmetic overflow on a hostile header is a finding, not a wrap. A
-//! crashing input is saved as loader/tests/fuzz-corpus/<kind>-<hash>.bin
-//! (kept as a regression input, replayed by loader/tests/fuzz_corpus.rs)
+//! crashing input is saved as loader/bpfload/tests/fuzz-corpus/<kind>-<hash>.bin
+//! (kept as a regression input, replayed by loader/bpfload/tests/fuzz_corpus.rs)
 //! and the command fails.
 
 use crate::util::{self, Ctx, Result};
@@ -32,7 +32,7 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result<()> {
                 eprintln!(
                     "usage: cargo xtask fuzz [--seconds N] [--seed S]\n\n\
                      Mutation-fuzzes obj::parse + link::link + btf::program_btf for N seconds\n\
-                     (default 60). Crashing inputs are saved in loader/tests/fuzz-corpus/."
+                     (default 60). Crashing inputs are saved in loader/bpfload/tests/fuzz-corpus/."
                 );
                 return Ok(());
             }

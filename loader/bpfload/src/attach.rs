@@ -5,7 +5,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use crate::{Error, Result, sys};
+use crate::{Error, Result, names, sys};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
@@ -40,7 +40,7 @@ pub fn tracefs_root() -> Result<PathBuf> {
 
 /// Rejects names that would escape `events/` (we build paths from them).
 fn check_component(what: &str, s: &str) -> Result<()> {
-    if s.is_empty() || s.starts_with('.') || s.contains('/') || s.contains('\0') {
+    if !names::valid_tracepoint_part(s) {
         crate::bail!("invalid tracepoint {what} {s:?}");
     }
     Ok(())
@@ -89,18 +89,14 @@ pub enum TracepointMode {
 pub struct TracepointLink {
     // Field order matters: the link goes before the perf event it points to.
     link: Option<OwnedFd>,
-    perf_fd: OwnedFd,
+    /// Held for its drop: closing it detaches the program.
+    _perf_fd: OwnedFd,
 }
 
 impl TracepointLink {
     /// Whether the attachment is a BPF link (rather than the ioctl path).
     pub fn is_bpf_link(&self) -> bool {
         self.link.is_some()
-    }
-
-    /// The perf event descriptor.
-    pub fn perf_fd(&self) -> BorrowedFd<'_> {
-        self.perf_fd.as_fd()
     }
 
     /// The BPF link descriptor, if the link path was used.
@@ -143,7 +139,10 @@ pub fn attach_tracepoint_with(
     }
     // The event is created enabled; ENABLE is harmless then and needed where it is not.
     sys::perf_event_enable(perf_fd.as_fd()).map_err(ctx)?;
-    Ok(TracepointLink { link, perf_fd })
+    Ok(TracepointLink {
+        link,
+        _perf_fd: perf_fd,
+    })
 }
 
 /// A program attached to a raw tracepoint. Drop it to detach.

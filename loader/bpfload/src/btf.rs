@@ -1,4 +1,4 @@
-//! The minimal BTF the loader writes for each program (DESIGN.md section 4).
+//! The minimal BTF the loader writes for each program.
 //!
 //! The verifier demands `func_info` as soon as a program has a callback
 //! (`BPF_PSEUDO_FUNC`), and rustc's own BTF does not pass the kernel's
@@ -16,33 +16,33 @@
 //! be static ("callback function not static").
 
 use crate::linker::LinkedProgram;
-use crate::obj::demangled_tail;
+use crate::names::demangled_tail;
 use std::collections::HashSet;
 
 /// `struct btf_header.magic`.
-pub const BTF_MAGIC: u16 = 0xeb9f;
+const BTF_MAGIC: u16 = 0xeb9f;
 /// `struct btf_header.version`.
-pub const BTF_VERSION: u8 = 1;
+const BTF_VERSION: u8 = 1;
 /// `sizeof(struct btf_header)`.
-pub const BTF_HEADER_LEN: u32 = 24;
+const BTF_HEADER_LEN: u32 = 24;
 /// BTF kinds used here (`BTF_KIND_*`).
-pub const BTF_KIND_INT: u32 = 1;
+const BTF_KIND_INT: u32 = 1;
 /// `BTF_KIND_PTR`.
-pub const BTF_KIND_PTR: u32 = 2;
+const BTF_KIND_PTR: u32 = 2;
 /// `BTF_KIND_FUNC` (its vlen holds the linkage).
-pub const BTF_KIND_FUNC: u32 = 12;
+const BTF_KIND_FUNC: u32 = 12;
 /// `BTF_KIND_FUNC_PROTO`.
-pub const BTF_KIND_FUNC_PROTO: u32 = 13;
+const BTF_KIND_FUNC_PROTO: u32 = 13;
 /// FUNC linkage of callbacks and subprograms.
-pub const BTF_FUNC_STATIC: u32 = 0;
+const BTF_FUNC_STATIC: u32 = 0;
 /// FUNC linkage of the main program.
-pub const BTF_FUNC_GLOBAL: u32 = 1;
+const BTF_FUNC_GLOBAL: u32 = 1;
 /// Size of one `struct bpf_func_info` record.
-pub const FUNC_INFO_REC_SIZE: u32 = 8;
+const FUNC_INFO_REC_SIZE: u32 = 8;
 /// Type id of the first FUNC; the i-th function of a program is `FIRST_FUNC_TYPE_ID + i`.
-pub const FIRST_FUNC_TYPE_ID: u32 = 4;
+const FIRST_FUNC_TYPE_ID: u32 = 4;
 /// Kernels before 6.1 limit BTF names to `KSYM_NAME_LEN` = 128 (with the NUL).
-pub const MAX_NAME_LEN: usize = 127;
+const MAX_NAME_LEN: usize = 127;
 
 /// BTF and `func_info` for one program's `BPF_PROG_LOAD`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,8 +117,8 @@ pub fn program_btf(prog: &LinkedProgram) -> ProgramBtf {
 }
 
 /// A valid C identifier (what the kernel's BTF name check accepts): invalid
-/// characters become `_`, a leading digit gets a `_` prefix, cut to
-/// [`MAX_NAME_LEN`].
+/// characters become `_`, a leading digit gets a `_` prefix, cut to 127
+/// bytes (kernels before 6.1 allow no more).
 pub fn sanitize_name(name: &str) -> String {
     let mut s: String = name
         .chars()

@@ -6,20 +6,20 @@
 pub struct Insn {
     pub code: u8,
     /// dst_reg in the low nibble, src_reg in the high nibble.
-    pub regs: u8,
+    regs: u8,
     pub off: i16,
     pub imm: i32,
 }
 
-pub const INSN_SIZE: usize = 8;
+pub(crate) const INSN_SIZE: usize = 8;
 
 /// `lddw`: 64-bit immediate load, two slots.
 pub const LD_IMM64: u8 = 0x18;
 /// `call` (helper, or bpf-to-bpf with src_reg = PSEUDO_CALL).
 pub const CALL: u8 = 0x85;
-pub const EXIT: u8 = 0x95;
+const EXIT: u8 = 0x95;
 pub const MOV64_IMM: u8 = 0xb7;
-pub const MOV64_REG: u8 = 0xbf;
+const MOV64_REG: u8 = 0xbf;
 
 /// src_reg values of `ld_imm64`.
 pub const PSEUDO_MAP_FD: u8 = 1;
@@ -38,7 +38,7 @@ impl Insn {
         }
     }
 
-    pub fn from_bytes(b: [u8; 8]) -> Self {
+    fn from_bytes(b: [u8; 8]) -> Self {
         Self {
             code: b[0],
             regs: b[1],
@@ -61,7 +61,7 @@ impl Insn {
         self.regs >> 4
     }
 
-    pub fn set_src(&mut self, src: u8) {
+    pub(crate) fn set_src(&mut self, src: u8) {
         self.regs = (src << 4) | (self.regs & 0x0f);
     }
 
@@ -76,7 +76,7 @@ impl Insn {
 }
 
 /// Decodes a byte slice whose length is a multiple of 8.
-pub fn decode(bytes: &[u8]) -> Option<Vec<Insn>> {
+pub(crate) fn decode(bytes: &[u8]) -> Option<Vec<Insn>> {
     if !bytes.len().is_multiple_of(INSN_SIZE) {
         return None;
     }
@@ -130,10 +130,6 @@ pub mod asm {
     pub const fn ldx_dw(dst: u8, src: u8, off: i16) -> Insn {
         Insn::new(0x79, dst, src, off, 0)
     }
-    /// `dst = *(u32 *)(src + off)`
-    pub const fn ldx_w(dst: u8, src: u8, off: i16) -> Insn {
-        Insn::new(0x61, dst, src, off, 0)
-    }
     /// `*(u64 *)(dst + off) = src`
     pub const fn stx_dw(dst: u8, off: i16, src: u8) -> Insn {
         Insn::new(0x7b, dst, src, off, 0)
@@ -161,14 +157,6 @@ pub mod asm {
     /// `if dst == imm goto +off` (64-bit).
     pub const fn jeq_imm(dst: u8, imm: i32, off: i16) -> Insn {
         Insn::new(0x15, dst, 0, off, imm)
-    }
-    /// `if dst != imm goto +off` (64-bit).
-    pub const fn jne_imm(dst: u8, imm: i32, off: i16) -> Insn {
-        Insn::new(0x55, dst, 0, off, imm)
-    }
-    /// `if dst == src goto +off` (64-bit).
-    pub const fn jeq_reg(dst: u8, src: u8, off: i16) -> Insn {
-        Insn::new(0x1d, dst, src, off, 0)
     }
     /// `if dst != src goto +off` (64-bit).
     pub const fn jne_reg(dst: u8, src: u8, off: i16) -> Insn {

@@ -13,11 +13,11 @@ use crate::{Result, bail};
 use std::collections::{HashMap, HashSet};
 
 /// Largest program the kernel accepts (`BPF_COMPLEXITY_LIMIT_INSNS`).
-pub const MAX_PROG_INSNS: usize = 1_000_000;
+const MAX_PROG_INSNS: usize = 1_000_000;
 /// Bound on the instructions `link` produces for one object in total, so
 /// that a hostile object (many programs sharing a huge `.text`) cannot make
 /// it allocate without limit.
-pub const MAX_TOTAL_INSNS: usize = 8_000_000;
+const MAX_TOTAL_INSNS: usize = 8_000_000;
 
 /// How an `ld_imm64` refers to a map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,97 +121,24 @@ pub fn link(spec: &ObjectSpec) -> Result<Vec<LinkedProgram>> {
 /// Links one program: lays out its reachable functions and patches references.
 pub fn link_program(spec: &ObjectSpec, prog: &ProgramSpec) -> Result<LinkedProgram> {
     let fail = |what: String| crate::Error::new(format!("link `{}`: {what}", prog.name));
-    // Layout: (code section, function) in discovery order, with their bases.
-    let mut order: Vec<(usize, usize)> = vec![(prog.code, prog.func)];
-    let mut queued: HashSet<(usize, usize)> = order.iter().copied().collect();
-    let mut base: HashMap<(usize, usize), usize> = HashMap::new();
-    let mut insns: Vec<Insn> = Vec::new();
-    let mut next = 0;
-    while let Some(&(ci, fi)) = order.get(next) {
-        next += 1;
-        let f = spec
-            .code
-            .get(ci)
-            .and_then(|c| c.funcs.get(fi).map(|f| (c, f)))
-            .filter(|(c, f)| f.start < f.end && f.end <= c.insns.len());
-        let Some((cs, f)) = f else {
-            return Err(fail(format!("bad function reference ({ci}, {fi})")));
-        };
-        if insns.len() + (f.end - f.start) > MAX_PROG_INSNS {
-            return Err(fail(format!("more than {MAX_PROG_INSNS} instructions")));
-        }
-        base.insert((ci, fi), insns.len());
-        insns.extend_from_slice(&cs.insns[f.start..f.end]);
-        for r in relocs_in(cs, f.start, f.end) {
-            if let RelocTarget::Call { code, func } | RelocTarget::FuncAddr { code, func } =
-                r.target
-                && queued.insert((code, func))
-            {
-                order.push((code, func));
-            }
-        }
-    }
-
+    let Layout {
+        order,
+        base,
+        mut insns,
+    } = lay_out(spec, prog).map_err(fail)?;
     let mut map_refs = Vec::new();
     for &(ci, fi) in &order {
         let cs = &spec.code[ci];
         let f = &cs.funcs[fi];
         let b = base[&(ci, fi)];
         for r in relocs_in(cs, f.start, f.end) {
-            let pc = b + (r.insn - f.start);
-            let rel_to = |code, func| -> Result<i32> {
-                let t = base
-                    .get(&(code, func))
-                    .ok_or_else(|| fail("internal: target not laid out".into()))?;
-                i32::try_from(*t as i64 - pc as i64 - 1).map_err(|_| fail("jump too far".into()))
-            };
             // Both halves of an ld_imm64 must belong to this function.
-            let two_slots = insns.get(pc).is_some_and(|i| i.is_ld_imm64()) && r.insn + 1 < f.end;
-            match r.target {
-                RelocTarget::Call { code, func } => {
-                    if !insns[pc].is_pseudo_call() {
-                        return Err(fail(format!("call relocation at {pc} is not on a call")));
-                    }
-                    insns[pc].imm = rel_to(code, func)?;
-                }
-                RelocTarget::FuncAddr { code, func } => {
-                    if !two_slots {
-                        return Err(fail(format!("function address at {pc} is not an ld_imm64")));
-                    }
-                    insns[pc].set_src(insn::PSEUDO_FUNC);
-                    insns[pc].imm = rel_to(code, func)?;
-                    insns[pc + 1].imm = 0;
-                }
-                RelocTarget::Map { map } | RelocTarget::MapValue { map, .. } => {
-                    if !two_slots {
-                        return Err(fail(format!("map reference at {pc} is not an ld_imm64")));
-                    }
-                    if map >= spec.maps.len() {
-                        return Err(fail(format!("map #{map} does not exist")));
-                    }
-                    let (src, kind) = match r.target {
-                        RelocTarget::MapValue { offset, .. } => {
-                            (insn::PSEUDO_MAP_VALUE, MapRefKind::Value { offset })
-                        }
-                        _ => (insn::PSEUDO_MAP_FD, MapRefKind::Fd),
-                    };
-                    insns[pc].set_src(src);
-                    // The fd goes in later; the offset is known now.
-                    insns[pc].imm = 0;
-                    insns[pc + 1].imm = match kind {
-                        MapRefKind::Value { offset } => offset as i32,
-                        MapRefKind::Fd => 0,
-                    };
-                    map_refs.push(MapRef {
-                        insn: pc,
-                        map,
-                        kind,
-                    });
-                }
-            }
+            let two_slots = r.insn + 1 < f.end;
+            let pc = b + (r.insn - f.start);
+            let map_ref = patch(spec, &base, &mut insns, pc, two_slots, r.target).map_err(fail)?;
+            map_refs.extend(map_ref);
         }
     }
-
     let funcs = order
         .iter()
         .enumerate()
@@ -229,6 +156,115 @@ pub fn link_program(spec: &ObjectSpec, prog: &ProgramSpec) -> Result<LinkedProgr
         map_refs,
         funcs,
     })
+}
+
+/// A program's functions laid out one after the other.
+struct Layout {
+    /// (code section, function), the entry first, then in discovery order.
+    order: Vec<(usize, usize)>,
+    /// Where each function starts in `insns`.
+    base: HashMap<(usize, usize), usize>,
+    /// The functions' instructions, not patched yet.
+    insns: Vec<Insn>,
+}
+
+/// Lays out the entry function of `prog`, then every function it reaches
+/// through calls or callback addresses, each once.
+fn lay_out(spec: &ObjectSpec, prog: &ProgramSpec) -> std::result::Result<Layout, String> {
+    let mut order: Vec<(usize, usize)> = vec![(prog.code, prog.func)];
+    let mut queued: HashSet<(usize, usize)> = order.iter().copied().collect();
+    let mut base: HashMap<(usize, usize), usize> = HashMap::new();
+    let mut insns: Vec<Insn> = Vec::new();
+    let mut next = 0;
+    while let Some(&(ci, fi)) = order.get(next) {
+        next += 1;
+        let f = spec
+            .code
+            .get(ci)
+            .and_then(|c| c.funcs.get(fi).map(|f| (c, f)))
+            .filter(|(c, f)| f.start < f.end && f.end <= c.insns.len());
+        let Some((cs, f)) = f else {
+            return Err(format!("bad function reference ({ci}, {fi})"));
+        };
+        if insns.len() + (f.end - f.start) > MAX_PROG_INSNS {
+            return Err(format!("more than {MAX_PROG_INSNS} instructions"));
+        }
+        base.insert((ci, fi), insns.len());
+        insns.extend_from_slice(&cs.insns[f.start..f.end]);
+        for r in relocs_in(cs, f.start, f.end) {
+            if let RelocTarget::Call { code, func } | RelocTarget::FuncAddr { code, func } =
+                r.target
+                && queued.insert((code, func))
+            {
+                order.push((code, func));
+            }
+        }
+    }
+    Ok(Layout { order, base, insns })
+}
+
+/// Patches the instruction at `pc` of the laid-out `insns` for `target`;
+/// `two_slots` says both halves of an ld_imm64 there belong to its function.
+/// Returns the map reference it makes, if any.
+fn patch(
+    spec: &ObjectSpec,
+    base: &HashMap<(usize, usize), usize>,
+    insns: &mut [Insn],
+    pc: usize,
+    two_slots: bool,
+    target: RelocTarget,
+) -> std::result::Result<Option<MapRef>, String> {
+    let rel_to = |code, func| -> std::result::Result<i32, String> {
+        let t = base
+            .get(&(code, func))
+            .ok_or("internal: target not laid out")?;
+        i32::try_from(*t as i64 - pc as i64 - 1).map_err(|_| "jump too far".to_string())
+    };
+    let two_slots = two_slots && insns.get(pc).is_some_and(|i| i.is_ld_imm64());
+    match target {
+        RelocTarget::Call { code, func } => {
+            if !insns[pc].is_pseudo_call() {
+                return Err(format!("call relocation at {pc} is not on a call"));
+            }
+            insns[pc].imm = rel_to(code, func)?;
+            Ok(None)
+        }
+        RelocTarget::FuncAddr { code, func } => {
+            if !two_slots {
+                return Err(format!("function address at {pc} is not an ld_imm64"));
+            }
+            insns[pc].set_src(insn::PSEUDO_FUNC);
+            insns[pc].imm = rel_to(code, func)?;
+            insns[pc + 1].imm = 0;
+            Ok(None)
+        }
+        RelocTarget::Map { map } | RelocTarget::MapValue { map, .. } => {
+            if !two_slots {
+                return Err(format!("map reference at {pc} is not an ld_imm64"));
+            }
+            if map >= spec.maps.len() {
+                return Err(format!("map #{map} does not exist"));
+            }
+            let (src, kind) = match target {
+                RelocTarget::MapValue { offset, .. } => {
+                    (insn::PSEUDO_MAP_VALUE, MapRefKind::Value { offset })
+                }
+                _ => (insn::PSEUDO_MAP_FD, MapRefKind::Fd),
+            };
+            insns[pc].set_src(src);
+            // The fd goes in later; the offset is known now.
+            insns[pc].imm = 0;
+            insns[pc + 1].imm = match kind {
+                MapRefKind::Value { offset } => offset as i32,
+                MapRefKind::Fd => 0,
+            };
+            Ok(Some(MapRef {
+                insn: pc,
+                map,
+                kind,
+            }))
+        }
+    }
 }
 
 /// The relocations of `cs` inside instructions `start..end` (relocs are sorted).

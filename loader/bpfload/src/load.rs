@@ -6,9 +6,9 @@ use crate::attach::{self, RawTracepointLink, TracepointLink};
 use crate::btf;
 use crate::linker::{self, LinkedProgram};
 use crate::maps::Map;
-use crate::obj::{self, AttachPoint, ObjectSpec};
+use crate::obj::{self, AttachPoint, MapSpec, ObjectSpec};
 use crate::sys::{self, MapCreateAttr};
-use crate::{Error, Result};
+use crate::{Error, Result, names};
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
@@ -67,19 +67,11 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// The map called `name`, found as [`ObjectSpec::map_index`] finds it.
     pub fn map(&self, name: &str) -> Result<&Map> {
-        self.maps
-            .iter()
-            .find(|(n, _)| n == name || obj::demangled_tail(n) == name)
-            .map(|(_, m)| m)
+        names::find(self.maps.iter().map(|(n, _)| n.as_str()), name)
+            .map(|i| &self.maps[i].1)
             .ok_or_else(|| Error::new(format!("the object has no (loaded) map `{name}`")))
-    }
-
-    pub fn program(&self, name: &str) -> Result<&Program> {
-        self.programs
-            .iter()
-            .find(|p| p.name == name)
-            .ok_or_else(|| Error::new(format!("the object has no (loaded) program `{name}`")))
     }
 
     /// Attaches every loaded program; the links detach when dropped.
@@ -120,24 +112,7 @@ pub fn load(bytes: &[u8], opts: &LoadOptions<'_>) -> Result<Loaded> {
             .find(|(k, _)| spec.map_index(k) == Some(i))
             .map(|(_, v)| *v)
             .unwrap_or_default();
-        let kname = m.kernel_name();
-        let map = Map::create(&MapCreateAttr {
-            map_type: m.map_type,
-            key_size: m.key_size,
-            value_size: m.value_size,
-            max_entries: ov.max_entries.unwrap_or(m.max_entries),
-            map_flags: m.flags,
-            name: &kname,
-            inner_map_fd: ov.inner_map,
-        })
-        .map_err(|e| e.context(format!("map `{}`", obj::demangled_tail(&m.name))))?;
-        if let Some(init) = &m.initial {
-            map.update(&0u32.to_ne_bytes(), init, sys::BPF_ANY)
-                .map_err(|e| e.context(format!("fill `{}`", m.name)))?;
-        }
-        if m.frozen() {
-            map.freeze()?;
-        }
+        let map = create_map(m, ov)?;
         fds[i] = map.as_fd().as_raw_fd();
         maps.push((m.name.clone(), map));
     }
@@ -148,6 +123,29 @@ pub fn load(bytes: &[u8], opts: &LoadOptions<'_>) -> Result<Loaded> {
         programs.push(load_program(p, &spec.license)?);
     }
     Ok(Loaded { maps, programs })
+}
+
+/// Creates the map `m` describes (with `ov` applied), fills it with its
+/// initial bytes and freezes it if it is read-only data.
+pub fn create_map(m: &MapSpec, ov: MapOverride<'_>) -> Result<Map> {
+    let map = Map::create(&MapCreateAttr {
+        map_type: m.map_type,
+        key_size: m.key_size,
+        value_size: m.value_size,
+        max_entries: ov.max_entries.unwrap_or(m.max_entries),
+        map_flags: m.flags,
+        name: &m.kernel_name(),
+        inner_map_fd: ov.inner_map,
+    })
+    .map_err(|e| e.context(format!("map `{}`", names::demangled_tail(&m.name))))?;
+    if let Some(init) = &m.initial {
+        map.update(&0u32.to_ne_bytes(), init, sys::BPF_ANY)
+            .map_err(|e| e.context(format!("fill `{}`", m.name)))?;
+    }
+    if m.frozen() {
+        map.freeze()?;
+    }
+    Ok(map)
 }
 
 fn select(spec: &ObjectSpec, names: &[String]) -> Result<Vec<LinkedProgram>> {
@@ -177,7 +175,6 @@ pub fn load_program(p: &LinkedProgram, license: &str) -> Result<Program> {
         insns: &p.insns,
         license,
         name: &p.name,
-        expected_attach_type: 0,
         prog_btf_fd: Some(btf_fd.as_raw_fd()),
         func_info: &b.func_info,
         func_info_rec_size: b.func_info_rec_size,

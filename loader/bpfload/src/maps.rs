@@ -18,7 +18,6 @@ pub struct Map {
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
-    pub map_flags: u32,
     pub name: String,
 }
 
@@ -84,7 +83,6 @@ impl Map {
             key_size: i.key_size,
             value_size: i.value_size,
             max_entries: i.max_entries,
-            map_flags: i.map_flags,
             name: i.name,
         }
     }
@@ -103,11 +101,6 @@ impl Map {
     /// round_up(value_size, 8) times the number of possible CPUs.
     pub fn value_len(&self) -> usize {
         self.fd.sizes().value
-    }
-
-    /// Gives up the descriptor.
-    pub fn into_fd(self) -> OwnedFd {
-        self.fd.into_fd()
     }
 
     fn ctx(&self, e: Error) -> Error {
@@ -199,16 +192,8 @@ impl Map {
     }
 
     fn mmap_impl(&self, writable: bool) -> Result<ArrayMmap> {
-        if self.map_type != sys::BPF_MAP_TYPE_ARRAY || self.map_flags & sys::BPF_F_MMAPABLE == 0 {
-            crate::bail!(
-                "map `{}`: only ARRAY maps created with BPF_F_MMAPABLE can be mapped (type {}, flags {:#x})",
-                self.name,
-                self.map_type,
-                self.map_flags
-            );
-        }
-        // Elements sit at a stride of round_up(value_size, 8) in the mapped area.
-        let stride = (self.value_size as usize).div_ceil(8) * 8;
+        // sys::mmap_map checks, with the kernel's view of the map, that it can be mapped.
+        let stride = sys::value_stride(self.value_size);
         let Some(len) = stride.checked_mul(self.max_entries as usize) else {
             crate::bail!("map `{}`: size overflows", self.name);
         };

@@ -13,9 +13,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
 use crate::maps::Map;
-use crate::sys::{
-    self, BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ, RingMmap,
-};
+use crate::sys::{BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ, RingMmap};
 use crate::{Error, Result};
 
 /// A ring buffer consumer. Owns a duplicate of the map descriptor, so it can outlive the
@@ -30,23 +28,15 @@ pub struct RingBuf {
 impl RingBuf {
     /// Consumer for a ring buffer map.
     pub fn new(map: &Map) -> Result<Self> {
-        Self::with_size(map.as_fd(), map.map_type, map.max_entries)
+        Self::from_fd(map.as_fd())
     }
 
-    /// Consumer for a ring buffer map given by descriptor (asks the kernel for its size).
+    /// Consumer for a ring buffer map given by descriptor.
     pub fn from_fd(fd: BorrowedFd<'_>) -> Result<Self> {
-        let info = sys::map_info(fd)?;
-        Self::with_size(fd, info.map_type, info.max_entries)
-    }
-
-    fn with_size(fd: BorrowedFd<'_>, map_type: u32, size: u32) -> Result<Self> {
-        if map_type != sys::BPF_MAP_TYPE_RINGBUF {
-            crate::bail!("map type {map_type} is not a ring buffer (BPF_MAP_TYPE_RINGBUF = 27)");
-        }
         let fd = fd
             .try_clone_to_owned()
             .map_err(|e| Error::from(e).context("dup of ring buffer fd"))?;
-        let mm = RingMmap::new(fd.as_fd(), size as usize)?;
+        let mm = RingMmap::new(fd.as_fd())?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|e| Error::sys("epoll_create1", e as i32))?;
         epoll

@@ -1,14 +1,15 @@
-//! obj + link + btf on well-formed objects: the real probes, a rustc-built
-//! fixture, and hand-made objects covering every relocation case.
+//! obj + link + btf on well-formed objects: a rustc-built fixture and
+//! hand-made objects covering every relocation case. (The real probe object
+//! is checked by the application's tests, loader/tests/probes_obj.rs.)
 
 mod common;
 
 use bpfload::btf;
 use bpfload::insn::{self, Insn, asm};
 use bpfload::linker::{self, LinkedProgram, MapRef, MapRefKind};
-use bpfload::obj::{self, AttachPoint, MapKind, ObjectSpec};
+use bpfload::obj::{self, AttachPoint, MapKind};
 use common::*;
-use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
+use object::SectionKind;
 
 fn prog<'a>(progs: &'a [LinkedProgram], name: &str) -> &'a LinkedProgram {
     progs
@@ -25,95 +26,7 @@ fn func_names(p: &LinkedProgram) -> Vec<(&str, u32, bool)> {
 }
 
 // ---------------------------------------------------------------------------
-// The real probe object, checked generically so that it keeps holding as the
-// probes grow.
-
-#[test]
-fn probes_obj_parses_and_every_program_links() {
-    let spec = obj::parse(bpfckpt::PROBES_OBJ).expect("parse PROBES_OBJ");
-    assert!(
-        spec.license.contains("GPL"),
-        "license must be GPL-compatible: {}",
-        spec.license
-    );
-    assert!(!spec.programs.is_empty());
-    let progs = linker::link(&spec).expect("link PROBES_OBJ");
-    assert_eq!(progs.len(), spec.programs.len());
-    assert_eq!(
-        progs.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
-        spec.program_names()
-    );
-    for p in &progs {
-        check_linked(&spec, p);
-    }
-    relocated_ld_imm64_all_marked(bpfckpt::PROBES_OBJ, &spec, &progs);
-}
-
-#[test]
-fn probes_obj_maps_are_sane() {
-    let spec = obj::parse(bpfckpt::PROBES_OBJ).unwrap();
-    for (i, m) in spec.maps.iter().enumerate() {
-        assert_eq!(spec.map_index(&m.name), Some(i));
-        let k = m.kernel_name();
-        assert!(k.len() <= 15 && !k.is_empty(), "{k}");
-        match m.kind {
-            MapKind::Legacy => assert!(m.initial.is_none()),
-            MapKind::Data | MapKind::Rodata => {
-                assert_eq!(
-                    m.initial.as_ref().map(Vec::len),
-                    Some(m.value_size as usize)
-                );
-                assert_eq!((m.key_size, m.max_entries, m.map_type), (4, 1, 2));
-            }
-            MapKind::Bss => assert!(m.initial.is_none()),
-        }
-        assert_eq!(m.frozen(), m.kind == MapKind::Rodata);
-    }
-}
-
-/// Independent cross-check with the object crate: every `ld_imm64` that carries
-/// a relocation in the ELF has a non-zero src_reg in the linked stream.
-fn relocated_ld_imm64_all_marked(bytes: &[u8], spec: &ObjectSpec, progs: &[LinkedProgram]) {
-    let owned = bytes.to_vec(); // object reads in place: needs alignment
-    let file = object::File::parse(&*owned).unwrap();
-    for p in progs {
-        for f in &p.funcs {
-            let sym = file
-                .symbols()
-                .find(|s| s.name() == Ok(f.name.as_str()) && s.kind() == object::SymbolKind::Text);
-            let Some(sym) = sym else { continue };
-            let section = file.section_by_index(sym.section_index().unwrap()).unwrap();
-            let (lo, hi) = (sym.address(), sym.address() + sym.size());
-            for (off, _) in section.relocations() {
-                if off < lo || off >= hi {
-                    continue;
-                }
-                let idx = f.insn_off as usize + ((off - lo) / 8) as usize;
-                let i = p.insns[idx];
-                if i.is_ld_imm64() {
-                    assert_ne!(
-                        i.src(),
-                        0,
-                        "{}: relocated ld_imm64 at {idx} left unmarked",
-                        p.name
-                    );
-                    let is_map = p.map_refs.iter().any(|r| r.insn == idx);
-                    assert_eq!(is_map, i.src() != insn::PSEUDO_FUNC);
-                } else {
-                    assert!(
-                        i.is_pseudo_call(),
-                        "{}: relocation at {idx} on {i:?}",
-                        p.name
-                    );
-                }
-            }
-        }
-    }
-    let _ = spec;
-}
-
-// ---------------------------------------------------------------------------
-// The rustc-built fixture (tests/fixtures/rich_probe.rs).
+// The rustc-built fixture (fixtures/rich_probe.rs).
 
 #[test]
 fn rustc_fixture_parse() {
@@ -162,7 +75,7 @@ fn rustc_fixture_parse() {
     let str1 = &spec.maps[3];
     assert_eq!(str1.initial.as_deref(), Some(&b"hello world string\0"[..]));
     assert!(str1.frozen() && spec.maps[1].frozen() && !data.frozen() && !bss.frozen());
-    assert_eq!(spec.maps[1].flags, obj::BPF_F_RDONLY_PROG);
+    assert_eq!(spec.maps[1].flags, bpfload::sys::BPF_F_RDONLY_PROG);
     assert_eq!(str1.kernel_name(), ".rodata.str1.1");
 }
 
@@ -173,7 +86,7 @@ fn rustc_fixture_link_callback_subprogs_and_data() {
     for p in &progs {
         check_linked(&spec, p);
     }
-    relocated_ld_imm64_all_marked(RUSTC_FIXTURE, &spec, &progs);
+    relocated_ld_imm64_all_marked(RUSTC_FIXTURE, &progs);
     let (data, rodata, bss) = (0, 1, 2);
     let counts = spec.map_index("COUNTS").unwrap();
 
@@ -485,6 +398,19 @@ fn rich_btf_linkage_and_func_info() {
     assert_eq!(recs, [[0, 4], [13, 5], [18, 6], [22, 7]]);
 }
 
+/// One function per name, one instruction apart, the first the main one.
+fn funcs_named(names: &[&str]) -> Vec<linker::FuncInfo> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| linker::FuncInfo {
+            insn_off: i as u32,
+            name: n.to_string(),
+            is_main: i == 0,
+        })
+        .collect()
+}
+
 #[test]
 fn btf_names_are_sanitized_and_unique() {
     let p = LinkedProgram {
@@ -496,15 +422,7 @@ fn btf_names_are_sanitized_and_unique() {
         },
         insns: vec![asm::exit(); 4],
         map_refs: vec![],
-        funcs: ["ma-in", "x::y", "x_y", "9lives", "", &"z".repeat(300)]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| linker::FuncInfo {
-                insn_off: i as u32,
-                name: n.to_string(),
-                is_main: i == 0,
-            })
-            .collect(),
+        funcs: funcs_named(&["ma-in", "x::y", "x_y", "9lives", "", &"z".repeat(300)]),
     };
     let b = btf::program_btf(&p);
     let names: Vec<String> = decode_btf(&b.blob).into_iter().map(|f| f.name).collect();
@@ -512,15 +430,7 @@ fn btf_names_are_sanitized_and_unique() {
     assert_eq!(names[5].len(), 127);
     assert_eq!(btf::sanitize_name("a.b"), "a_b");
     let p2 = LinkedProgram {
-        funcs: ["a.b", "a_b", "a-b"]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| linker::FuncInfo {
-                insn_off: i as u32,
-                name: n.to_string(),
-                is_main: i == 0,
-            })
-            .collect(),
+        funcs: funcs_named(&["a.b", "a_b", "a-b"]),
         ..p
     };
     let names: Vec<String> = decode_btf(&btf::program_btf(&p2).blob)
@@ -632,17 +542,7 @@ fn relocations_in_debug_sections_are_ignored() {
     let (mut e, p, _) = simple(&[asm::exit()], &[], &[]);
     let dbg = e.section(".debug_info", SectionKind::Debug, &[0; 16], 1);
     let sym = e.section_symbol(p);
-    e.obj
-        .add_relocation(
-            dbg,
-            object::write::Relocation {
-                offset: 0,
-                symbol: sym,
-                addend: 0,
-                flags: object::RelocationFlags::Elf { r_type: 3 },
-            },
-        )
-        .unwrap();
+    e.reloc(dbg, 0, sym, 3);
     obj::parse(&e.finish()).unwrap();
 }
 
@@ -679,16 +579,4 @@ fn attach_point_names() {
     ] {
         assert_eq!(AttachPoint::from_section(bad), None, "{bad}");
     }
-}
-
-#[test]
-fn demangled_names() {
-    assert_eq!(obj::demangled_tail("_RNvCs12jkoC9p3aE_1p6COUNTS"), "COUNTS");
-    assert_eq!(
-        obj::demangled_tail("_RNvCsfLfy6EI15iL_7___rustc17rust_begin_unwind"),
-        "rust_begin_unwind"
-    );
-    assert_eq!(obj::demangled_tail("EVENTS"), "EVENTS");
-    assert_eq!(obj::demangled_tail("_R"), "_R");
-    assert_eq!(obj::demangled_tail("_R12"), "_R12");
 }

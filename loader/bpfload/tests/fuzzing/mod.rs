@@ -1,7 +1,10 @@
-//! Shared by the time-bounded fuzz driver (fuzz_driver.rs, run by
-//! `cargo xtask fuzz`) and the regression replay (fuzz_corpus.rs): the seed
-//! objects, structure-aware mutations of ELF objects, one run of
-//! parse + link + program_btf with its invariants, and the memory budget.
+//! Shared by the deterministic mutation tests (fuzz.rs), the regression
+//! replay (fuzz_corpus.rs) and the time-bounded fuzz driver (the
+//! application's loader/tests/fuzz_driver.rs, run by `cargo xtask fuzz`,
+//! which includes this file with `#[path]` and adds the real probe object as
+//! a seed): the seed objects, byte-level and structure-aware mutations of ELF
+//! objects, one run of parse + link + program_btf with its invariants, and
+//! the memory budget.
 //!
 //! Memory budget, two layers:
 //! - per input, the growth of the peak resident set: `/proc/self/clear_refs`
@@ -23,19 +26,29 @@ use std::path::{Path, PathBuf};
 pub const MEM_BUDGET_BASE: u64 = 64 << 20;
 pub const MEM_BUDGET_PER_BYTE: u64 = 256;
 
-/// Regression inputs: every file here is replayed by fuzz_corpus.rs.
-pub fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-corpus")
+/// bpfload's tests folder, also when another package's test includes this
+/// file: `file!()` is relative to the workspace root, an ancestor of the
+/// including package.
+pub fn tests_dir() -> PathBuf {
+    let here = Path::new(file!());
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join(here))
+        .find(|p| p.is_file())
+        .and_then(|p| Some(p.parent()?.parent()?.to_path_buf()))
+        .expect("the fuzzing module's own source file")
 }
 
-/// The real probe object, every `*.o` under tests/fixtures and the
-/// hand-made object with every relocation case.
+/// Regression inputs: every file here is replayed by fuzz_corpus.rs.
+pub fn corpus_dir() -> PathBuf {
+    tests_dir().join("fuzz-corpus")
+}
+
+/// The hand-made object with every relocation case and every `*.o` under
+/// fixtures/ (the fuzz driver adds the real probe object).
 pub fn seeds() -> Vec<(String, Vec<u8>)> {
-    let mut v = vec![
-        ("probes".to_string(), bpfckpt::PROBES_OBJ.to_vec()),
-        ("rich".to_string(), rich_object()),
-    ];
-    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut v = vec![("rich".to_string(), rich_object())];
+    let fixtures = tests_dir().join("fixtures");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&fixtures)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -196,6 +209,132 @@ pub fn run_one(input: &[u8]) -> Result<String, Failure> {
         return Err(Failure::Memory { grew, budget });
     }
     Ok(sig)
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixed-length runs (fuzz.rs and the probe object test).
+
+/// Per base object; `BPFCKPT_FUZZ_ITERS` overrides it for longer runs.
+const ITERATIONS_PER_BASE: usize = 6000;
+
+fn iterations() -> usize {
+    std::env::var("BPFCKPT_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ITERATIONS_PER_BASE)
+}
+
+/// Deterministic mutation fuzzing of `base` for a fixed number of inputs:
+/// nothing may panic, and whatever links must satisfy the invariants of a
+/// good object. The seed fixes the run, so a failure repeats.
+pub fn fuzz_fixed(name: &str, base: &[u8], seed: u64) {
+    let links = |b: &[u8]| exercise(b).starts_with("ok:");
+    assert!(links(base), "{name}: base object must link");
+    let mut rng = Rng(seed);
+    let mut linked = 0;
+    let n = iterations();
+    for iter in 0..n {
+        let input = mutate_bytes(&mut rng, base);
+        match catch_unwind(AssertUnwindSafe(|| links(&input))) {
+            Ok(ok) => linked += ok as usize,
+            Err(_) => {
+                let path = std::env::temp_dir().join(format!("bpfckpt-fuzz-{name}-{iter}.o"));
+                let _ = std::fs::write(&path, &input);
+                panic!(
+                    "{name}: iteration {iter} (seed {seed:#x}) panicked; input saved to {}",
+                    path.display()
+                );
+            }
+        }
+    }
+    // Not a correctness requirement, but the fuzzer is only useful if a good
+    // share of mutants gets past the ELF header checks into link.
+    eprintln!("{name}: {linked}/{n} mutants linked");
+}
+
+/// One to four byte-level mutations of `base` (no structure awareness).
+pub fn mutate_bytes(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
+    let mut b = base.to_vec();
+    let rounds = 1 + rng.below(4);
+    for _ in 0..rounds {
+        if b.is_empty() {
+            break;
+        }
+        let len = b.len();
+        match rng.below(9) {
+            // Random bytes anywhere.
+            0 => {
+                for _ in 0..1 + rng.below(8) {
+                    let i = rng.below(len);
+                    b[i] = rng.next() as u8;
+                }
+            }
+            // One bit.
+            1 => {
+                let i = rng.below(len);
+                b[i] ^= 1 << rng.below(8);
+            }
+            // An interesting 32/64-bit value at an aligned position (hits
+            // sizes, offsets, indices, immediates).
+            2 | 3 => {
+                const V: [u64; 10] = [
+                    0,
+                    1,
+                    8,
+                    20,
+                    0x7f,
+                    0xff,
+                    0x7fff_ffff,
+                    0x8000_0000,
+                    u32::MAX as u64,
+                    u64::MAX,
+                ];
+                let v = V[rng.below(V.len())];
+                let wide = rng.below(2) == 0;
+                let w = if wide { 8 } else { 4 };
+                if len >= w {
+                    let i = rng.below(len / w) * w;
+                    if wide {
+                        b[i..i + 8].copy_from_slice(&v.to_le_bytes());
+                    } else {
+                        b[i..i + 4].copy_from_slice(&(v as u32).to_le_bytes());
+                    }
+                }
+            }
+            // Small add/subtract on a byte (off-by-one sizes and indices).
+            4 => {
+                let i = rng.below(len);
+                b[i] = b[i].wrapping_add(if rng.below(2) == 0 { 1 } else { 0xff });
+            }
+            // Truncate.
+            5 => {
+                let n = rng.below(len);
+                b.truncate(n);
+            }
+            // Splice: copy a chunk over another place.
+            6 => {
+                let from = rng.below(len);
+                let to = rng.below(len);
+                let n = rng.below(64).min(len - from).min(len - to);
+                let chunk = b[from..from + n].to_vec();
+                b[to..to + n].copy_from_slice(&chunk);
+            }
+            // Insert bytes (shifts every later offset).
+            7 => {
+                let at = rng.below(len + 1);
+                let n = 1 + rng.below(16);
+                let ins: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                b.splice(at..at, ins);
+            }
+            // Delete bytes.
+            _ => {
+                let at = rng.below(len);
+                let n = (1 + rng.below(16)).min(len - at);
+                b.drain(at..at + n);
+            }
+        }
+    }
+    b
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 //! Shared test helpers: a builder for hand-made BPF ELF objects in the shapes
 //! rustc emits, byte patching of relocations, and generic invariant checks
-//! on linked programs.
+//! on linked programs and their BTF.
+//!
+//! The application's loader tests (loader/tests, which check the real probe
+//! object) include this file too (`#[path]`), so the invariants are written once.
 #![allow(dead_code)]
 
 use bpfload::btf::{self, ProgramBtf};
@@ -9,15 +12,34 @@ use bpfload::linker::{LinkedProgram, MapRefKind};
 use bpfload::obj::ObjectSpec;
 use object::write::{Object, Relocation, SectionId, Symbol, SymbolId, SymbolSection};
 use object::{
-    Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags, SymbolKind,
-    SymbolScope,
+    Architecture, BinaryFormat, Endianness, Object as _, ObjectSection, ObjectSymbol,
+    RelocationFlags, SectionKind, SymbolFlags, SymbolKind, SymbolScope,
 };
+
+/// Kernel tests fail loudly without root rather than pass silently.
+pub fn need_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests need root (bpf(2), perf_event_open(2), tracefs); CI runs them as root"
+    );
+}
+
+/// Every id `next` enumerates (`sys::prog_get_next_id`, ...), in order.
+pub fn all_ids(next: fn(u32) -> bpfload::Result<Option<u32>>) -> Vec<u32> {
+    let mut ids = Vec::new();
+    let mut cur = 0;
+    while let Some(n) = next(cur).unwrap() {
+        ids.push(n);
+        cur = n;
+    }
+    ids
+}
 
 pub const R_BPF_64_64: u32 = 1;
 pub const R_BPF_64_32: u32 = 10;
 
 /// The rustc-built object with maps, global data, a bpf_loop callback and
-/// subprograms (source: tests/fixtures/rich_probe.rs).
+/// subprograms (source: fixtures/rich_probe.rs).
 pub static RUSTC_FIXTURE: &[u8] = include_bytes!("../fixtures/rich_probe.o");
 
 pub fn ld_imm64(dst: u8, imm: i32) -> [Insn; 2] {
@@ -176,7 +198,9 @@ pub mod rich {
     pub const OPENAT_LEN: usize = 13;
 }
 
-/// A hand-made object with every relocation case of DESIGN.md section 4:
+/// A hand-made object with every relocation case the loader handles (map
+/// symbol, `maps` section symbol + offset, data symbol, data section symbol +
+/// offset, callback address, relocated and pc-relative calls):
 ///
 /// ```text
 /// .text:  cb      0: ld_imm64 COUNTER (symbol)        -> .data value +0
@@ -412,6 +436,46 @@ pub fn check_linked(spec: &ObjectSpec, p: &LinkedProgram) {
     }
     let b = btf::program_btf(p);
     check_btf(&b, p);
+}
+
+/// Independent cross-check with the object crate: every `ld_imm64` that carries
+/// a relocation in the ELF has a non-zero src_reg in the linked stream.
+pub fn relocated_ld_imm64_all_marked(bytes: &[u8], progs: &[LinkedProgram]) {
+    let owned = bytes.to_vec(); // object reads in place: needs alignment
+    let file = object::File::parse(&*owned).unwrap();
+    for p in progs {
+        for f in &p.funcs {
+            let sym = file
+                .symbols()
+                .find(|s| s.name() == Ok(f.name.as_str()) && s.kind() == SymbolKind::Text);
+            let Some(sym) = sym else { continue };
+            let section = file.section_by_index(sym.section_index().unwrap()).unwrap();
+            let (lo, hi) = (sym.address(), sym.address() + sym.size());
+            for (off, _) in section.relocations() {
+                if off < lo || off >= hi {
+                    continue;
+                }
+                let idx = f.insn_off as usize + ((off - lo) / 8) as usize;
+                let i = p.insns[idx];
+                if i.is_ld_imm64() {
+                    assert_ne!(
+                        i.src(),
+                        0,
+                        "{}: relocated ld_imm64 at {idx} left unmarked",
+                        p.name
+                    );
+                    let is_map = p.map_refs.iter().any(|r| r.insn == idx);
+                    assert_eq!(is_map, i.src() != insn::PSEUDO_FUNC);
+                } else {
+                    assert!(
+                        i.is_pseudo_call(),
+                        "{}: relocation at {idx} on {i:?}",
+                        p.name
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// A decoded FUNC of our BTF.

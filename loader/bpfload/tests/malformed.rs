@@ -217,17 +217,7 @@ fn unsupported_relocation_type() {
     let (mut e, p, _) = base(&prog, &[]);
     let d = e.section(".data", SectionKind::Data, &[0; 8], 8);
     let s = e.object("X", d, 0, 8);
-    e.obj
-        .add_relocation(
-            p,
-            object::write::Relocation {
-                offset: 0,
-                symbol: s,
-                addend: 0,
-                flags: object::RelocationFlags::Elf { r_type: 2 },
-            },
-        )
-        .unwrap();
+    e.reloc(p, 0, s, 2);
     assert_err(&e.finish(), "unsupported relocation type 2");
 }
 

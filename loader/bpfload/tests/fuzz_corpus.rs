@@ -1,8 +1,9 @@
 //! Regression replay: every input the fuzz driver ever saved
-//! (tests/fuzz-corpus/*.bin: crashes, memory-budget overruns, hangs, plus
+//! (fuzz-corpus/*.bin: crashes, memory-budget overruns, hangs, plus
 //! hand-made hostile objects) and every seed go through parse + link +
 //! program_btf again. None may panic, break an invariant or exceed the
-//! memory budget (see fuzzing/mod.rs).
+//! memory budget (see fuzzing/mod.rs). The probe object seed is replayed by
+//! loader/tests/probes_obj.rs.
 
 mod common;
 mod fuzzing;
@@ -29,7 +30,7 @@ fn corpus_replays_without_panic() {
 }
 
 /// Crashes of known, reported bugs: when this passes, move the files up to
-/// tests/fuzz-corpus/ (they become regression inputs) and drop the ignore.
+/// fuzz-corpus/ (they become regression inputs) and drop the ignore.
 #[test]
 fn known_crashes_are_fixed() {
     for p in fuzzing::known_files() {
