@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bpfckpt::{PROBES_OBJ, doctor};
 use bpfload::insn::{self, Insn};
-use bpfload::load::{self, LoadOptions, Loaded};
+use bpfload::load::{self, LoadOptions, Loaded, MapOverride};
 use bpfload::maps::Map;
 use bpfload::ringbuf::RingBuf;
 use bpfload::sys;
