@@ -9,8 +9,9 @@ use std::path::Path;
 
 use crate::os;
 use bpfload::insn::{Insn, asm};
+use bpfload::linker::FuncInfo;
 use bpfload::maps::Map;
-use bpfload::{Error, attach, sys};
+use bpfload::{Error, attach, btf, sys};
 
 /// One verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,20 +358,34 @@ fn prog_loop() -> Vec<Insn> {
     p
 }
 
+/// The two functions of [`prog_loop`]: the callback must be static.
+fn loop_funcs() -> [FuncInfo; 2] {
+    [
+        FuncInfo {
+            insn_off: 0,
+            name: "main_prog".into(),
+            is_main: true,
+        },
+        FuncInfo {
+            insn_off: LOOP_CB_INSN,
+            name: "cb".into(),
+            is_main: false,
+        },
+    ]
+}
+
 /// Loads `insns` as a tracepoint program (with the two-function BTF of [`prog_loop`] if
 /// `with_btf`) and closes it again. `Err` says why it was refused.
 fn try_load(insns: &[Insn], with_btf: bool) -> Result<(), String> {
     let mut btf_fd = None;
-    let mut func_info = Vec::new();
+    let mut b = None;
     if with_btf {
-        let fd = sys::btf_load(&loop_btf())
+        let funcs = loop_funcs();
+        let built = btf::funcs_btf(&funcs);
+        let fd = sys::btf_load(&built.blob)
             .map_err(|e| format!("BTF refused: {}", first_line(&e.msg)))?;
-        // struct bpf_func_info { u32 insn_off; u32 type_id; }: main is FUNC 4, cb FUNC 6.
-        for (off, ty) in [(0u32, 4u32), (LOOP_CB_INSN, 6)] {
-            func_info.extend_from_slice(&off.to_ne_bytes());
-            func_info.extend_from_slice(&ty.to_ne_bytes());
-        }
         btf_fd = Some(fd);
+        b = Some(built);
     }
     use std::os::fd::AsRawFd;
     let attr = sys::ProgLoadAttr {
@@ -379,9 +394,9 @@ fn try_load(insns: &[Insn], with_btf: bool) -> Result<(), String> {
         license: "GPL",
         name: "bpfckpt_doctor",
         prog_btf_fd: btf_fd.as_ref().map(|f| f.as_raw_fd()),
-        func_info_rec_size: if with_btf { 8 } else { 0 },
-        func_info_cnt: (func_info.len() / 8) as u32,
-        func_info: &func_info,
+        func_info_rec_size: b.as_ref().map_or(0, |b| b.func_info_rec_size),
+        func_info_cnt: b.as_ref().map_or(0, |b| b.func_info_cnt()),
+        func_info: b.as_ref().map_or(&[][..], |b| &b.func_info),
     };
     sys::prog_load(&attr).map(drop).map_err(|e| refusal(&e))
 }
@@ -410,56 +425,6 @@ fn refusal(e: &Error) -> String {
         Some(r) => format!("refused by the verifier: {r}"),
         None => format!("load failed: {}", first_line(&e.msg)),
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// The minimal BTF for the bpf_loop probe (btf.rs is the general builder; this one only
-// has to describe two functions, and doctor must not depend on the loader's layers).
-
-const BTF_KIND_INT: u32 = 1;
-const BTF_KIND_PTR: u32 = 2;
-const BTF_KIND_FUNC: u32 = 12;
-const BTF_KIND_FUNC_PROTO: u32 = 13;
-const BTF_FUNC_STATIC: u32 = 0;
-const BTF_FUNC_GLOBAL: u32 = 1;
-
-/// Types: 1 int, 2 void *, 3 int(void *ctx), 4 FUNC main_prog (global),
-/// 5 int(int idx, void *ctx), 6 FUNC cb (static: the verifier insists for callbacks).
-fn loop_btf() -> Vec<u8> {
-    let mut strings = vec![0u8];
-    let mut s = |name: &str| {
-        let off = strings.len() as u32;
-        strings.extend_from_slice(name.as_bytes());
-        strings.push(0);
-        off
-    };
-    let (int, ctx, main, idx, cb) = (s("int"), s("ctx"), s("main_prog"), s("idx"), s("cb"));
-    let info = |kind: u32, vlen: u32| (kind << 24) | vlen;
-    #[rustfmt::skip]
-    let words: Vec<u32> = vec![
-        int, info(BTF_KIND_INT, 0), 4, (1 << 24) | 32,          // 1: signed 32-bit int
-        0, info(BTF_KIND_PTR, 0), 0,                            // 2: void *
-        0, info(BTF_KIND_FUNC_PROTO, 1), 1, ctx, 2,             // 3: int (void *ctx)
-        main, info(BTF_KIND_FUNC, BTF_FUNC_GLOBAL), 3,          // 4: main_prog
-        0, info(BTF_KIND_FUNC_PROTO, 2), 1, idx, 1, ctx, 2,     // 5: int (int idx, void *ctx)
-        cb, info(BTF_KIND_FUNC, BTF_FUNC_STATIC), 5,            // 6: cb
-    ];
-    let types: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    let mut out = Vec::new();
-    out.extend_from_slice(&0xeb9fu16.to_ne_bytes()); // magic
-    out.extend_from_slice(&[1, 0]); // version, flags
-    for w in [
-        24u32,
-        0,
-        types.len() as u32,
-        types.len() as u32,
-        strings.len() as u32,
-    ] {
-        out.extend_from_slice(&w.to_ne_bytes()); // hdr_len, type_off, type_len, str_off, str_len
-    }
-    out.extend_from_slice(&types);
-    out.extend_from_slice(&strings);
-    out
 }
 
 #[cfg(test)]
@@ -495,6 +460,6 @@ mod tests {
         assert_eq!(p.len(), 10);
         // ld_imm64 at 1 points at the callback.
         assert_eq!(1 + p[1].imm + 1, LOOP_CB_INSN as i32);
-        assert_eq!(loop_btf().len(), 24 + 25 * 4 + 26);
+        assert_eq!(btf::funcs_btf(&loop_funcs()).func_info_cnt(), 2);
     }
 }

@@ -15,7 +15,7 @@
 //! global functions only, and only the main program is global. Callbacks must
 //! be static ("callback function not static").
 
-use crate::linker::LinkedProgram;
+use crate::linker::{FuncInfo, LinkedProgram};
 use crate::names::demangled_tail;
 use std::collections::HashSet;
 
@@ -64,6 +64,12 @@ impl ProgramBtf {
 
 /// Builds the BTF and `func_info` for `prog` (one FUNC per `prog.funcs` entry, in order).
 pub fn program_btf(prog: &LinkedProgram) -> ProgramBtf {
+    funcs_btf(&prog.funcs)
+}
+
+/// Builds the BTF and `func_info` for a program made of `funcs` (the main
+/// function first, at instruction 0), e.g. one assembled by hand.
+pub fn funcs_btf(funcs: &[FuncInfo]) -> ProgramBtf {
     let mut strings = StringTable::default();
     let mut types = Vec::new();
     let mut put = |words: &[u32]| {
@@ -78,8 +84,8 @@ pub fn program_btf(prog: &LinkedProgram) -> ProgramBtf {
     put(&[0, (BTF_KIND_FUNC_PROTO << 24) | 1, 1, ctx_name, 2]);
 
     let mut used = HashSet::new();
-    let mut func_info = Vec::with_capacity(prog.funcs.len() * FUNC_INFO_REC_SIZE as usize);
-    for (i, f) in prog.funcs.iter().enumerate() {
+    let mut func_info = Vec::with_capacity(funcs.len() * FUNC_INFO_REC_SIZE as usize);
+    for (i, f) in funcs.iter().enumerate() {
         let name = unique_name(&sanitize_name(demangled_tail(&f.name)), &mut used);
         let off = strings.add(&name);
         let linkage = if f.is_main {
