@@ -3,8 +3,15 @@
 
 use crate::abi::*;
 use crate::helpers as h;
-use crate::track::ChunkCache;
 use core::ffi::c_void;
+
+/// The bitmap words of the chunk a loop is in (`CHUNK_CACHE`), copied once
+/// per chunk so that each page costs one array read instead of a hash lookup.
+#[repr(C)]
+pub struct ChunkCache {
+    pub chunk: u64,
+    pub words: [u64; 8],
+}
 
 /// Legacy map definition as the loader parses it from the `maps` section.
 #[repr(C)]

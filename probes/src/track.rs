@@ -11,14 +11,6 @@ use core::ffi::c_void;
 use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or};
 use core::ptr::{read_volatile, write_volatile};
 
-/// The bitmap words of the chunk a loop is in, copied once per chunk so
-/// that each page costs one array read instead of a hash lookup.
-#[repr(C)]
-pub struct ChunkCache {
-    chunk: u64,
-    words: [u64; 8],
-}
-
 /// Forgets the cached chunk (at the start of each loop).
 #[inline(always)]
 pub unsafe fn reset_chunk_cache() {

@@ -2,7 +2,8 @@
 //! name, what may stand in a tracepoint name, how a Rust symbol reads
 //! without its mangling, and how a map is found by name. Pure.
 
-use crate::sys::BPF_OBJ_NAME_LEN;
+/// Kernel object names hold at most 15 bytes plus NUL.
+pub const BPF_OBJ_NAME_LEN: usize = 16;
 
 /// The name the kernel gets for a map or program: only the bytes it accepts
 /// (`[A-Za-z0-9_.]`, others dropped), at most 15 (`BPF_OBJ_NAME_LEN` less the NUL).

@@ -62,8 +62,7 @@ pub(crate) const BPF_RINGBUF_BUSY_BIT: u32 = 1 << 31;
 pub(crate) const BPF_RINGBUF_DISCARD_BIT: u32 = 1 << 30;
 pub(crate) const BPF_RINGBUF_HDR_SZ: usize = 8;
 
-/// Kernel object names hold at most 15 bytes plus NUL.
-pub const BPF_OBJ_NAME_LEN: usize = 16;
+pub use crate::names::BPF_OBJ_NAME_LEN;
 
 pub(crate) const PERF_TYPE_TRACEPOINT: u32 = 2;
 pub(crate) const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;

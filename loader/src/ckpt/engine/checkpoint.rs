@@ -3,7 +3,8 @@
 //! own at the checkpoint: absent anonymous pages, untouched file pages).
 
 use super::Engine;
-use super::serve::{Target, cont, wait_stopped};
+use super::hold::{cont, wait_stopped};
+use super::target::{Blank, Image, Target};
 use crate::ckpt::abi;
 use crate::ckpt::events::{Checkpoint, Stale};
 use crate::ckpt::markers;
@@ -17,30 +18,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-/// Pages that held nothing of their own at the checkpoint: a restore
-/// makes any of them written since what it was again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Blank {
-    pub start: u64,
-    pub pages: u64,
-    /// Untouched pages of a file mapping (the file's bytes), else zero.
-    pub file: bool,
-}
-
-impl Blank {
-    pub fn end(&self) -> u64 {
-        self.start + self.pages * PAGE
-    }
-}
-
-/// The image of the last checkpoint: slots `0..slots` of the store, the
-/// blank ranges, and the regions they were taken from.
-pub(super) struct Image {
-    pub slots: u64,
-    pub blank: Vec<Blank>,
-    pub regions: Rc<Vec<Region>>,
-}
 
 /// Where a checkpoint's pages came from.
 struct Saved {

@@ -1,7 +1,7 @@
 //! Keeping the probes' region table in step with the target's mappings.
 
 use super::Engine;
-use super::serve::Target;
+use super::target::Target;
 use crate::Result;
 use crate::ckpt::abi;
 use crate::ckpt::probes::StateField;

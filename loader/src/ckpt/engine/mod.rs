@@ -16,11 +16,13 @@
 //! keeps the probes' region table in step with the target's mappings.
 
 mod checkpoint;
+mod hold;
 mod layout;
 mod restore;
 mod serve;
+mod target;
 
-pub use serve::cont;
+pub use hold::cont;
 
 use super::abi::{self, Config};
 use super::markers::{self, Triggers};

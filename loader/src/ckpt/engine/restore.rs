@@ -4,8 +4,8 @@
 //! checkpoint: anonymous ones zeroed, file ones read back from the file.
 
 use super::Engine;
-use super::checkpoint::{Blank, Image};
-use super::serve::{Target, cont, wait_stopped};
+use super::hold::{cont, wait_stopped};
+use super::target::{Blank, Image, Target};
 use crate::ckpt::abi;
 use crate::ckpt::events::{Restore, ZeroTodo};
 use crate::ckpt::markers;

@@ -1,13 +1,13 @@
 //! The event loop and the target's lifecycle: waiting for a watched exec,
 //! serving one target until it is gone, holding and releasing it.
 
-use super::checkpoint::Image;
+use super::hold::cont;
+use super::target::Target;
 use super::{Engine, Outcome, Waiter};
 use crate::ckpt::events::Event;
 use crate::ckpt::probes::StateField;
-use crate::ckpt::procfs::{self, Mapping, Region};
+use crate::ckpt::procfs;
 use crate::ckpt::report::{J, Stats};
-use crate::ckpt::storage::Storage;
 use crate::ckpt::touched::Written;
 use crate::{Error, Result};
 use nix::sys::signal::{Signal, kill};
@@ -15,51 +15,6 @@ use nix::unistd::Pid;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-/// Region tables kept for checkpoints that report an older config version.
-const HISTORY: usize = 16;
-
-/// One target being served.
-pub(super) struct Target {
-    pub pid: i32,
-    pub regions: Rc<Vec<Region>>,
-    /// `/proc/PID/maps` as read for `regions` (valid while the layout
-    /// sequence number still equals `applied_seq`).
-    pub maps: Vec<Mapping>,
-    pub applied_seq: u64,
-    /// The region table under each config version published, newest last:
-    /// an unheld checkpoint's copy is read against the table it walked.
-    pub history: VecDeque<(u64, Rc<Vec<Region>>)>,
-    /// An address inside each thread stack the target's `clone` calls named.
-    pub thread_stacks: Vec<u64>,
-    pub layout_dirty: bool,
-    /// Consecutive failed attempts to read the layout.
-    pub layout_failures: u32,
-    /// `State::lost` when serving began.
-    pub lost_seen: u64,
-    pub store: Option<Storage>,
-    pub image: Option<Image>,
-    pub stats: Stats,
-}
-
-impl Target {
-    /// Notes that `version` was published with the current region table.
-    pub fn published(&mut self, version: u64) {
-        if self.history.len() == HISTORY {
-            self.history.pop_front();
-        }
-        self.history.push_back((version, self.regions.clone()));
-    }
-
-    /// The region table the probes saw under config `version`.
-    pub fn table_at(&self, version: u64) -> Option<Rc<Vec<Region>>> {
-        self.history
-            .iter()
-            .rev()
-            .find(|(v, _)| *v == version)
-            .map(|(_, r)| r.clone())
-    }
-}
 
 impl Engine {
     /// Waits for a process whose exec matches the watch name (and `exe`, if
@@ -309,45 +264,8 @@ impl Engine {
     }
 }
 
-/// Lets a held target run on.
-pub fn cont(pid: i32) {
-    let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
-}
-
 fn alive(pid: i32) -> bool {
     procfs::process_state(pid).is_some_and(|s| s != 'Z' && s != 'X')
-}
-
-/// The target stops on its way out of the trigger syscall: every thread
-/// (the group stop reaches them one by one), so that none runs while user
-/// space reads or writes its memory.
-pub(super) fn wait_stopped(pid: i32) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut spin = 0u32;
-    loop {
-        match procfs::process_state(pid) {
-            None | Some('Z') | Some('X') => {
-                return Err(Error::new(format!(
-                    "pid {pid} exited while held for a request"
-                )));
-            }
-            Some('T') | Some('t') if procfs::all_threads_stopped(pid) == Some(true) => {
-                return Ok(());
-            }
-            _ => {}
-        }
-        if Instant::now() > deadline {
-            return Err(Error::new(format!(
-                "pid {pid} did not stop at its trigger within 10 s"
-            )));
-        }
-        spin += 1;
-        if spin > 100 {
-            std::thread::sleep(Duration::from_micros(50));
-        } else {
-            std::thread::yield_now();
-        }
-    }
 }
 
 /// `gone`, allowing an exiting process a moment to become reapable.
