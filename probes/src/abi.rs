@@ -79,7 +79,8 @@ pub struct Config {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct State {
-    /// Bumped on every mapping change of the target (and each new thread).
+    /// Bumped whenever the target's memory may be elsewhere or other memory
+    /// (mmap, munmap, mremap, brk, exec, a new thread); not by mprotect.
     pub layout_seq: u64,
     /// Always 0. Loop counters start from it so that the verifier sees
     /// unknown scalars: with constants it tracks every bpf_loop iteration

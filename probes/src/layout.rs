@@ -21,8 +21,13 @@ unsafe fn bump_seq(st: *mut State) -> u64 {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*st).layout_seq, 1) + 1 }
 }
 
+/// A mapping call returned `ret`. `moved`: memory may now be elsewhere or
+/// other memory (mmap, munmap, mremap, brk); a protection change (mprotect)
+/// is not: every private mapping is captured whatever its protection, so the
+/// region table and an image stay valid and only user space's copy of the
+/// mappings needs a refresh.
 #[inline(always)]
-unsafe fn layout_changed(ret: i64) -> u32 {
+unsafe fn layout_changed(ret: i64, moved: bool) -> u32 {
     // SAFETY: pointers from map lookups, null checked.
     unsafe {
         let cfg = served();
@@ -33,7 +38,7 @@ unsafe fn layout_changed(ret: i64) -> u32 {
         if st.is_null() {
             return 0;
         }
-        let seq = bump_seq(st);
+        let seq = if moved { bump_seq(st) } else { read_volatile(&(*st).layout_seq) };
         let (_, tid) = current_tgid();
         let pending: *const u64 = h::map_lookup_elem(map(&PENDING), &tid as *const u32 as *const c_void) as *const u64;
         if !pending.is_null() {
@@ -56,21 +61,21 @@ unsafe fn layout_changed(ret: i64) -> u32 {
 }
 
 macro_rules! layout_probe {
-    ($fn:ident, $sec:literal) => {
+    ($fn:ident, $sec:literal, $moved:literal) => {
         #[unsafe(no_mangle)]
         #[unsafe(link_section = $sec)]
         pub extern "C" fn $fn(ctx: *const SysExit) -> u32 {
             // SAFETY: the tracepoint context is readable at this offset.
-            unsafe { layout_changed((*ctx).ret) }
+            unsafe { layout_changed((*ctx).ret, $moved) }
         }
     };
 }
 
-layout_probe!(layout_mmap, "tracepoint/syscalls/sys_exit_mmap");
-layout_probe!(layout_munmap, "tracepoint/syscalls/sys_exit_munmap");
-layout_probe!(layout_mremap, "tracepoint/syscalls/sys_exit_mremap");
-layout_probe!(layout_brk, "tracepoint/syscalls/sys_exit_brk");
-layout_probe!(layout_mprotect, "tracepoint/syscalls/sys_exit_mprotect");
+layout_probe!(layout_mmap, "tracepoint/syscalls/sys_exit_mmap", true);
+layout_probe!(layout_munmap, "tracepoint/syscalls/sys_exit_munmap", true);
+layout_probe!(layout_mremap, "tracepoint/syscalls/sys_exit_mremap", true);
+layout_probe!(layout_brk, "tracepoint/syscalls/sys_exit_brk", true);
+layout_probe!(layout_mprotect, "tracepoint/syscalls/sys_exit_mprotect", false);
 
 /// A new program image: the target of `run` (by thread group) or a process
 /// `watch` waits for (by name). The latter is held until user space has read
