@@ -17,7 +17,7 @@
 //!              checkpoint_kernel_ms_median, checkpoint_latency_ms_median,
 //!              restore_latency_ms_median, pages_saved, pages_absent,
 //!              checkpoints_pure_bpf, checkpoints_held, restores_held,
-//!              peak_store_bytes },
+//!              peak_store_bytes, kernel_map_bytes },
 //!   "1GiB": { the same },
 //!   "cycle_rate": .., "handshake_rate": .., "cycle_rate_vs_handshake": ..,
 //!   "cycle": { millis,
@@ -33,7 +33,10 @@
 //!   "startup_ms": .., "startup_ms_static": ..,
 //!   "static_binary_mib": .., "static_binary_is_static": ..,
 //!   "kernel_bytes_per_saved_byte": ..,
-//!   "kernel_bytes": {size, peak_store_bytes, saved_bytes},
+//!   "kernel_bytes": {size, peak_store_bytes, saved_bytes, source, map_bytes,
+//!                    store_formula_per_saved_byte,
+//!                    maps: [ {name, type, bytes, id, key_size, value_size,
+//!                             max_entries, flags} ]},
 //!   "targets": [ {metric, value, op: ">="|"<=", bar, met: bool|null,
 //!                 busy_machine: bool} ],
 //!   "warnings": [ .. ] }
@@ -42,8 +45,8 @@
 //! A value that could not be measured is `null`.
 
 use super::Outcome;
-use super::PAGE;
 use super::cycle::{CycleResult, CycleRun};
+use super::kmem::MapMem;
 use super::machine::Machine;
 use super::memory::SizeResult;
 use super::openat::{CALLS, FAULT, GETPPID, OPENAT, OpenatResult};
@@ -178,7 +181,15 @@ impl<'a> Report<'a> {
             kernel_bytes: KernelBytes {
                 size: out.plan.store_size,
                 peak_store_bytes: store.map(|s| s.peak_store_bytes),
-                saved_bytes: store.map(|s| s.last_saved_pages * PAGE),
+                saved_bytes: store.map(SizeResult::saved_bytes),
+                source: "fdinfo memlock",
+                map_bytes: store.and_then(SizeResult::kernel_map_bytes),
+                store_formula_per_saved_byte: Num(
+                    store.and_then(SizeResult::store_formula_per_saved_byte)
+                ),
+                maps: store
+                    .and_then(|s| s.maps.as_deref())
+                    .map(|m| m.iter().map(MapJson::from).collect()),
             },
             targets: out.targets.iter().map(TargetJson::from).collect(),
             warnings: &out.warnings,
@@ -212,6 +223,7 @@ struct SizeJson {
     checkpoints_held: u64,
     restores_held: u64,
     peak_store_bytes: u64,
+    kernel_map_bytes: Option<u64>,
 }
 
 impl From<&SizeResult> for SizeJson {
@@ -241,6 +253,7 @@ impl From<&SizeResult> for SizeJson {
             checkpoints_held: z.ckpt_held,
             restores_held: z.restore_held,
             peak_store_bytes: z.peak_store_bytes,
+            kernel_map_bytes: z.kernel_map_bytes(),
         }
     }
 }
@@ -340,11 +353,46 @@ impl From<&OpenatResult> for OpenatJson {
     }
 }
 
+/// What `kernel_bytes_per_saved_byte` is made of: `map_bytes` /
+/// `saved_bytes`, and the engine's own figure for its store beside it.
 #[derive(Serialize)]
 struct KernelBytes {
     size: &'static str,
     peak_store_bytes: Option<u64>,
     saved_bytes: Option<u64>,
+    source: &'static str,
+    map_bytes: Option<u64>,
+    store_formula_per_saved_byte: Num,
+    maps: Option<Vec<MapJson>>,
+}
+
+/// One of bpfckpt's maps, largest first.
+#[derive(Serialize)]
+struct MapJson {
+    name: String,
+    #[serde(rename = "type")]
+    map_type: String,
+    bytes: u64,
+    id: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+impl From<&MapMem> for MapJson {
+    fn from(m: &MapMem) -> Self {
+        Self {
+            name: m.name.clone(),
+            map_type: m.type_name(),
+            bytes: m.bytes,
+            id: m.id,
+            key_size: m.key_size,
+            value_size: m.value_size,
+            max_entries: m.max_entries,
+            flags: m.flags,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -449,6 +497,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["16MiB"]["checkpoint_gbps"], serde_json::Value::Null);
         assert_eq!(v["16MiB"]["peak_store_bytes"], 0);
+        assert_eq!(v["16MiB"]["kernel_map_bytes"], serde_json::Value::Null);
+        assert_eq!(v["kernel_bytes"]["maps"], serde_json::Value::Null);
         assert_eq!(v["cycle"]["bpfckpt"]["rate"], serde_json::Value::Null);
         assert_eq!(v["cycle"]["bpfckpt"]["cycles"], 0);
         assert_eq!(v["openat"]["getppid_ops"], 50);

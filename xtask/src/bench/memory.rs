@@ -38,6 +38,7 @@
 //!     values to `memcpy_gbps` (itself a best of R).
 
 use super::events::{Events, Flat, bench_line, bench_lines};
+use super::kmem::{self, MapMem};
 use super::proc::{Proc, TriggerDir, bpfckpt_run, deadline, tail};
 use super::stats::{gbps, max};
 use super::{Bins, MIB, PAGE, Size};
@@ -73,7 +74,10 @@ pub struct SizeResult {
     pub ckpt_pure: u64,
     pub ckpt_held: u64,
     pub restore_held: u64,
+    /// The engine's own figure: the largest store's cost by its formula.
     pub peak_store_bytes: u64,
+    /// bpfckpt's BPF maps once the last cycle is over (see [`kmem`]).
+    pub maps: Option<Vec<MapMem>>,
 }
 
 impl SizeResult {
@@ -91,6 +95,29 @@ impl SizeResult {
 
     pub fn restore_vs_memcpy(&self) -> Option<f64> {
         self.restore_gbps().map(|g| g / self.base.memcpy_gbps)
+    }
+
+    /// Kernel memory of all of bpfckpt's maps (fdinfo `memlock`).
+    pub fn kernel_map_bytes(&self) -> Option<u64> {
+        self.maps.as_deref().map(kmem::total)
+    }
+
+    pub fn saved_bytes(&self) -> u64 {
+        self.last_saved_pages * PAGE
+    }
+
+    /// `kernel_map_bytes` per byte saved by the last checkpoint.
+    pub fn kernel_bytes_per_saved_byte(&self) -> Option<f64> {
+        let saved = self.saved_bytes();
+        self.kernel_map_bytes()
+            .filter(|_| saved > 0)
+            .map(|b| b as f64 / saved as f64)
+    }
+
+    /// The same ratio from the engine's formula for its page store alone.
+    pub fn store_formula_per_saved_byte(&self) -> Option<f64> {
+        let saved = self.saved_bytes();
+        (saved > 0).then(|| self.peak_store_bytes as f64 / saved as f64)
     }
 
     /// Adds measured cycle `i`: the target's timings `c` and the engine's
@@ -144,18 +171,48 @@ fn baselines(bins: &Bins, size: &Size, reps: u32) -> Result<Baselines> {
     })
 }
 
-/// `bench-mem` under bpfckpt: the engine's events and the target's measured
-/// cycles (in order), checked for count.
-fn served_cycles(bins: &Bins, size: &Size) -> Result<(Events, Vec<Flat>)> {
+/// `bench-mem` under bpfckpt: the engine's events, the target's measured
+/// cycles (in order, checked for count), and bpfckpt's BPF maps read while
+/// the target waits after its last cycle (`--hold 1`).
+fn served_cycles(
+    bins: &Bins,
+    size: &Size,
+    warnings: &mut Vec<String>,
+) -> Result<(Events, Vec<Flat>, Option<Vec<MapMem>>)> {
     let dir = TriggerDir::new(&format!("mem-{}", size.label))?;
     let mut cmd = bpfckpt_run(&bins.bpfckpt, &dir, bins.bench("bench-mem"));
     cmd.arg("--dir")
         .arg(&dir.0)
         .args(["--bytes", &size.bytes.to_string()])
         .args(["--warmup", &size.warmup.to_string()])
-        .args(["--cycles", &size.cycles.to_string()]);
-    let out = Proc::start("bpfckpt run -- bench-mem", &mut cmd, false)?
-        .finish(deadline(60 + 40 * size.bytes / (1024 * MIB)))?;
+        .args(["--cycles", &size.cycles.to_string()])
+        .args(["--hold", "1"]);
+    let until = deadline(60 + 40 * size.bytes / (1024 * MIB));
+    // The target inherits bpfckpt's stdin and waits for its end.
+    let mut p = Proc::start("bpfckpt run -- bench-mem", &mut cmd, true)?;
+    p.wait_line(until, |l| l.contains("\"bench\":\"mem_hold\""))?;
+    // Named while bpfckpt still holds them: the names are looked up by id.
+    let maps = match kmem::maps_of(p.pid()) {
+        Ok(mut m) if !m.is_empty() => {
+            kmem::name_maps(bins, &mut m, warnings);
+            Some(m)
+        }
+        Ok(_) => {
+            warnings.push(format!(
+                "{}: bpfckpt held no BPF map descriptor after the last cycle: kernel_map_bytes is null",
+                size.label
+            ));
+            None
+        }
+        Err(e) => {
+            warnings.push(format!(
+                "{}: kernel memory of bpfckpt's maps: {e}",
+                size.label
+            ));
+            None
+        }
+    };
+    let out = p.finish(until)?;
     let ev = Events::parse(&out)?;
     let mut cycles: Vec<Flat> = bench_lines(&out, "mem");
     cycles.sort_by_key(|c| c.u("cycle").unwrap_or(u64::MAX));
@@ -176,7 +233,7 @@ fn served_cycles(bins: &Bins, size: &Size) -> Result<(Events, Vec<Flat>)> {
             w + k
         ));
     }
-    Ok((ev, cycles))
+    Ok((ev, cycles, maps))
 }
 
 /// The baselines, then the measured cycles, for one size.
@@ -188,7 +245,7 @@ pub fn mem_bench(
 ) -> Result<SizeResult> {
     // Baselines first, in the same run.
     let base = baselines(bins, size, reps)?;
-    let (ev, cycles) = served_cycles(bins, size)?;
+    let (ev, cycles, maps) = served_cycles(bins, size, warnings)?;
     let mut r = SizeResult {
         label: size.label,
         bytes: size.bytes,
@@ -208,6 +265,7 @@ pub fn mem_bench(
         ckpt_held: 0,
         restore_held: 0,
         peak_store_bytes: ev.summary.need_u("peak_store_bytes")?,
+        maps,
     };
     let w = size.warmup as usize;
     for (i, c) in cycles.iter().enumerate() {

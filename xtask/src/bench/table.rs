@@ -1,10 +1,11 @@
 //! The table printed at the end of a run: a header with the machine, one
 //! row per metric (with its target and status), then medians and counts.
 
-use super::Outcome;
+use super::kmem;
 use super::openat::{CALLS, OPENAT};
 use super::stats::{max, median};
 use super::targets::Target;
+use super::{MIB, Outcome};
 use std::fmt::Write as _;
 
 /// Separates the rows from the header and the details.
@@ -156,6 +157,38 @@ fn other_rows(t: &mut Rows<'_>, out: &Outcome) {
     );
 }
 
+/// The kernel memory of bpfckpt's maps in the run that gives
+/// `kernel_bytes_per_saved_byte`, map by map.
+fn kernel_memory(s: &mut String, out: &Outcome) {
+    let Some(z) = out.store() else { return };
+    let Some(maps) = &z.maps else { return };
+    let mib = |b: u64| b as f64 / MIB as f64;
+    let _ = writeln!(
+        s,
+        "{}: kernel memory of bpfckpt's {} maps (fdinfo memlock) {:.3} MiB for {:.3} MiB saved \
+         (the store by the engine's formula: {} per saved byte):",
+        z.label,
+        maps.len(),
+        mib(kmem::total(maps)),
+        mib(z.saved_bytes()),
+        fmt_num(z.store_formula_per_saved_byte()),
+    );
+    let total = kmem::total(maps).max(1) as f64;
+    for m in maps {
+        let name = if m.name.is_empty() { "?" } else { &m.name };
+        let _ = writeln!(
+            s,
+            "  {:<16} {:<14} {:>12} B {:>5.1}%  {} x {} B",
+            name,
+            m.type_name(),
+            m.bytes,
+            m.bytes as f64 * 100.0 / total,
+            m.max_entries,
+            m.value_size,
+        );
+    }
+}
+
 /// Medians and counts per size, the cycle's averages, the steps' times.
 fn details(s: &mut String, out: &Outcome) {
     for z in &out.sizes {
@@ -173,6 +206,7 @@ fn details(s: &mut String, out: &Outcome) {
             z.restore_held,
         );
     }
+    kernel_memory(s, out);
     let c = &out.cycle;
     let _ = writeln!(
         s,
