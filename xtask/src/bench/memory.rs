@@ -1,6 +1,7 @@
 //! Throughput of checkpoint and restore, and the baselines they are compared
 //! with. For each size S (64 MiB and 1 GiB; 16 MiB in the smoke):
-//! - Baselines (`bench-base --bytes S`, best of R = 5): `memcpy_gbps`, S
+//! - Baselines (`bench-base --bytes S`, best of R = 5, and the median of
+//!   the same R as `*_median`): `memcpy_gbps`, S
 //!   bytes between two touched buffers of one process (glibc memcpy);
 //!   `process_vm_readv_gbps` / `process_vm_writev_gbps`, S bytes from / to a
 //!   child holding S touched bytes, one iovec per side per call;
@@ -34,24 +35,28 @@
 //!     in its summary, and its wall-clock time includes periods in which the
 //!     engine is descheduled after it has released the target.)
 //!   - Best (highest) of the measured cycles, and the median (`*_median`).
-//!   - `checkpoint_vs_memcpy`, `restore_vs_memcpy`: ratios of the best
-//!     values to `memcpy_gbps` (itself a best of R).
+//!   - `checkpoint_vs_memcpy`, `restore_vs_memcpy`,
+//!     `restore_vs_process_vm_writev`: ratios of the best values to the
+//!     baseline's best (itself a best of R); `*_median`: of the medians.
+//!   - `restore_kernel_ms_median`: the restore probe's own time (`kernel_ns`
+//!     of the `restore` event; on the user-space path it lists the pages to
+//!     zero and holds the target).
 
-use super::events::{Events, Flat, bench_line, bench_lines};
+use super::events::{Events, Flat, bench_lines};
 use super::kmem::{self, MapMem};
 use super::proc::{Proc, TriggerDir, bpfckpt_run, deadline, tail};
-use super::stats::{gbps, max};
+use super::stats::{Fig, gbps};
 use super::{Bins, MIB, PAGE, Size};
 use crate::util::Result;
 use std::process::Command;
 
-/// The baselines, in GB/s.
+/// The baselines in GB/s, best and median of their repetitions.
 #[cfg_attr(test, derive(Default))]
 pub struct Baselines {
-    pub memcpy_gbps: f64,
-    pub vm_read_gbps: f64,
-    pub vm_write_gbps: f64,
-    pub vm_write_4k_gbps: f64,
+    pub memcpy: Fig,
+    pub vm_read: Fig,
+    pub vm_write: Fig,
+    pub vm_write_4k: Fig,
 }
 
 #[cfg_attr(test, derive(Default))]
@@ -69,6 +74,8 @@ pub struct SizeResult {
     pub ckpt_kernel_ms: Vec<f64>,
     pub ckpt_latency_ms: Vec<f64>,
     pub restore_latency_ms: Vec<f64>,
+    /// The restore probe's own time (`kernel_ns` of the `restore` event).
+    pub restore_kernel_ms: Vec<f64>,
     pub last_saved_pages: u64,
     pub pages_absent: u64,
     pub ckpt_pure: u64,
@@ -81,20 +88,31 @@ pub struct SizeResult {
 }
 
 impl SizeResult {
-    pub fn checkpoint_gbps(&self) -> Option<f64> {
-        max(&self.ckpt_gbps)
+    /// `checkpoint_gbps`: the BPF copy (`kernel_ns`).
+    pub fn checkpoint_bpf(&self) -> Fig {
+        Fig::highest(&self.ckpt_gbps)
     }
 
-    pub fn restore_gbps(&self) -> Option<f64> {
-        max(&self.restore_gbps)
+    /// `checkpoint_e2e_gbps`: as the target sees it.
+    pub fn checkpoint_e2e(&self) -> Fig {
+        Fig::highest(&self.ckpt_e2e_gbps)
     }
 
-    pub fn checkpoint_vs_memcpy(&self) -> Option<f64> {
-        self.checkpoint_gbps().map(|g| g / self.base.memcpy_gbps)
+    /// `restore_gbps`: as the target sees it.
+    pub fn restore(&self) -> Fig {
+        Fig::highest(&self.restore_gbps)
     }
 
-    pub fn restore_vs_memcpy(&self) -> Option<f64> {
-        self.restore_gbps().map(|g| g / self.base.memcpy_gbps)
+    pub fn checkpoint_vs_memcpy(&self) -> Fig {
+        self.checkpoint_bpf().ratio(self.base.memcpy)
+    }
+
+    pub fn restore_vs_memcpy(&self) -> Fig {
+        self.restore().ratio(self.base.memcpy)
+    }
+
+    pub fn restore_vs_vm_write(&self) -> Fig {
+        self.restore().ratio(self.base.vm_write)
     }
 
     /// Kernel memory of all of bpfckpt's maps (fdinfo `memlock`).
@@ -139,6 +157,8 @@ impl SizeResult {
         self.restore_gbps.push(gbps(restored * PAGE, t_rs));
         self.ckpt_latency_ms.push(t_ck as f64 / 1e6);
         self.restore_latency_ms.push(t_rs as f64 / 1e6);
+        self.restore_kernel_ms
+            .push(rs.need_u("kernel_ns")? as f64 / 1e6);
         self.last_saved_pages = saved;
         self.pages_absent = ck.u("pages_absent").unwrap_or(0);
         if saved * PAGE < self.bytes || restored < saved {
@@ -161,13 +181,26 @@ fn baselines(bins: &Bins, size: &Size, reps: u32) -> Result<Baselines> {
         &reps.to_string(),
     ]);
     let out = Proc::start("bench-base", &mut cmd, false)?.finish(deadline(120))?;
-    let base = bench_line(&out, "base")?;
-    let g = |k: &str| base.need_u(k).map(|ns| gbps(size.bytes, ns));
+    let reps_seen = bench_lines(&out, "base_rep");
+    if reps_seen.len() != reps as usize {
+        return Err(format!(
+            "bench-base reported {} repetitions, expected {reps}\n{}",
+            reps_seen.len(),
+            tail(&out)
+        ));
+    }
+    let fig = |k: &str| -> Result<Fig> {
+        let v = reps_seen
+            .iter()
+            .map(|r| r.need_u(k).map(|ns| gbps(size.bytes, ns)))
+            .collect::<Result<Vec<f64>>>()?;
+        Ok(Fig::highest(&v))
+    };
     Ok(Baselines {
-        memcpy_gbps: g("memcpy_ns")?,
-        vm_read_gbps: g("vm_read_ns")?,
-        vm_write_gbps: g("vm_write_ns")?,
-        vm_write_4k_gbps: g("vm_write_4k_ns")?,
+        memcpy: fig("memcpy_ns")?,
+        vm_read: fig("vm_read_ns")?,
+        vm_write: fig("vm_write_ns")?,
+        vm_write_4k: fig("vm_write_4k_ns")?,
     })
 }
 
@@ -259,6 +292,7 @@ pub fn mem_bench(
         ckpt_kernel_ms: Vec::new(),
         ckpt_latency_ms: Vec::new(),
         restore_latency_ms: Vec::new(),
+        restore_kernel_ms: Vec::new(),
         last_saved_pages: 0,
         pages_absent: 0,
         ckpt_pure: 0,

@@ -47,6 +47,7 @@ use machine::Machine;
 use memory::SizeResult;
 use openat::OpenatResult;
 use startup::StaticBinary;
+use stats::Fig;
 use std::fs;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -169,8 +170,8 @@ struct Outcome {
     sizes: Vec<SizeResult>,
     cycle: CycleResult,
     openat: OpenatResult,
-    startup: f64,
-    startup_static: Option<f64>,
+    startup: Fig,
+    startup_static: Fig,
     binary: StaticBinary,
     targets: Vec<Target>,
     warnings: Vec<String>,
