@@ -16,6 +16,7 @@
 //!              process_vm_readv_gbps, process_vm_readv_gbps_median,
 //!              process_vm_writev_gbps, process_vm_writev_gbps_median,
 //!              process_vm_writev_4k_gbps, process_vm_writev_4k_gbps_median,
+//!              checkpoint_e2e_vs_memcpy, checkpoint_e2e_vs_memcpy_median,
 //!              checkpoint_vs_memcpy, checkpoint_vs_memcpy_median,
 //!              restore_vs_memcpy, restore_vs_memcpy_median,
 //!              restore_vs_process_vm_writev, restore_vs_process_vm_writev_median,
@@ -232,6 +233,8 @@ struct SizeJson {
     process_vm_writev_gbps_median: Num,
     process_vm_writev_4k_gbps: Num,
     process_vm_writev_4k_gbps_median: Num,
+    checkpoint_e2e_vs_memcpy: Num,
+    checkpoint_e2e_vs_memcpy_median: Num,
     checkpoint_vs_memcpy: Num,
     checkpoint_vs_memcpy_median: Num,
     restore_vs_memcpy: Num,
@@ -272,6 +275,8 @@ impl From<&SizeResult> for SizeJson {
             process_vm_writev_gbps_median: Num(b.vm_write.median),
             process_vm_writev_4k_gbps: Num(b.vm_write_4k.best),
             process_vm_writev_4k_gbps_median: Num(b.vm_write_4k.median),
+            checkpoint_e2e_vs_memcpy: Num(z.checkpoint_e2e_vs_memcpy().best),
+            checkpoint_e2e_vs_memcpy_median: Num(z.checkpoint_e2e_vs_memcpy().median),
             checkpoint_vs_memcpy: Num(z.checkpoint_vs_memcpy().best),
             checkpoint_vs_memcpy_median: Num(z.checkpoint_vs_memcpy().median),
             restore_vs_memcpy: Num(z.restore_vs_memcpy().best),
@@ -560,7 +565,7 @@ mod tests {
         assert_eq!(v["openat"]["getppid_ops"], 50);
         assert_eq!(v["machine"]["loadavg_end"], "");
         assert_eq!(v["step_seconds"].as_object().unwrap().len(), 1);
-        assert_eq!(v["targets"][0]["metric"], "16MiB.checkpoint_vs_memcpy");
+        assert_eq!(v["targets"][0]["metric"], "16MiB.checkpoint_e2e_vs_memcpy");
         assert_eq!(v["warnings"][0], "w\n");
     }
 }

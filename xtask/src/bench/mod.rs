@@ -12,7 +12,11 @@
 //! [`memory`] throughput per size, [`cycle`] rate, [`openat`] overhead and
 //! [`startup`]; each module says what it measures and how. From the results
 //! come the [`targets`] (the performance bar), the [`json`] report and the
-//! printed [`table`]. Also reported:
+//! printed [`table`]. Checkpoint and restore throughputs are headlined as
+//! the target sees them (its trigger `openat` until it sees the completion
+//! marker); the BPF copy alone is a detail. A figure that is the best of
+//! repetitions comes with the median of the same repetitions. Also
+//! reported:
 //! - `kernel_bytes_per_saved_byte`: the kernel memory of every BPF map
 //!   bpfckpt holds (the sum of their fdinfo `memlock`, see [`kmem`]), read
 //!   while the 64 MiB target (smoke: 16 MiB) waits after its last cycle,
