@@ -1,5 +1,6 @@
 //! The system calls the bench targets need beyond `sys.rs`: copying between
-//! processes for the `process_vm_readv` / `process_vm_writev` baselines. As
+//! processes for the `process_vm_readv` / `process_vm_writev` baselines,
+//! and the names of BPF maps for the kernel-memory breakdown. As
 //! everywhere in this project, `unsafe` lives only in wrapper modules like
 //! this one, each block justified.
 
@@ -124,4 +125,72 @@ pub fn vm_write_pages(pid: i32, local: &[u8], remote: usize) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The kernel's name of BPF map `id` (`bpf_map_info.name`), for the bench's
+/// per-map breakdown of kernel memory: /proc/PID/fdinfo shows a map's id and
+/// memory but not its name. Needs CAP_SYS_ADMIN (BPF_MAP_GET_FD_BY_ID).
+pub fn bpf_map_name(id: u32) -> io::Result<String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    /// The commands' parts of `union bpf_attr`; the kernel wants the rest of
+    /// the size passed zero.
+    #[repr(C)]
+    struct ById {
+        map_id: u32,
+        open_flags: u32,
+        _zero: u64,
+    }
+    #[repr(C)]
+    struct Info {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut by_id = ById {
+        map_id: id,
+        open_flags: 0,
+        _zero: 0,
+    };
+    // SAFETY: bpf(2) reads `size_of::<ById>()` bytes of `by_id`, a live
+    // value laid out as its part of `union bpf_attr`.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_GET_FD_BY_ID,
+            &raw mut by_id,
+            std::mem::size_of::<ById>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this new descriptor; nothing else
+    // owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // `struct bpf_map_info` up to its name: type, id, key_size, value_size,
+    // max_entries, map_flags (u32 each), then char name[16].
+    let mut info = [0u8; 40];
+    let mut attr = Info {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: as above; the kernel writes at most `info_len` bytes to
+    // `info`, a live buffer of that size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut attr,
+            std::mem::size_of::<Info>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let name = &info[24..40];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
 }

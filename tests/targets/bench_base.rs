@@ -8,7 +8,10 @@
 //! - process_vm_writev as the engine's user-space restore issues it: one
 //!   4 KiB iovec per page, 1024 per call (`vm_write_4k_ns`).
 //!
-//! Each is repeated R times; prints the best (shortest) time of each:
+//! Each is repeated R times; prints every repetition's times,
+//! `{"bench":"base_rep","rep":i,"memcpy_ns":..,"vm_read_ns":..,"vm_write_ns":..,"vm_write_4k_ns":..}`
+//! (the bench takes the best and the median of them), then the best
+//! (shortest) time of each:
 //! `{"bench":"base","bytes":N,"memcpy_ns":..,"vm_read_ns":..,"vm_write_ns":..,"vm_write_4k_ns":..}`.
 
 #[path = "bench_common.rs"]
@@ -26,15 +29,19 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-fn best(reps: u64, mut f: impl FnMut()) -> u64 {
+/// The time of each of `reps` runs of `f`, in ns.
+fn times(reps: u64, mut f: impl FnMut()) -> Vec<u64> {
     (0..reps)
         .map(|_| {
             let t0 = Instant::now();
             f();
             t0.elapsed().as_nanos() as u64
         })
-        .min()
-        .unwrap_or(0)
+        .collect()
+}
+
+fn best(t: &[u64]) -> u64 {
+    t.iter().copied().min().unwrap_or(0)
 }
 
 /// The number after `"key":` in a flat JSON line.
@@ -59,7 +66,7 @@ fn main() {
     src.bytes_mut().fill(0x5a);
     dst.bytes_mut().fill(0xa5);
 
-    let memcpy_ns = best(reps, || {
+    let memcpy_ns = times(reps, || {
         dst.bytes_mut().copy_from_slice(src.bytes());
         std::hint::black_box(dst.bytes());
     });
@@ -84,17 +91,17 @@ fn main() {
     };
     let (pid, remote) = (pid as i32, remote as usize);
     let mut err = None;
-    let vm_read_ns = best(reps, || {
+    let vm_read_ns = times(reps, || {
         if let Err(e) = bench_sys::vm_read(pid, dst.bytes_mut(), remote) {
             err = Some(format!("process_vm_readv: {e}"));
         }
     });
-    let vm_write_ns = best(reps, || {
+    let vm_write_ns = times(reps, || {
         if let Err(e) = bench_sys::vm_write(pid, src.bytes(), remote) {
             err = Some(format!("process_vm_writev: {e}"));
         }
     });
-    let vm_write_4k_ns = best(reps, || {
+    let vm_write_4k_ns = times(reps, || {
         if let Err(e) = bench_sys::vm_write_pages(pid, src.bytes(), remote) {
             err = Some(format!("process_vm_writev (4 KiB iovecs): {e}"));
         }
@@ -104,15 +111,27 @@ fn main() {
     if let Some(e) = err {
         fail(&e);
     }
+    for i in 0..reps as usize {
+        emit(
+            "base_rep",
+            &[
+                ("rep", i as u64),
+                ("memcpy_ns", memcpy_ns[i]),
+                ("vm_read_ns", vm_read_ns[i]),
+                ("vm_write_ns", vm_write_ns[i]),
+                ("vm_write_4k_ns", vm_write_4k_ns[i]),
+            ],
+        );
+    }
     emit(
         "base",
         &[
             ("bytes", bytes as u64),
             ("reps", reps),
-            ("memcpy_ns", memcpy_ns),
-            ("vm_read_ns", vm_read_ns),
-            ("vm_write_ns", vm_write_ns),
-            ("vm_write_4k_ns", vm_write_4k_ns),
+            ("memcpy_ns", best(&memcpy_ns)),
+            ("vm_read_ns", best(&vm_read_ns)),
+            ("vm_write_ns", best(&vm_write_ns)),
+            ("vm_write_4k_ns", best(&vm_write_4k_ns)),
         ],
     );
 }

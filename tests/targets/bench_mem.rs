@@ -1,5 +1,5 @@
 //! Bench target: checkpoint/restore throughput.
-//! `bench-mem --dir DIR --bytes N [--warmup W] [--cycles K]`
+//! `bench-mem --dir DIR --bytes N [--warmup W] [--cycles K] [--hold 0|1]`
 //!
 //! Maps N bytes of private anonymous memory and touches every page, then runs
 //! W warm-up cycles (the engine sizes its page store and applies the final
@@ -7,8 +7,14 @@
 //! page, checkpoints, overwrites the stamps, restores and verifies them (a
 //! broken restore fails the bench). Prints one line per measured cycle:
 //! `{"bench":"mem","cycle":i,"bytes":N,"checkpoint_ns":..,"restore_ns":..}`
-//! where the times are the target-observed request latencies (request
-//! `openat` to completion marker seen).
+//! where the times are the target-observed request latencies (from just
+//! before the request's `openat` until the completion marker is seen).
+//!
+//! With `--hold 1` it then prints `{"bench":"mem_hold","pid":..}` and waits
+//! for end-of-file on stdin: the engine still serves it with the page store
+//! of the last checkpoint, so the bench can read the kernel memory of
+//! bpfckpt's maps at their largest (the store never shrinks while a target
+//! is served).
 
 #[path = "bench_common.rs"]
 mod bench_common;
@@ -19,6 +25,7 @@ mod sys;
 
 use bench_common::{Args, emit};
 use proto::fail;
+use std::io::{Read, Write};
 
 const PAGE: usize = 4096;
 const MAX_CYCLES: usize = 256;
@@ -28,10 +35,11 @@ fn stamp(c: usize, page: usize) -> u64 {
 }
 
 fn main() {
-    let a = Args::parse(&["dir", "bytes", "warmup", "cycles"]);
+    let a = Args::parse(&["dir", "bytes", "warmup", "cycles", "hold"]);
     let bytes: usize = a.get("bytes", 64 << 20);
     let warmup: usize = a.get("warmup", 2);
     let cycles: usize = a.get("cycles", 5);
+    let hold = a.get::<u8>("hold", 0) != 0;
     if bytes < PAGE || !bytes.is_multiple_of(PAGE) {
         fail("--bytes must be a positive multiple of 4096");
     }
@@ -80,5 +88,12 @@ fn main() {
                 ("restore_ns", restore_ns[i]),
             ],
         );
+    }
+    if hold {
+        emit("mem_hold", &[("pid", u64::from(std::process::id()))]);
+        let _ = std::io::stdout().flush();
+        let mut sink = [0u8; 256];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
     }
 }

@@ -4,7 +4,9 @@
 //! after 2 warm-up cycles, under bpfckpt, and under a handshake-only server
 //! in this process that polls the trigger directory without sleeping,
 //! creates the completion markers and copies nothing (the protocol's
-//! ceiling). Same binary, same run, private trigger directories.
+//! ceiling). Same binary, same run, private trigger directories. Each rate
+//! is one run's cycles over its time (not a best of runs, so it has no
+//! median); the latencies in `cycle` are the target-observed averages.
 
 use super::events::{Events, Flat, bench_line};
 use super::proc::{Proc, TriggerDir, bpfckpt_run, deadline};

@@ -9,15 +9,22 @@
 //!               restore_path, thp, trigger_base, loadavg_start, loadavg_end},
 //!   "sizes": ["64MiB", "1GiB"],
 //!   "64MiB": { bytes, warmup_cycles, measured_cycles,
-//!              checkpoint_gbps, checkpoint_gbps_median, checkpoint_e2e_gbps,
-//!              restore_gbps, restore_gbps_median, memcpy_gbps,
-//!              process_vm_readv_gbps, process_vm_writev_gbps,
-//!              process_vm_writev_4k_gbps, checkpoint_vs_memcpy,
-//!              restore_vs_memcpy, restore_vs_process_vm_writev,
+//!              checkpoint_gbps, checkpoint_gbps_median,
+//!              checkpoint_e2e_gbps, checkpoint_e2e_gbps_median,
+//!              restore_gbps, restore_gbps_median,
+//!              memcpy_gbps, memcpy_gbps_median,
+//!              process_vm_readv_gbps, process_vm_readv_gbps_median,
+//!              process_vm_writev_gbps, process_vm_writev_gbps_median,
+//!              process_vm_writev_4k_gbps, process_vm_writev_4k_gbps_median,
+//!              checkpoint_e2e_vs_memcpy, checkpoint_e2e_vs_memcpy_median,
+//!              checkpoint_vs_memcpy, checkpoint_vs_memcpy_median,
+//!              restore_vs_memcpy, restore_vs_memcpy_median,
+//!              restore_vs_process_vm_writev, restore_vs_process_vm_writev_median,
 //!              checkpoint_kernel_ms_median, checkpoint_latency_ms_median,
-//!              restore_latency_ms_median, pages_saved, pages_absent,
+//!              restore_latency_ms_median, restore_kernel_ms_median,
+//!              pages_saved, pages_absent,
 //!              checkpoints_pure_bpf, checkpoints_held, restores_held,
-//!              peak_store_bytes },
+//!              peak_store_bytes, kernel_map_bytes },
 //!   "1GiB": { the same },
 //!   "cycle_rate": .., "handshake_rate": .., "cycle_rate_vs_handshake": ..,
 //!   "cycle": { millis,
@@ -25,29 +32,36 @@
 //!                          restore_latency_us_avg},
 //!              bpfckpt: {the same, checkpoint_kernel_us_avg, checkpoints_held,
 //!                        pages_saved, pages_absent, engine_user_us_per_cycle} },
-//!   "unrelated_openat_overhead": ..,
+//!   "unrelated_openat_overhead": .., "unrelated_openat_overhead_median": ..,
 //!   "openat": {ops, rounds, alone_ns_per_op, traced_ns_per_op,
 //!              getppid_alone_ns, getppid_traced_ns, getppid_ops,
 //!              unrelated_getppid_overhead, fault_alone_ns, fault_traced_ns,
-//!              fault_ops, unrelated_fault_overhead},
-//!   "startup_ms": .., "startup_ms_static": ..,
+//!              fault_ops, unrelated_fault_overhead; each figure but the
+//!              counts with its `_median` after it},
+//!   "startup_ms": .., "startup_ms_median": ..,
+//!   "startup_ms_static": .., "startup_ms_static_median": ..,
 //!   "static_binary_mib": .., "static_binary_is_static": ..,
 //!   "kernel_bytes_per_saved_byte": ..,
-//!   "kernel_bytes": {size, peak_store_bytes, saved_bytes},
+//!   "kernel_bytes": {size, peak_store_bytes, saved_bytes, source, map_bytes,
+//!                    store_formula_per_saved_byte,
+//!                    maps: [ {name, type, bytes, id, key_size, value_size,
+//!                             max_entries, flags} ]},
 //!   "targets": [ {metric, value, op: ">="|"<=", bar, met: bool|null,
 //!                 busy_machine: bool} ],
 //!   "warnings": [ .. ] }
 //! ```
 //! Per-size keys are the size labels at the top level ("sizes" lists them).
-//! A value that could not be measured is `null`.
+//! A figure that is the best of repetitions has the median of the same
+//! repetitions in its `_median` sibling. A value that could not be measured
+//! is `null`.
 
 use super::Outcome;
-use super::PAGE;
 use super::cycle::{CycleResult, CycleRun};
+use super::kmem::MapMem;
 use super::machine::Machine;
 use super::memory::SizeResult;
 use super::openat::{CALLS, FAULT, GETPPID, OPENAT, OpenatResult};
-use super::stats::{max, median};
+use super::stats::median;
 use super::steps::Step;
 use super::targets::Target;
 use super::time::Utc;
@@ -131,9 +145,12 @@ struct Report<'a> {
     cycle_rate_vs_handshake: Num,
     cycle: CycleJson,
     unrelated_openat_overhead: Num,
+    unrelated_openat_overhead_median: Num,
     openat: OpenatJson,
     startup_ms: Num,
+    startup_ms_median: Num,
     startup_ms_static: Num,
+    startup_ms_static_median: Num,
     static_binary_mib: Num,
     static_binary_is_static: Option<bool>,
     kernel_bytes_per_saved_byte: Num,
@@ -168,17 +185,28 @@ impl<'a> Report<'a> {
             handshake_rate: Num(out.cycle.handshake.rate()),
             cycle_rate_vs_handshake: Num(out.cycle.ratio()),
             cycle: CycleJson::new(&out.cycle, out.plan.cycle_millis),
-            unrelated_openat_overhead: num(out.openat.overhead()),
+            unrelated_openat_overhead: Num(out.openat.overhead().best),
+            unrelated_openat_overhead_median: Num(out.openat.overhead().median),
             openat: OpenatJson::from(&out.openat),
-            startup_ms: num(out.startup),
-            startup_ms_static: Num(out.startup_static),
+            startup_ms: Num(out.startup.best),
+            startup_ms_median: Num(out.startup.median),
+            startup_ms_static: Num(out.startup_static.best),
+            startup_ms_static_median: Num(out.startup_static.median),
             static_binary_mib: Num(out.binary.mib),
             static_binary_is_static: out.binary.is_static,
             kernel_bytes_per_saved_byte: Num(out.kernel_bytes_per_saved_byte()),
             kernel_bytes: KernelBytes {
                 size: out.plan.store_size,
                 peak_store_bytes: store.map(|s| s.peak_store_bytes),
-                saved_bytes: store.map(|s| s.last_saved_pages * PAGE),
+                saved_bytes: store.map(SizeResult::saved_bytes),
+                source: "fdinfo memlock",
+                map_bytes: store.and_then(SizeResult::kernel_map_bytes),
+                store_formula_per_saved_byte: Num(
+                    store.and_then(SizeResult::store_formula_per_saved_byte)
+                ),
+                maps: store
+                    .and_then(|s| s.maps.as_deref())
+                    .map(|m| m.iter().map(MapJson::from).collect()),
             },
             targets: out.targets.iter().map(TargetJson::from).collect(),
             warnings: &out.warnings,
@@ -194,53 +222,78 @@ struct SizeJson {
     checkpoint_gbps: Num,
     checkpoint_gbps_median: Num,
     checkpoint_e2e_gbps: Num,
+    checkpoint_e2e_gbps_median: Num,
     restore_gbps: Num,
     restore_gbps_median: Num,
     memcpy_gbps: Num,
+    memcpy_gbps_median: Num,
     process_vm_readv_gbps: Num,
+    process_vm_readv_gbps_median: Num,
     process_vm_writev_gbps: Num,
+    process_vm_writev_gbps_median: Num,
     process_vm_writev_4k_gbps: Num,
+    process_vm_writev_4k_gbps_median: Num,
+    checkpoint_e2e_vs_memcpy: Num,
+    checkpoint_e2e_vs_memcpy_median: Num,
     checkpoint_vs_memcpy: Num,
+    checkpoint_vs_memcpy_median: Num,
     restore_vs_memcpy: Num,
+    restore_vs_memcpy_median: Num,
     restore_vs_process_vm_writev: Num,
+    restore_vs_process_vm_writev_median: Num,
     checkpoint_kernel_ms_median: Num,
     checkpoint_latency_ms_median: Num,
     restore_latency_ms_median: Num,
+    restore_kernel_ms_median: Num,
     pages_saved: u64,
     pages_absent: u64,
     checkpoints_pure_bpf: u64,
     checkpoints_held: u64,
     restores_held: u64,
     peak_store_bytes: u64,
+    kernel_map_bytes: Option<u64>,
 }
 
 impl From<&SizeResult> for SizeJson {
     fn from(z: &SizeResult) -> Self {
+        let b = &z.base;
         Self {
             bytes: z.bytes,
             warmup_cycles: z.warmup,
             measured_cycles: z.cycles,
-            checkpoint_gbps: Num(z.checkpoint_gbps()),
-            checkpoint_gbps_median: Num(median(&z.ckpt_gbps)),
-            checkpoint_e2e_gbps: Num(max(&z.ckpt_e2e_gbps)),
-            restore_gbps: Num(z.restore_gbps()),
-            restore_gbps_median: Num(median(&z.restore_gbps)),
-            memcpy_gbps: num(z.base.memcpy_gbps),
-            process_vm_readv_gbps: num(z.base.vm_read_gbps),
-            process_vm_writev_gbps: num(z.base.vm_write_gbps),
-            process_vm_writev_4k_gbps: num(z.base.vm_write_4k_gbps),
-            checkpoint_vs_memcpy: Num(z.checkpoint_vs_memcpy()),
-            restore_vs_memcpy: Num(z.restore_vs_memcpy()),
-            restore_vs_process_vm_writev: Num(z.restore_gbps().map(|g| g / z.base.vm_write_gbps)),
+            checkpoint_gbps: Num(z.checkpoint_bpf().best),
+            checkpoint_gbps_median: Num(z.checkpoint_bpf().median),
+            checkpoint_e2e_gbps: Num(z.checkpoint_e2e().best),
+            checkpoint_e2e_gbps_median: Num(z.checkpoint_e2e().median),
+            restore_gbps: Num(z.restore().best),
+            restore_gbps_median: Num(z.restore().median),
+            memcpy_gbps: Num(b.memcpy.best),
+            memcpy_gbps_median: Num(b.memcpy.median),
+            process_vm_readv_gbps: Num(b.vm_read.best),
+            process_vm_readv_gbps_median: Num(b.vm_read.median),
+            process_vm_writev_gbps: Num(b.vm_write.best),
+            process_vm_writev_gbps_median: Num(b.vm_write.median),
+            process_vm_writev_4k_gbps: Num(b.vm_write_4k.best),
+            process_vm_writev_4k_gbps_median: Num(b.vm_write_4k.median),
+            checkpoint_e2e_vs_memcpy: Num(z.checkpoint_e2e_vs_memcpy().best),
+            checkpoint_e2e_vs_memcpy_median: Num(z.checkpoint_e2e_vs_memcpy().median),
+            checkpoint_vs_memcpy: Num(z.checkpoint_vs_memcpy().best),
+            checkpoint_vs_memcpy_median: Num(z.checkpoint_vs_memcpy().median),
+            restore_vs_memcpy: Num(z.restore_vs_memcpy().best),
+            restore_vs_memcpy_median: Num(z.restore_vs_memcpy().median),
+            restore_vs_process_vm_writev: Num(z.restore_vs_vm_write().best),
+            restore_vs_process_vm_writev_median: Num(z.restore_vs_vm_write().median),
             checkpoint_kernel_ms_median: Num(median(&z.ckpt_kernel_ms)),
             checkpoint_latency_ms_median: Num(median(&z.ckpt_latency_ms)),
             restore_latency_ms_median: Num(median(&z.restore_latency_ms)),
+            restore_kernel_ms_median: Num(median(&z.restore_kernel_ms)),
             pages_saved: z.last_saved_pages,
             pages_absent: z.pages_absent,
             checkpoints_pure_bpf: z.ckpt_pure,
             checkpoints_held: z.ckpt_held,
             restores_held: z.restore_held,
             peak_store_bytes: z.peak_store_bytes,
+            kernel_map_bytes: z.kernel_map_bytes(),
         }
     }
 }
@@ -304,21 +357,30 @@ impl CycleJson {
 }
 
 /// ns per operation alone and while bpfckpt serves, for openat and the two
-/// controls (whose counts are multiples of `ops`).
+/// controls (whose counts are multiples of `ops`): the best (lowest) of the
+/// rounds and their median.
 #[derive(Serialize)]
 struct OpenatJson {
     ops: u64,
     rounds: u32,
     alone_ns_per_op: Num,
+    alone_ns_per_op_median: Num,
     traced_ns_per_op: Num,
+    traced_ns_per_op_median: Num,
     getppid_alone_ns: Num,
+    getppid_alone_ns_median: Num,
     getppid_traced_ns: Num,
+    getppid_traced_ns_median: Num,
     getppid_ops: u64,
     unrelated_getppid_overhead: Num,
+    unrelated_getppid_overhead_median: Num,
     fault_alone_ns: Num,
+    fault_alone_ns_median: Num,
     fault_traced_ns: Num,
+    fault_traced_ns_median: Num,
     fault_ops: u64,
     unrelated_fault_overhead: Num,
+    unrelated_fault_overhead_median: Num,
 }
 
 impl From<&OpenatResult> for OpenatJson {
@@ -326,25 +388,68 @@ impl From<&OpenatResult> for OpenatJson {
         Self {
             ops: o.ops,
             rounds: o.rounds,
-            alone_ns_per_op: num(o.alone[OPENAT]),
-            traced_ns_per_op: num(o.traced[OPENAT]),
-            getppid_alone_ns: num(o.alone[GETPPID]),
-            getppid_traced_ns: num(o.traced[GETPPID]),
+            alone_ns_per_op: Num(o.alone[OPENAT].best),
+            alone_ns_per_op_median: Num(o.alone[OPENAT].median),
+            traced_ns_per_op: Num(o.traced[OPENAT].best),
+            traced_ns_per_op_median: Num(o.traced[OPENAT].median),
+            getppid_alone_ns: Num(o.alone[GETPPID].best),
+            getppid_alone_ns_median: Num(o.alone[GETPPID].median),
+            getppid_traced_ns: Num(o.traced[GETPPID].best),
+            getppid_traced_ns_median: Num(o.traced[GETPPID].median),
             getppid_ops: o.ops * CALLS[GETPPID].1,
-            unrelated_getppid_overhead: num(o.overhead_of(GETPPID)),
-            fault_alone_ns: num(o.alone[FAULT]),
-            fault_traced_ns: num(o.traced[FAULT]),
+            unrelated_getppid_overhead: Num(o.overhead_of(GETPPID).best),
+            unrelated_getppid_overhead_median: Num(o.overhead_of(GETPPID).median),
+            fault_alone_ns: Num(o.alone[FAULT].best),
+            fault_alone_ns_median: Num(o.alone[FAULT].median),
+            fault_traced_ns: Num(o.traced[FAULT].best),
+            fault_traced_ns_median: Num(o.traced[FAULT].median),
             fault_ops: o.ops * CALLS[FAULT].1,
-            unrelated_fault_overhead: num(o.overhead_of(FAULT)),
+            unrelated_fault_overhead: Num(o.overhead_of(FAULT).best),
+            unrelated_fault_overhead_median: Num(o.overhead_of(FAULT).median),
         }
     }
 }
 
+/// What `kernel_bytes_per_saved_byte` is made of: `map_bytes` /
+/// `saved_bytes`, and the engine's own figure for its store beside it.
 #[derive(Serialize)]
 struct KernelBytes {
     size: &'static str,
     peak_store_bytes: Option<u64>,
     saved_bytes: Option<u64>,
+    source: &'static str,
+    map_bytes: Option<u64>,
+    store_formula_per_saved_byte: Num,
+    maps: Option<Vec<MapJson>>,
+}
+
+/// One of bpfckpt's maps, largest first.
+#[derive(Serialize)]
+struct MapJson {
+    name: String,
+    #[serde(rename = "type")]
+    map_type: String,
+    bytes: u64,
+    id: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+impl From<&MapMem> for MapJson {
+    fn from(m: &MapMem) -> Self {
+        Self {
+            name: m.name.clone(),
+            map_type: m.type_name(),
+            bytes: m.bytes,
+            id: m.id,
+            key_size: m.key_size,
+            value_size: m.value_size,
+            max_entries: m.max_entries,
+            flags: m.flags,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -374,6 +479,7 @@ impl<'a> From<&'a Target> for TargetJson<'a> {
 mod tests {
     use super::super::Plan;
     use super::super::startup::StaticBinary;
+    use super::super::stats::Fig;
     use super::super::targets::evaluate;
     use super::super::time::utc;
     use super::*;
@@ -405,8 +511,8 @@ mod tests {
                 ops: 10,
                 ..Default::default()
             },
-            startup: 1.0,
-            startup_static: None,
+            startup: Fig::lowest(&[1.0]),
+            startup_static: Fig::default(),
             binary: StaticBinary::default(),
             targets: Vec::new(),
             warnings: vec!["w\n".into()],
@@ -435,9 +541,12 @@ mod tests {
             "cycle_rate_vs_handshake",
             "cycle",
             "unrelated_openat_overhead",
+            "unrelated_openat_overhead_median",
             "openat",
             "startup_ms",
+            "startup_ms_median",
             "startup_ms_static",
+            "startup_ms_static_median",
             "static_binary_mib",
             "static_binary_is_static",
             "kernel_bytes_per_saved_byte",
@@ -449,12 +558,14 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["16MiB"]["checkpoint_gbps"], serde_json::Value::Null);
         assert_eq!(v["16MiB"]["peak_store_bytes"], 0);
+        assert_eq!(v["16MiB"]["kernel_map_bytes"], serde_json::Value::Null);
+        assert_eq!(v["kernel_bytes"]["maps"], serde_json::Value::Null);
         assert_eq!(v["cycle"]["bpfckpt"]["rate"], serde_json::Value::Null);
         assert_eq!(v["cycle"]["bpfckpt"]["cycles"], 0);
         assert_eq!(v["openat"]["getppid_ops"], 50);
         assert_eq!(v["machine"]["loadavg_end"], "");
         assert_eq!(v["step_seconds"].as_object().unwrap().len(), 1);
-        assert_eq!(v["targets"][0]["metric"], "16MiB.checkpoint_vs_memcpy");
+        assert_eq!(v["targets"][0]["metric"], "16MiB.checkpoint_e2e_vs_memcpy");
         assert_eq!(v["warnings"][0], "w\n");
     }
 }

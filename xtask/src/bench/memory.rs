@@ -1,6 +1,7 @@
 //! Throughput of checkpoint and restore, and the baselines they are compared
 //! with. For each size S (64 MiB and 1 GiB; 16 MiB in the smoke):
-//! - Baselines (`bench-base --bytes S`, best of R = 5): `memcpy_gbps`, S
+//! - Baselines (`bench-base --bytes S`, best of R = 5, and the median of
+//!   the same R as `*_median`): `memcpy_gbps`, S
 //!   bytes between two touched buffers of one process (glibc memcpy);
 //!   `process_vm_readv_gbps` / `process_vm_writev_gbps`, S bytes from / to a
 //!   child holding S touched bytes, one iovec per side per call;
@@ -13,44 +14,56 @@
 //!   restore fails the bench). Every page is written between consecutive
 //!   checkpoints and between checkpoint and restore, so an engine that only
 //!   saves or restores pages written since still moves all S bytes.
-//!   - `checkpoint_gbps`: saved bytes ((pages_bpf + pages_user) * 4096) /
-//!     `kernel_ns` of the engine's `checkpoint` event, over the measured
-//!     checkpoints with `pages_user == 0`: the BPF program copied the whole
-//!     image inside the trigger syscall, and `kernel_ns` times that copy
-//!     from first to last page. Such a checkpoint may still be `held` (the
-//!     probe holds the target when some page of the region table was not
-//!     present; user space then records those pages as zero ranges): that
-//!     user-side work is not in `kernel_ns` but is in `checkpoint_e2e_gbps`,
-//!     which divides by the target-observed latency (request `openat` until
-//!     `checkpoint_complete` is seen). `checkpoints_pure_bpf` counts the
-//!     qualifying checkpoints, `checkpoints_held` the held ones.
-//!   - `restore_gbps`: restored bytes ((pages_bpf + pages_user of the
-//!     `restore` event) * 4096) / the target-observed restore latency: from
-//!     just before the target's `openat` of `ready_to_restore` until it sees
-//!     `restore_complete` (the engine creates it before it releases a held
-//!     target, so no polling interval is included). It covers the probe, the
-//!     hold, the engine's wake-up, /proc/PID/maps, the writes, the zero
-//!     ranges and the marker. (The engine's `user_ns` exists only as a total
-//!     in its summary, and its wall-clock time includes periods in which the
-//!     engine is descheduled after it has released the target.)
+//!   - `checkpoint_e2e_gbps`, the headline: saved bytes ((pages_bpf +
+//!     pages_user of the `checkpoint` event) * 4096) / the checkpoint as the
+//!     target sees it: from just before its `openat` of
+//!     `ready_to_checkpoint` until it sees `checkpoint_complete` (it polls
+//!     without sleeping). It covers the BPF copy in that `openat`, a hold
+//!     and what user space then does (pages the probe could not copy, zero
+//!     ranges), and the marker. Every measured cycle counts.
+//!     `checkpoint_e2e_vs_memcpy` is the target it is judged by.
+//!   - `checkpoint_gbps`, a detail: the same bytes / `kernel_ns` of the
+//!     `checkpoint` event, the BPF copy alone (first to last page), over the
+//!     measured checkpoints with `pages_user == 0` (the probe copied the
+//!     whole image; `checkpoints_pure_bpf` counts them). Such a checkpoint
+//!     may still be `held` (the probe holds the target when some page of
+//!     the region table was not present; user space then records those
+//!     pages as zero ranges): that work is not in `kernel_ns`.
+//!     `checkpoints_held` counts the held ones.
+//!   - `restore_gbps`, the headline for restores: restored bytes
+//!     ((pages_bpf + pages_user of the `restore` event) * 4096) / the
+//!     restore as the target sees it: from just before its `openat` of
+//!     `ready_to_restore` until it sees `restore_complete` (the engine
+//!     creates it before it releases a held target, so no polling interval
+//!     is included). It covers the probe, the hold, the engine's wake-up,
+//!     /proc/PID/maps, the writes, the zero ranges and the marker. (The
+//!     engine's `user_ns` exists only as a total in its summary, and its
+//!     wall-clock time includes periods in which the engine is descheduled
+//!     after it has released the target.)
 //!   - Best (highest) of the measured cycles, and the median (`*_median`).
-//!   - `checkpoint_vs_memcpy`, `restore_vs_memcpy`: ratios of the best
-//!     values to `memcpy_gbps` (itself a best of R).
+//!   - `checkpoint_e2e_vs_memcpy`, `restore_vs_memcpy`,
+//!     `restore_vs_process_vm_writev`, and `checkpoint_vs_memcpy` for the
+//!     BPF copy: ratios of the best values to the baseline's best (itself a
+//!     best of R); `*_median`: of the medians.
+//!   - `restore_kernel_ms_median`: the restore probe's own time (`kernel_ns`
+//!     of the `restore` event; on the user-space path it lists the pages to
+//!     zero and holds the target).
 
-use super::events::{Events, Flat, bench_line, bench_lines};
+use super::events::{Events, Flat, bench_lines};
+use super::kmem::{self, MapMem};
 use super::proc::{Proc, TriggerDir, bpfckpt_run, deadline, tail};
-use super::stats::{gbps, max};
+use super::stats::{Fig, gbps};
 use super::{Bins, MIB, PAGE, Size};
 use crate::util::Result;
 use std::process::Command;
 
-/// The baselines, in GB/s.
+/// The baselines in GB/s, best and median of their repetitions.
 #[cfg_attr(test, derive(Default))]
 pub struct Baselines {
-    pub memcpy_gbps: f64,
-    pub vm_read_gbps: f64,
-    pub vm_write_gbps: f64,
-    pub vm_write_4k_gbps: f64,
+    pub memcpy: Fig,
+    pub vm_read: Fig,
+    pub vm_write: Fig,
+    pub vm_write_4k: Fig,
 }
 
 #[cfg_attr(test, derive(Default))]
@@ -63,34 +76,80 @@ pub struct SizeResult {
     pub base: Baselines,
     /// Per measured checkpoint with pages_user == 0: bytes / kernel_ns.
     pub ckpt_gbps: Vec<f64>,
+    /// Per measured checkpoint: bytes / the target-observed latency.
     pub ckpt_e2e_gbps: Vec<f64>,
     pub restore_gbps: Vec<f64>,
     pub ckpt_kernel_ms: Vec<f64>,
     pub ckpt_latency_ms: Vec<f64>,
     pub restore_latency_ms: Vec<f64>,
+    /// The restore probe's own time (`kernel_ns` of the `restore` event).
+    pub restore_kernel_ms: Vec<f64>,
     pub last_saved_pages: u64,
     pub pages_absent: u64,
     pub ckpt_pure: u64,
     pub ckpt_held: u64,
     pub restore_held: u64,
+    /// The engine's own figure: the largest store's cost by its formula.
     pub peak_store_bytes: u64,
+    /// bpfckpt's BPF maps once the last cycle is over (see [`kmem`]).
+    pub maps: Option<Vec<MapMem>>,
 }
 
 impl SizeResult {
-    pub fn checkpoint_gbps(&self) -> Option<f64> {
-        max(&self.ckpt_gbps)
+    /// `checkpoint_gbps`: the BPF copy alone (`kernel_ns`), a detail.
+    pub fn checkpoint_bpf(&self) -> Fig {
+        Fig::highest(&self.ckpt_gbps)
     }
 
-    pub fn restore_gbps(&self) -> Option<f64> {
-        max(&self.restore_gbps)
+    /// `checkpoint_e2e_gbps`: as the target sees it, the headline.
+    pub fn checkpoint_e2e(&self) -> Fig {
+        Fig::highest(&self.ckpt_e2e_gbps)
     }
 
-    pub fn checkpoint_vs_memcpy(&self) -> Option<f64> {
-        self.checkpoint_gbps().map(|g| g / self.base.memcpy_gbps)
+    /// `restore_gbps`: as the target sees it.
+    pub fn restore(&self) -> Fig {
+        Fig::highest(&self.restore_gbps)
     }
 
-    pub fn restore_vs_memcpy(&self) -> Option<f64> {
-        self.restore_gbps().map(|g| g / self.base.memcpy_gbps)
+    /// The headline checkpoint ratio.
+    pub fn checkpoint_e2e_vs_memcpy(&self) -> Fig {
+        self.checkpoint_e2e().ratio(self.base.memcpy)
+    }
+
+    /// The BPF copy's ratio, a detail.
+    pub fn checkpoint_vs_memcpy(&self) -> Fig {
+        self.checkpoint_bpf().ratio(self.base.memcpy)
+    }
+
+    pub fn restore_vs_memcpy(&self) -> Fig {
+        self.restore().ratio(self.base.memcpy)
+    }
+
+    pub fn restore_vs_vm_write(&self) -> Fig {
+        self.restore().ratio(self.base.vm_write)
+    }
+
+    /// Kernel memory of all of bpfckpt's maps (fdinfo `memlock`).
+    pub fn kernel_map_bytes(&self) -> Option<u64> {
+        self.maps.as_deref().map(kmem::total)
+    }
+
+    pub fn saved_bytes(&self) -> u64 {
+        self.last_saved_pages * PAGE
+    }
+
+    /// `kernel_map_bytes` per byte saved by the last checkpoint.
+    pub fn kernel_bytes_per_saved_byte(&self) -> Option<f64> {
+        let saved = self.saved_bytes();
+        self.kernel_map_bytes()
+            .filter(|_| saved > 0)
+            .map(|b| b as f64 / saved as f64)
+    }
+
+    /// The same ratio from the engine's formula for its page store alone.
+    pub fn store_formula_per_saved_byte(&self) -> Option<f64> {
+        let saved = self.saved_bytes();
+        (saved > 0).then(|| self.peak_store_bytes as f64 / saved as f64)
     }
 
     /// Adds measured cycle `i`: the target's timings `c` and the engine's
@@ -112,6 +171,8 @@ impl SizeResult {
         self.restore_gbps.push(gbps(restored * PAGE, t_rs));
         self.ckpt_latency_ms.push(t_ck as f64 / 1e6);
         self.restore_latency_ms.push(t_rs as f64 / 1e6);
+        self.restore_kernel_ms
+            .push(rs.need_u("kernel_ns")? as f64 / 1e6);
         self.last_saved_pages = saved;
         self.pages_absent = ck.u("pages_absent").unwrap_or(0);
         if saved * PAGE < self.bytes || restored < saved {
@@ -134,28 +195,71 @@ fn baselines(bins: &Bins, size: &Size, reps: u32) -> Result<Baselines> {
         &reps.to_string(),
     ]);
     let out = Proc::start("bench-base", &mut cmd, false)?.finish(deadline(120))?;
-    let base = bench_line(&out, "base")?;
-    let g = |k: &str| base.need_u(k).map(|ns| gbps(size.bytes, ns));
+    let reps_seen = bench_lines(&out, "base_rep");
+    if reps_seen.len() != reps as usize {
+        return Err(format!(
+            "bench-base reported {} repetitions, expected {reps}\n{}",
+            reps_seen.len(),
+            tail(&out)
+        ));
+    }
+    let fig = |k: &str| -> Result<Fig> {
+        let v = reps_seen
+            .iter()
+            .map(|r| r.need_u(k).map(|ns| gbps(size.bytes, ns)))
+            .collect::<Result<Vec<f64>>>()?;
+        Ok(Fig::highest(&v))
+    };
     Ok(Baselines {
-        memcpy_gbps: g("memcpy_ns")?,
-        vm_read_gbps: g("vm_read_ns")?,
-        vm_write_gbps: g("vm_write_ns")?,
-        vm_write_4k_gbps: g("vm_write_4k_ns")?,
+        memcpy: fig("memcpy_ns")?,
+        vm_read: fig("vm_read_ns")?,
+        vm_write: fig("vm_write_ns")?,
+        vm_write_4k: fig("vm_write_4k_ns")?,
     })
 }
 
-/// `bench-mem` under bpfckpt: the engine's events and the target's measured
-/// cycles (in order), checked for count.
-fn served_cycles(bins: &Bins, size: &Size) -> Result<(Events, Vec<Flat>)> {
+/// `bench-mem` under bpfckpt: the engine's events, the target's measured
+/// cycles (in order, checked for count), and bpfckpt's BPF maps read while
+/// the target waits after its last cycle (`--hold 1`).
+fn served_cycles(
+    bins: &Bins,
+    size: &Size,
+    warnings: &mut Vec<String>,
+) -> Result<(Events, Vec<Flat>, Option<Vec<MapMem>>)> {
     let dir = TriggerDir::new(&format!("mem-{}", size.label))?;
     let mut cmd = bpfckpt_run(&bins.bpfckpt, &dir, bins.bench("bench-mem"));
     cmd.arg("--dir")
         .arg(&dir.0)
         .args(["--bytes", &size.bytes.to_string()])
         .args(["--warmup", &size.warmup.to_string()])
-        .args(["--cycles", &size.cycles.to_string()]);
-    let out = Proc::start("bpfckpt run -- bench-mem", &mut cmd, false)?
-        .finish(deadline(60 + 40 * size.bytes / (1024 * MIB)))?;
+        .args(["--cycles", &size.cycles.to_string()])
+        .args(["--hold", "1"]);
+    let until = deadline(60 + 40 * size.bytes / (1024 * MIB));
+    // The target inherits bpfckpt's stdin and waits for its end.
+    let mut p = Proc::start("bpfckpt run -- bench-mem", &mut cmd, true)?;
+    p.wait_line(until, |l| l.contains("\"bench\":\"mem_hold\""))?;
+    // Named while bpfckpt still holds them: the names are looked up by id.
+    let maps = match kmem::maps_of(p.pid()) {
+        Ok(mut m) if !m.is_empty() => {
+            kmem::name_maps(bins, &mut m, warnings);
+            Some(m)
+        }
+        Ok(_) => {
+            warnings.push(format!(
+                "{}: bpfckpt held no BPF map descriptor after the last cycle: kernel_map_bytes is null",
+                size.label
+            ));
+            None
+        }
+        Err(e) => {
+            warnings.push(format!(
+                "{}: kernel memory of bpfckpt's maps: {e}",
+                size.label
+            ));
+            None
+        }
+    };
+    let out = p.finish(until)?;
     let ev = Events::parse(&out)?;
     let mut cycles: Vec<Flat> = bench_lines(&out, "mem");
     cycles.sort_by_key(|c| c.u("cycle").unwrap_or(u64::MAX));
@@ -176,7 +280,7 @@ fn served_cycles(bins: &Bins, size: &Size) -> Result<(Events, Vec<Flat>)> {
             w + k
         ));
     }
-    Ok((ev, cycles))
+    Ok((ev, cycles, maps))
 }
 
 /// The baselines, then the measured cycles, for one size.
@@ -188,7 +292,7 @@ pub fn mem_bench(
 ) -> Result<SizeResult> {
     // Baselines first, in the same run.
     let base = baselines(bins, size, reps)?;
-    let (ev, cycles) = served_cycles(bins, size)?;
+    let (ev, cycles, maps) = served_cycles(bins, size, warnings)?;
     let mut r = SizeResult {
         label: size.label,
         bytes: size.bytes,
@@ -202,12 +306,14 @@ pub fn mem_bench(
         ckpt_kernel_ms: Vec::new(),
         ckpt_latency_ms: Vec::new(),
         restore_latency_ms: Vec::new(),
+        restore_kernel_ms: Vec::new(),
         last_saved_pages: 0,
         pages_absent: 0,
         ckpt_pure: 0,
         ckpt_held: 0,
         restore_held: 0,
         peak_store_bytes: ev.summary.need_u("peak_store_bytes")?,
+        maps,
     };
     let w = size.warmup as usize;
     for (i, c) in cycles.iter().enumerate() {

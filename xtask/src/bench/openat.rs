@@ -1,13 +1,14 @@
 //! Overhead on unrelated processes: `unrelated_openat_overhead`,
 //! `bench-openat` (200k x open+close of /dev/null) alone versus while
-//! bpfckpt serves an idle target (`bench-idle`): `traced / alone - 1`, best
-//! of 3 alternating rounds (each traced round starts its own bpfckpt).
+//! bpfckpt serves an idle target (`bench-idle`): `traced / alone - 1` of the
+//! best (lowest) ns/op of 3 alternating rounds (each traced round starts its
+//! own bpfckpt), and the same of the rounds' medians (`*_median`).
 //! Controls, measured the same way: `getppid` (a system call nothing is
 //! attached to) and `fault` (a page fault on a fresh anonymous page).
 
 use super::events::bench_line;
 use super::proc::{Proc, TriggerDir, bpfckpt_run, deadline, other_bpfckpt, pid_list};
-use super::stats::min_into;
+use super::stats::Fig;
 use super::{Bins, Plan};
 use crate::util::Result;
 use std::process::Command;
@@ -24,17 +25,19 @@ pub const FAULT: usize = 2;
 pub struct OpenatResult {
     pub ops: u64,
     pub rounds: u32,
-    /// Best ns/op per entry of [`CALLS`], alone and while bpfckpt serves.
-    pub alone: [f64; 3],
-    pub traced: [f64; 3],
+    /// ns/op per entry of [`CALLS`], alone and while bpfckpt serves: the
+    /// best (lowest) and the median of the rounds.
+    pub alone: [Fig; 3],
+    pub traced: [Fig; 3],
 }
 
 impl OpenatResult {
-    pub fn overhead_of(&self, i: usize) -> f64 {
-        self.traced[i] / self.alone[i] - 1.0
+    /// `traced / alone - 1`, of the best and of the medians.
+    pub fn overhead_of(&self, i: usize) -> Fig {
+        self.traced[i].ratio(self.alone[i]).map(|r| r - 1.0)
     }
 
-    pub fn overhead(&self) -> f64 {
+    pub fn overhead(&self) -> Fig {
         self.overhead_of(OPENAT)
     }
 }
@@ -54,14 +57,14 @@ fn openat_pass(bins: &Bins, ops: u64) -> Result<[f64; 3]> {
 }
 
 /// Rounds alternate: alone, then while bpfckpt serves an idle target (a
-/// new bpfckpt each round); best of the rounds for each.
+/// new bpfckpt each round); best and median of the rounds for each.
 pub fn openat_bench(bins: &Bins, plan: &Plan, warnings: &mut Vec<String>) -> Result<OpenatResult> {
-    let mut alone = [f64::INFINITY; 3];
-    let mut traced = [f64::INFINITY; 3];
+    let mut alone: Vec<[f64; 3]> = Vec::new();
+    let mut traced: Vec<[f64; 3]> = Vec::new();
     let mut foreign = Vec::new();
     for _ in 0..plan.openat_rounds {
         foreign.extend(other_bpfckpt());
-        min_into(&mut alone, openat_pass(bins, plan.openat_ops)?);
+        alone.push(openat_pass(bins, plan.openat_ops)?);
         foreign.extend(other_bpfckpt());
 
         let dir = TriggerDir::new("idle")?;
@@ -72,7 +75,7 @@ pub fn openat_bench(bins: &Bins, plan: &Plan, warnings: &mut Vec<String>) -> Res
         let t = openat_pass(bins, plan.openat_ops);
         p.close_stdin();
         p.finish(deadline(30))?;
-        min_into(&mut traced, t?);
+        traced.push(t?);
     }
     foreign.sort_unstable();
     foreign.dedup();
@@ -83,11 +86,14 @@ pub fn openat_bench(bins: &Bins, plan: &Plan, warnings: &mut Vec<String>) -> Res
             pid_list(&foreign)
         ));
     }
+    let figs = |rounds: &[[f64; 3]]| {
+        std::array::from_fn(|i| Fig::lowest(&rounds.iter().map(|r| r[i]).collect::<Vec<_>>()))
+    };
     Ok(OpenatResult {
         ops: plan.openat_ops,
         rounds: plan.openat_rounds,
-        alone,
-        traced,
+        alone: figs(&alone),
+        traced: figs(&traced),
     })
 }
 

@@ -133,6 +133,10 @@ impl Proc {
         self.wait_line_at(until, want).map(drop)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn close_stdin(&mut self) {
         drop(self.child.stdin.take());
     }

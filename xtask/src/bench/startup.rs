@@ -4,12 +4,14 @@
 //!   `bpf_probe_write_user` checks, parse, link, BTF, map creation, program
 //!   loads with the verifier, attach), best of 5 (300 ms apart, so that the
 //!   previous instance's deferred teardown is over), glibc release build;
-//!   `startup_ms_static` is the same for the static musl build.
+//!   `startup_ms_median` is the median of the same 5; `startup_ms_static`
+//!   (and its median) is the same for the static musl build.
 //! - `static_binary_mib`: size of target/x86_64-unknown-linux-musl/release/
 //!   bpfckpt in MiB (2^20 bytes); `static_binary_is_static`: no PT_INTERP.
 
 use super::events::Flat;
 use super::proc::{Proc, TriggerDir, bpfckpt_run, deadline};
+use super::stats::Fig;
 use super::{Bins, MIB};
 use crate::util::Result;
 use std::fs;
@@ -24,16 +26,15 @@ pub struct StaticBinary {
     pub is_static: Option<bool>,
 }
 
-/// Startup of the engine measured and, when built, of the static binary.
-pub fn both(bins: &Bins, tries: u32) -> Result<(f64, Option<f64>)> {
+/// Startup of the engine measured and, when built, of the static binary
+/// (without it, an empty figure).
+pub fn both(bins: &Bins, tries: u32) -> Result<(Fig, Fig)> {
     let startup = startup_ms(&bins.bpfckpt, tries).map_err(|e| format!("bench (startup): {e}"))?;
     let startup_static = if bins.static_bpfckpt.exists() {
-        Some(
-            startup_ms(&bins.static_bpfckpt, tries)
-                .map_err(|e| format!("bench (startup, static binary): {e}"))?,
-        )
+        startup_ms(&bins.static_bpfckpt, tries)
+            .map_err(|e| format!("bench (startup, static binary): {e}"))?
     } else {
-        None
+        Fig::default()
     };
     Ok((startup, startup_static))
 }
@@ -62,10 +63,10 @@ pub fn static_binary(path: &Path, smoke: bool, warnings: &mut Vec<String>) -> Re
     }
 }
 
-/// Best time from spawning `bpfckpt run --json -- /bin/true` to reading its
-/// `start` event, in milliseconds.
-fn startup_ms(bin: &Path, tries: u32) -> Result<f64> {
-    let mut best = f64::INFINITY;
+/// Best and median time from spawning `bpfckpt run --json -- /bin/true` to
+/// reading its `start` event, in milliseconds.
+fn startup_ms(bin: &Path, tries: u32) -> Result<Fig> {
+    let mut ms = Vec::new();
     for _ in 0..tries.max(1) {
         // Let the previous instance's deferred teardown (detaching, freeing
         // maps: kernel work after its exit) finish first.
@@ -77,10 +78,10 @@ fn startup_ms(bin: &Path, tries: u32) -> Result<f64> {
         let at = p.wait_line_at(deadline(30), |l| {
             Flat::parse(l).and_then(|f| f.s("event").map(|e| e == "start")) == Some(true)
         })?;
-        best = best.min(at.duration_since(t0).as_secs_f64() * 1e3);
+        ms.push(at.duration_since(t0).as_secs_f64() * 1e3);
         p.finish(deadline(30))?;
     }
-    Ok(best)
+    Ok(Fig::lowest(&ms))
 }
 
 /// Whether a 64-bit little-endian ELF file has no program interpreter

@@ -1,14 +1,18 @@
 //! The table printed at the end of a run: a header with the machine, one
 //! row per metric (with its target and status), then medians and counts.
+//! A figure repeated in the run (cycles, rounds, tries) shows its best
+//! repetition under `value` (what a target judges) and the median of the
+//! same repetitions under `median`; a figure measured once has no median.
 
-use super::Outcome;
+use super::kmem;
 use super::openat::{CALLS, OPENAT};
-use super::stats::{max, median};
+use super::stats::{Fig, median};
 use super::targets::Target;
+use super::{MIB, Outcome};
 use std::fmt::Write as _;
 
 /// Separates the rows from the header and the details.
-const RULE: usize = 88;
+const RULE: usize = 101;
 
 pub fn print(out: &Outcome) {
     let mut s = String::new();
@@ -62,8 +66,8 @@ fn header(s: &mut String, out: &Outcome) {
     );
     let _ = writeln!(
         s,
-        "{:<44} {:>12}  {:<10} {:>10}  status",
-        "metric", "value", "unit", "target"
+        "{:<44} {:>12} {:>12}  {:<10} {:>10}  status",
+        "metric", "value", "median", "unit", "target"
     );
     let _ = writeln!(s, "{}", "-".repeat(RULE));
 }
@@ -75,7 +79,17 @@ struct Rows<'a> {
 }
 
 impl Rows<'_> {
+    /// A figure measured once.
     fn row(&mut self, name: &str, v: Option<f64>, unit: &str) {
+        self.line(name, fmt_num(v), String::new(), unit);
+    }
+
+    /// A repeated figure: its best and its median.
+    fn fig(&mut self, name: &str, f: Fig, unit: &str) {
+        self.line(name, fmt_num(f.best), fmt_num(f.median), unit);
+    }
+
+    fn line(&mut self, name: &str, value: String, median: String, unit: &str) {
         let target = self.targets.iter().find(|x| x.metric == name);
         let (bar, status) = match target {
             None => (String::new(), ""),
@@ -92,12 +106,8 @@ impl Rows<'_> {
         };
         let _ = writeln!(
             self.s,
-            "{:<44} {:>12}  {:<10} {:>10}  {}",
-            name,
-            fmt_num(v),
-            unit,
-            bar,
-            status
+            "{:<44} {:>12} {:>12}  {:<10} {:>10}  {}",
+            name, value, median, unit, bar, status
         );
     }
 }
@@ -105,23 +115,36 @@ impl Rows<'_> {
 fn size_rows(t: &mut Rows<'_>, out: &Outcome) {
     for z in &out.sizes {
         let b = &z.base;
+        // As the target sees them first; the BPF copy alone last.
         let rows = [
-            ("checkpoint_gbps", z.checkpoint_gbps(), "GB/s"),
-            ("checkpoint_e2e_gbps", max(&z.ckpt_e2e_gbps), "GB/s"),
-            ("restore_gbps", z.restore_gbps(), "GB/s"),
-            ("memcpy_gbps", Some(b.memcpy_gbps), "GB/s"),
-            ("process_vm_readv_gbps", Some(b.vm_read_gbps), "GB/s"),
-            ("process_vm_writev_gbps", Some(b.vm_write_gbps), "GB/s"),
+            ("", "checkpoint_e2e_gbps", z.checkpoint_e2e(), "GB/s"),
             (
-                "process_vm_writev_4k_gbps",
-                Some(b.vm_write_4k_gbps),
+                "",
+                "checkpoint_e2e_vs_memcpy",
+                z.checkpoint_e2e_vs_memcpy(),
+                "ratio",
+            ),
+            ("", "restore_gbps", z.restore(), "GB/s"),
+            ("", "restore_vs_memcpy", z.restore_vs_memcpy(), "ratio"),
+            ("", "memcpy_gbps", b.memcpy, "GB/s"),
+            ("", "process_vm_readv_gbps", b.vm_read, "GB/s"),
+            ("", "process_vm_writev_gbps", b.vm_write, "GB/s"),
+            ("", "process_vm_writev_4k_gbps", b.vm_write_4k, "GB/s"),
+            (
+                "  ",
+                "checkpoint_gbps (BPF only)",
+                z.checkpoint_bpf(),
                 "GB/s",
             ),
-            ("checkpoint_vs_memcpy", z.checkpoint_vs_memcpy(), "ratio"),
-            ("restore_vs_memcpy", z.restore_vs_memcpy(), "ratio"),
+            (
+                "  ",
+                "checkpoint_vs_memcpy (BPF only)",
+                z.checkpoint_vs_memcpy(),
+                "ratio",
+            ),
         ];
-        for (name, v, unit) in rows {
-            t.row(&format!("{}.{name}", z.label), v, unit);
+        for (indent, name, f, unit) in rows {
+            t.fig(&format!("{indent}{}.{name}", z.label), f, unit);
         }
     }
 }
@@ -132,22 +155,18 @@ fn other_rows(t: &mut Rows<'_>, out: &Outcome) {
     t.row("cycle_rate", c.bpfckpt.rate(), "cycles/s");
     t.row("handshake_rate", c.handshake.rate(), "cycles/s");
     t.row("cycle_rate_vs_handshake", c.ratio(), "ratio");
-    t.row("openat alone", Some(o.alone[OPENAT]), "ns/op");
-    t.row(
-        "openat while bpfckpt serves",
-        Some(o.traced[OPENAT]),
-        "ns/op",
-    );
-    t.row("unrelated_openat_overhead", Some(o.overhead()), "fraction");
+    t.fig("openat alone", o.alone[OPENAT], "ns/op");
+    t.fig("openat while bpfckpt serves", o.traced[OPENAT], "ns/op");
+    t.fig("unrelated_openat_overhead", o.overhead(), "fraction");
     for (i, (name, _)) in CALLS.iter().enumerate().skip(1) {
-        t.row(
+        t.fig(
             &format!("  control: unrelated_{name}_overhead"),
-            Some(o.overhead_of(i)),
+            o.overhead_of(i),
             "fraction",
         );
     }
-    t.row("startup_ms", Some(out.startup), "ms");
-    t.row("startup_ms_static", out.startup_static, "ms");
+    t.fig("startup_ms", out.startup, "ms");
+    t.fig("startup_ms_static", out.startup_static, "ms");
     t.row("static_binary_mib", out.binary.mib, "MiB");
     t.row(
         "kernel_bytes_per_saved_byte",
@@ -156,23 +175,58 @@ fn other_rows(t: &mut Rows<'_>, out: &Outcome) {
     );
 }
 
+/// The kernel memory of bpfckpt's maps in the run that gives
+/// `kernel_bytes_per_saved_byte`, map by map.
+fn kernel_memory(s: &mut String, out: &Outcome) {
+    let Some(z) = out.store() else { return };
+    let Some(maps) = &z.maps else { return };
+    let mib = |b: u64| b as f64 / MIB as f64;
+    let _ = writeln!(
+        s,
+        "{}: kernel memory of bpfckpt's {} maps (fdinfo memlock) {:.3} MiB for {:.3} MiB saved \
+         (the store by the engine's formula: {} per saved byte):",
+        z.label,
+        maps.len(),
+        mib(kmem::total(maps)),
+        mib(z.saved_bytes()),
+        fmt_num(z.store_formula_per_saved_byte()),
+    );
+    let total = kmem::total(maps).max(1) as f64;
+    for m in maps {
+        let name = if m.name.is_empty() { "?" } else { &m.name };
+        let _ = writeln!(
+            s,
+            "  {:<16} {:<14} {:>12} B {:>5.1}%  {} x {} B",
+            name,
+            m.type_name(),
+            m.bytes,
+            m.bytes as f64 * 100.0 / total,
+            m.max_entries,
+            m.value_size,
+        );
+    }
+}
+
 /// Medians and counts per size, the cycle's averages, the steps' times.
 fn details(s: &mut String, out: &Outcome) {
     for z in &out.sizes {
         let _ = writeln!(
             s,
-            "{}: medians: checkpoint {} ms in BPF, {} ms seen by the target; restore {} ms; \
-             {} of {} checkpoints copied wholly by BPF, {} held; {} restores held",
+            "{}: medians: checkpoint {} ms seen by the target ({} ms of BPF copy); restore {} ms \
+             seen by the target ({} ms in the probe); {} of {} checkpoints copied wholly by BPF, \
+             {} held; {} restores held",
             z.label,
-            fmt_num(median(&z.ckpt_kernel_ms)),
             fmt_num(median(&z.ckpt_latency_ms)),
+            fmt_num(median(&z.ckpt_kernel_ms)),
             fmt_num(median(&z.restore_latency_ms)),
+            fmt_num(median(&z.restore_kernel_ms)),
             z.ckpt_pure,
             z.cycles,
             z.ckpt_held,
             z.restore_held,
         );
     }
+    kernel_memory(s, out);
     let c = &out.cycle;
     let _ = writeln!(
         s,
