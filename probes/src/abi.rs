@@ -40,8 +40,8 @@ pub const R_FILE: u64 = 2;
 /// The touched-page bitmaps cover 2 MiB chunks of address space.
 pub const CHUNK_SHIFT: u64 = 21;
 pub const CHUNK_PAGES: u64 = 512;
-/// Capacity of `ZERO_TODO`.
-pub const ZERO_TODO_MAX: u32 = 65536;
+/// Capacity of `ZERO_TODO`; beyond it user space scans the zero ranges.
+pub const ZERO_TODO_MAX: u32 = 16384;
 
 /// Written by user space through a mapping, read by the probes (`CONFIG[0]`).
 #[repr(C)]

@@ -76,15 +76,18 @@ maps! {
     EVENTS = def(RINGBUF, 0, 0, 1 << 18, 0);
     /// Which pages of the target were ever written (and since the last
     /// checkpoint), per 2 MiB chunk, fed by the page-fault tracepoints.
-    TOUCHED = def(HASH, size_of::<ChunkKey>(), size_of::<Touched>(), 1 << 18, F_NO_PREALLOC);
+    /// 65,536 chunks cover 128 GiB of written memory; the bucket array
+    /// (16 bytes an entry) is what a target pays for it up front. A full
+    /// map stops the tracking (every page is tried), never loses a write.
+    TOUCHED = def(HASH, size_of::<ChunkKey>(), size_of::<Touched>(), 1 << 16, F_NO_PREALLOC);
     /// The bitmap words of the chunk a loop is in. Per CPU: a BPF program
     /// does not migrate while it runs.
     CHUNK_CACHE = def(PERCPU_ARRAY, 4, size_of::<ChunkCache>(), 1, 0);
     /// Arguments of an mmap/mremap in flight, by thread, for its exit probe.
-    PENDING = def(HASH, 4, 8, 4096, 0);
+    PENDING = def(HASH, 4, 8, 1024, F_NO_PREALLOC);
     /// Range of a page-dropping madvise in flight, by thread: the bitmaps
     /// are cleared only once the call succeeded.
-    MADV_PENDING = def(HASH, 4, 16, 4096, 0);
+    MADV_PENDING = def(HASH, 4, 16, 1024, F_NO_PREALLOC);
     /// Pages a user-space restore must zero (written since the checkpoint,
     /// absent at it), collected by the restore probe.
     ZERO_TODO = array(8, ZERO_TODO_MAX, F_MMAPABLE);

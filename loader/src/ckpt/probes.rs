@@ -242,12 +242,7 @@ fn program_names(bpf_write: bool) -> Vec<String> {
 /// region and zero-range tables.
 pub fn inner_map_templates() -> Result<Vec<Map>> {
     let (pages, addrs) = storage::templates()?;
-    Ok(vec![
-        pages,
-        addrs,
-        Table::inner(abi::FIRST_TABLE_ROWS)?,
-        Table::inner(abi::FIRST_TABLE_ROWS)?,
-    ])
+    Ok(vec![pages, addrs, Table::inner(1)?, Table::inner(1)?])
 }
 
 /// Map-in-map outers are created with template inner maps.

@@ -73,7 +73,7 @@ impl Storage {
     /// that a target allocating a few pages more does not need a new store
     /// at its next checkpoint.
     pub fn with_headroom(need: u64) -> u64 {
-        need + need / 32 + 16
+        need + need / 64 + 16
     }
 
     /// Kernel memory a store of `capacity` pages costs.
