@@ -566,3 +566,19 @@ fn protection_key_denies_access_at_the_requests() {
     assert!(has_cpu_flag("pku"), "this test needs protection keys (PKU)");
     adv("pkey", 3);
 }
+
+/// The requests made on a stack carved out of a bigger data mapping
+/// (coroutines, green threads): bpfckpt leaves out every mapping that holds
+/// a thread's stack pointer, the data beside the stack too.
+#[test]
+fn requests_made_on_a_stack_inside_a_data_mapping() {
+    let _g = shared();
+    adv("coroutine-stack", 2);
+}
+
+/// The control: the same stack in a mapping of its own.
+#[test]
+fn requests_made_on_a_stack_in_a_mapping_of_its_own() {
+    let _g = shared();
+    adv("coroutine-stack-apart", 2);
+}

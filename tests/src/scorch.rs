@@ -1210,6 +1210,36 @@ fn held_mmx(vin: &RegFile, vout: &mut RegFile, rounds: u64) -> u64 {
     left
 }
 
+/// Runs `f` on another stack: the top of `stack`, a region of ours (as a
+/// coroutine or green-thread runtime does), then comes back.
+pub fn on_stack(stack: &Region, f: &mut dyn FnMut()) {
+    extern "C" fn trampoline(arg: *mut u8) {
+        // SAFETY: `arg` is the `&mut dyn FnMut()` below, alive on the
+        // caller's stack for the whole call.
+        let f = unsafe { &mut *(arg as *mut &mut dyn FnMut()) };
+        f();
+    }
+    let mut f = f;
+    let top = (stack.addr() + stack.len) & !15;
+    // SAFETY: rsp moves to the 16-byte aligned top of a writable region of
+    // ours that nothing else uses while the call runs, and back (r12 is
+    // callee-saved, so the call keeps the old rsp there); the trampoline
+    // follows the C ABI and aborts rather than unwinding through here.
+    unsafe {
+        asm!(
+            "mov r12, rsp",
+            "mov rsp, {top}",
+            "call {t}",
+            "mov rsp, r12",
+            top = in(reg) top,
+            t = in(reg) trampoline as extern "C" fn(*mut u8),
+            in("rdi") &mut f as *mut &mut dyn FnMut() as *mut u8,
+            out("r12") _,
+            clobber_abi("C"),
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // What the scorch must leave alone, found before the first cycle.
 

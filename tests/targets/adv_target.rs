@@ -310,6 +310,8 @@ struct Ctx {
     skips: Skips,
     cycles: u32,
     regs: Regs,
+    /// Run each cycle's requests on this stack instead of the main one.
+    stack: Option<Region>,
     scorched_pages: u64,
     compared: u64,
     hashed_bytes: u64,
@@ -329,7 +331,14 @@ impl Ctx {
             limit_ns: 120_000_000_000,
             regs: self.regs,
         };
-        let rep = scorch::cycle(&plan, hook);
+        let rep = match self.stack {
+            None => scorch::cycle(&plan, hook),
+            Some(stack) => {
+                let mut rep = Report::default();
+                scorch::on_stack(&stack, &mut || rep = scorch::cycle(&plan, hook));
+                rep
+            }
+        };
         self.m.clean();
         self.scorched_pages += rep.scorched_pages;
         self.compared += u64::from(rep.compared);
@@ -508,6 +517,7 @@ fn main() {
         skips: scorch::default_skips(),
         cycles: a.cycles,
         regs: Regs::None,
+        stack: None,
         scorched_pages: 0,
         compared: 0,
         hashed_bytes: 0,
@@ -586,6 +596,8 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("dev-zero-file", dev_zero_file),
     ("thread-stack-cache", thread_stack_cache),
     ("pkey", pkey),
+    ("coroutine-stack", coroutine_stack),
+    ("coroutine-stack-apart", coroutine_stack_apart),
 ];
 
 fn no_hook(_: u32, _: Phase) {}
@@ -2062,4 +2074,33 @@ fn pkey(ctx: &mut Ctx) {
         Phase::BeforeCheckpoint | Phase::BeforeRestore => memsys::wrpkru(shut),
         Phase::AfterCheckpoint | Phase::AfterRestore => memsys::wrpkru(open),
     });
+}
+
+/// The requests made on a stack carved out of a data mapping (the top
+/// 4 MiB of 12 MiB), as coroutine and green-thread runtimes do: the stack
+/// is live, the 8 MiB of data below it in the same mapping are not.
+fn coroutine_stack(ctx: &mut Ctx) {
+    coroutine(ctx, true);
+}
+
+/// The control: the same with the stack in a mapping of its own.
+fn coroutine_stack_apart(ctx: &mut Ctx) {
+    coroutine(ctx, false);
+}
+
+fn coroutine(ctx: &mut Ctx, inside: bool) {
+    let m = memsys::anon_at(slot(0), 12 * MIB, RW, false);
+    let stack = if inside {
+        sub(&m, 2048, 1024)
+    } else {
+        memsys::anon_at(slot(1), 4 * MIB, RW, false)
+    };
+    ctx.skips.add_region(&stack);
+    ctx.stack = Some(stack);
+    let mut regs = vec![Reg::new(
+        "data below the stack, in the same mapping",
+        sub(&m, 0, 2048),
+        Want::Fill,
+    )];
+    run(ctx, &mut regs, Steps::default(), no_hook);
 }
