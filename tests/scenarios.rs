@@ -2,187 +2,24 @@
 //! on this machine's kernel. Each target verifies every byte it owns after
 //! every restore and exits non-zero on the first difference. Needs root.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 mod support;
 use bpfckpt_protocol::CHECKPOINT_DONE;
-use support::{bpfckpt, json_num, need_root, target_summary};
+use support::{
+    Dir, assert_pass, both_modes, bpfckpt, json_num, need_root, run, spawn_bpfckpt, wait_line,
+    wait_timeout,
+};
 
 const TARGET: &str = env!("CARGO_BIN_EXE_ckpt-target");
 const BSS_TARGET: &str = env!("CARGO_BIN_EXE_ckpt-bss400");
-
-/// A private trigger directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("bpfckpt-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create trigger dir");
-        Self(p)
-    }
-
-    fn s(&self) -> String {
-        self.0.display().to_string()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-type Lines = std::io::Lines<BufReader<ChildStdout>>;
-
-/// Starts `bpfckpt args...` with its output piped; its stdout as lines.
-fn spawn_bpfckpt(args: &[&str]) -> (Child, Lines) {
-    need_root();
-    let mut child = Command::new(bpfckpt())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bpfckpt");
-    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    (child, lines)
-}
-
-/// Reads `lines` up to the first that contains `needle`, and returns it.
-fn wait_line(lines: &mut Lines, needle: &str) -> String {
-    for line in lines.by_ref() {
-        let line = line.expect("read");
-        if line.contains(needle) {
-            return line;
-        }
-    }
-    panic!("bpfckpt's output ended before a line with {needle}");
-}
-
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            return st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("timed out after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn collect(mut child: Child, limit: Duration) -> Run {
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let status = wait_timeout(&mut child, limit);
-    Run {
-        status,
-        stdout: t_out.join().unwrap_or_default(),
-        stderr: t_err.join().unwrap_or_default(),
-    }
-}
-
-/// `bpfckpt run --json [extra] -- program args`
-fn run(dir: &Dir, extra: &[&str], program: &str, args: &[&str]) -> Run {
-    need_root();
-    let child = Command::new(bpfckpt())
-        .arg("run")
-        .arg("--json")
-        .args(["--trigger-dir", &dir.s()])
-        .args(extra)
-        .arg("--")
-        .arg(program)
-        .args(args)
-        .args(["--dir", &dir.s()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bpfckpt");
-    collect(child, Duration::from_secs(300))
-}
-
-/// Every cycle verified by the target, and bpfckpt reporting the same
-/// number of cycles.
-fn assert_pass(r: &Run, scenario: &str, cycles: u32) {
-    assert!(
-        r.status.success()
-            && r.stdout
-                .contains(&format!("PASS {scenario} cycles={cycles}")),
-        "scenario {scenario} failed: {}\nstdout:\n{}\nstderr:\n{}",
-        r.status,
-        r.stdout,
-        r.stderr
-    );
-    let summary =
-        target_summary(&r.stdout).unwrap_or_else(|| panic!("no summary in:\n{}", r.stdout));
-    assert!(
-        summary.contains(&format!("\"cycles\":{cycles},")),
-        "summary: {summary}"
-    );
-    // Every checkpoint and restore is reported, and the restore path is
-    // the one this kernel supports.
-    let restores = r
-        .stdout
-        .lines()
-        .filter(|l| l.contains("\"event\":\"restore\""))
-        .count();
-    assert_eq!(
-        restores, cycles as usize,
-        "restore events in:\n{}",
-        r.stdout
-    );
-}
 
 /// Runs a scenario with the touched-page tracking and again trying every
 /// page (`--exhaustive`): both must verify every byte; the tracked run must
 /// not save more pages than the exhaustive one.
 fn scenario(name: &str, cycles: u32) {
     both_modes(name, TARGET, &[name], name, cycles);
-}
-
-fn both_modes(tag: &str, program: &str, args: &[&str], pass: &str, cycles: u32) {
-    let mut saved = Vec::new();
-    for mode in [&[][..], &["--exhaustive"][..]] {
-        let dir = Dir::new(&format!("{tag}{}", mode.len()));
-        let mut a = args.to_vec();
-        let n = cycles.to_string();
-        a.extend(["--cycles", &n]);
-        let r = run(&dir, mode, program, &a);
-        assert_pass(&r, pass, cycles);
-        saved.push(summary_field(&r, "pages_saved_bpf") + summary_field(&r, "pages_saved_user"));
-    }
-    assert!(
-        saved[0] <= saved[1],
-        "tracking saved more pages than trying every page: {saved:?}"
-    );
-}
-
-fn summary_field(r: &Run, key: &str) -> u64 {
-    target_summary(&r.stdout)
-        .and_then(|l| json_num(l, key))
-        .unwrap_or_else(|| panic!("no {key} in the summary:\n{}", r.stdout))
 }
 
 #[test]
