@@ -308,8 +308,17 @@ pub fn both_pass(tag: &str, program: &str, args: &[&str], pass: &str, cycles: u3
         run(&dir, extra, program, &a)
     });
     let modes = ["tracked", "--exhaustive"];
-    let results: Vec<Result<(), String>> =
+    let mut results: Vec<Result<(), String>> =
         runs.iter().map(|r| check_pass(r, pass, cycles)).collect();
+    // Every checkpoint user space completed found each page that held data
+    // marked written: no write escaped the tracking.
+    if results[0].is_ok() {
+        let unmarked =
+            target_summary(&runs[0].stdout).and_then(|l| json_num(l, "pages_unmarked_data"));
+        if unmarked != Some(0) {
+            results[0] = Err(format!("pages_unmarked_data is {unmarked:?}, not 0"));
+        }
+    }
     if results.iter().any(Result::is_err) {
         let mut short = Vec::new();
         let mut details = Vec::new();

@@ -99,6 +99,10 @@ pub struct State {
     pub notified: u64,
     /// Checkpoint/restore events the ring buffer refused.
     pub lost: u64,
+    /// Set once the target mapped memory with `MAP_GROWSDOWN`: such a
+    /// mapping grows by faults, with no system call to say so, so every
+    /// checkpoint rereads the mappings with the target held.
+    pub growsdown: u64,
 }
 
 /// Key of `TOUCHED`: one 2 MiB chunk of one program image.
@@ -226,14 +230,17 @@ pub struct RestoreEvent {
     pub partial: u64,
 }
 
-/// `EV_CLONE`: the served process is starting a thread (or a child sharing
-/// its memory) on its own stack; that stack must never be rolled back.
+/// `EV_CLONE`: the served process started a thread (or a child sharing its
+/// memory) on a stack of its own; that stack must never be rolled back
+/// while the thread lives.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CloneEvent {
     pub hdr: EventHeader,
     /// An address inside the new stack (just below its top).
     pub stack: u64,
+    /// The new thread's id.
+    pub tid: u64,
 }
 
 /// Result slots of the loader self-test program (`SELFTEST_OUT[i]`).

@@ -101,11 +101,12 @@ extern "C" fn checkpoint_page(_i: u64, ctx: *mut CopyCtx) -> i64 {
     0
 }
 
-/// Runs `cb` over `ctx` for up to `n` iterations (capped at what one
-/// `bpf_loop` allows); false if the kernel refused to run it.
+/// Runs `cb` over `ctx` for up to one iteration per page of `pages` and one
+/// more, in which the cursor finds the end (capped at what one `bpf_loop`
+/// allows); false if the kernel refused to run it.
 #[inline(always)]
-pub unsafe fn run_loop(n: u64, cb: *const c_void, ctx: *mut c_void) -> bool {
-    let n = if n > MAX_LOOPS { MAX_LOOPS } else { n };
+pub unsafe fn run_loop(pages: u64, cb: *const c_void, ctx: *mut c_void) -> bool {
+    let n = if pages >= MAX_LOOPS { MAX_LOOPS } else { pages + 1 };
     // SAFETY: `cb` is a callback of this object and `ctx` the caller's stack
     // object it expects.
     unsafe { h::bpf_loop(n as u32, cb, ctx, 0) >= 0 }
@@ -137,7 +138,9 @@ pub unsafe fn checkpoint(cfg: *mut Config) {
             key: ChunkKey { tgid, image: read_volatile(&(*st).exec_gen) as u32, chunk: z },
         };
         let mut stale = 0;
-        if version & 1 != 0 || applied != read_volatile(&(*st).layout_seq) {
+        // A growsdown mapping may have grown by faults since the table was
+        // read: only user space, with the target held, can see how far.
+        if version & 1 != 0 || applied != read_volatile(&(*st).layout_seq) || read_volatile(&(*st).growsdown) != 0 {
             stale = STALE_LAYOUT;
         } else if c.nregions > 0 {
             reset_chunk_cache();

@@ -119,6 +119,7 @@ pub extern "C" fn on_exec(_ctx: *const c_void) -> u32 {
                 // writes to those pages fault no more. Bits of the old image
                 // only make the set larger, which is always safe.
                 write_volatile(&mut (*st).untracked, 0);
+                write_volatile(&mut (*st).growsdown, 0);
             }
         }
         let ev = ExecEvent { hdr: header(EV_EXEC, held) };
@@ -130,10 +131,11 @@ pub extern "C" fn on_exec(_ctx: *const c_void) -> u32 {
 const CLONE_VM: u64 = 0x100;
 
 /// A new thread of the served process (or a child sharing its memory) will
-/// run on `sp`: the mapping holding it is a live stack from now on.
+/// run on `sp`: from now on the region table may hold a live stack, so the
+/// layout changes; the exit probe names the thread.
 #[inline(always)]
-unsafe fn on_clone(flags: u64, sp: u64) -> u32 {
-    // SAFETY: pointers from map lookups, null checked.
+unsafe fn clone_starts(flags: u64, sp: u64) -> u32 {
+    // SAFETY: pointers from map lookups, null checked; stack key and value.
     unsafe {
         if flags & CLONE_VM == 0 || sp == 0 || served().is_null() {
             return 0;
@@ -142,10 +144,31 @@ unsafe fn on_clone(flags: u64, sp: u64) -> u32 {
         if st.is_null() {
             return 0;
         }
-        // The region table may still hold that stack as ordinary memory.
         bump_seq(st);
-        let ev = CloneEvent { hdr: header(EV_CLONE, 0), stack: sp - 1 };
-        emit(&ev, false);
+        let (_, tid) = current_tgid();
+        let stack = sp - 1;
+        h::map_update_elem(map(&CLONE_PENDING), &tid as *const u32 as *const c_void, &stack as *const u64 as *const c_void, 0);
+    }
+    0
+}
+
+/// The clone returned `ret` in the parent: the new thread's id.
+#[inline(always)]
+unsafe fn clone_done(ret: i64) -> u32 {
+    // SAFETY: map values null checked; stack key.
+    unsafe {
+        let (_, tid) = current_tgid();
+        let key = &tid as *const u32 as *const c_void;
+        let stack = h::map_lookup_elem(map(&CLONE_PENDING), key) as *const u64;
+        if stack.is_null() {
+            return 0;
+        }
+        let sp = read_volatile(stack);
+        h::map_delete_elem(map(&CLONE_PENDING), key);
+        if ret > 0 && !served().is_null() {
+            let ev = CloneEvent { hdr: header(EV_CLONE, 0), stack: sp, tid: ret as u64 };
+            emit(&ev, false);
+        }
     }
     0
 }
@@ -155,7 +178,7 @@ unsafe fn on_clone(flags: u64, sp: u64) -> u32 {
 #[unsafe(link_section = "tracepoint/syscalls/sys_enter_clone")]
 pub extern "C" fn clone_enter(ctx: *const SysEnter) -> u32 {
     // SAFETY: the tracepoint context is readable at these offsets.
-    unsafe { on_clone((*ctx).args[0], (*ctx).args[1]) }
+    unsafe { clone_starts((*ctx).args[0], (*ctx).args[1]) }
 }
 
 /// `clone3(&clone_args, size)`: flags at offset 0, the stack's lowest
@@ -176,6 +199,20 @@ pub extern "C" fn clone3_enter(ctx: *const SysEnter) -> u32 {
         if stack == 0 {
             return 0;
         }
-        on_clone(ca[0], stack + size)
+        clone_starts(ca[0], stack + size)
     }
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_exit_clone")]
+pub extern "C" fn clone_exit(ctx: *const SysExit) -> u32 {
+    // SAFETY: the tracepoint context is readable at this offset.
+    unsafe { clone_done((*ctx).ret) }
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "tracepoint/syscalls/sys_exit_clone3")]
+pub extern "C" fn clone3_exit(ctx: *const SysExit) -> u32 {
+    // SAFETY: the tracepoint context is readable at this offset.
+    unsafe { clone_done((*ctx).ret) }
 }

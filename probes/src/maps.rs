@@ -85,6 +85,8 @@ maps! {
     CHUNK_CACHE = def(PERCPU_ARRAY, 4, size_of::<ChunkCache>(), 1, 0);
     /// Arguments of an mmap/mremap in flight, by thread, for its exit probe.
     PENDING = def(HASH, 4, 8, 1024, F_NO_PREALLOC);
+    /// The stack of a clone in flight, by thread, for its exit probe.
+    CLONE_PENDING = def(HASH, 4, 8, 1024, F_NO_PREALLOC);
     /// Range of a page-dropping madvise in flight, by thread: the bitmaps
     /// are cleared only once the call succeeded.
     MADV_PENDING = def(HASH, 4, 16, 1024, F_NO_PREALLOC);

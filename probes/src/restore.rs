@@ -23,12 +23,17 @@ struct WriteCtx {
     /// Zero pass: consult the `since` bitmaps (else try every page).
     tracked: u64,
     key: ChunkKey,
+    /// Saved-page pass: the slots of the image.
+    slots: u64,
 }
 
 extern "C" fn restore_page(i: u64, ctx: *mut WriteCtx) -> i64 {
     // SAFETY: `ctx` is the caller's stack object; map values are null checked.
     unsafe {
         let c = &mut *ctx;
+        if i >= c.slots {
+            return 1;
+        }
         let pages: *const c_void = lookup(map(&PAGES_OUTER), 0);
         let addrs: *const c_void = lookup(map(&ADDRS_OUTER), 0);
         if pages.is_null() || addrs.is_null() {
@@ -109,9 +114,9 @@ struct Done {
 unsafe fn write_back(cfg: *mut Config, pages: &mut WriteCtx, zeros: &mut WriteCtx) -> Done {
     // SAFETY: `cfg` is a live map value.
     unsafe {
-        let slots = read_volatile(&(*cfg).image_slots);
+        let slots = pages.slots;
         let zero_pages = read_volatile(&(*cfg).zero_pages);
-        if slots > MAX_LOOPS {
+        if slots >= MAX_LOOPS {
             return Done { held: 1, partial: 1, todo: u64::MAX };
         }
         let mut held = 0;
@@ -183,9 +188,10 @@ pub unsafe fn restore<const W: bool>(cfg: *mut Config) {
         let z = read_volatile(&(*st).opaque_zero);
         let tracked = tracking(cfg, st);
         let key = ChunkKey { tgid, image: read_volatile(&(*st).exec_gen) as u32, chunk: z };
-        let mut pages = WriteCtx { n: z, fails: z, region: z as u32, nregions: z as u32, page: z, tracked, key };
+        let slots = read_volatile(&(*cfg).image_slots);
+        let mut pages = WriteCtx { n: z, fails: z, region: z as u32, nregions: z as u32, page: z, tracked, key, slots };
         let nzero = read_volatile(&(*cfg).nzero);
-        let mut zeros = WriteCtx { n: z, fails: z, region: z as u32, nregions: nzero, page: z, tracked, key };
+        let mut zeros = WriteCtx { n: z, fails: z, region: z as u32, nregions: nzero, page: z, tracked, key, slots: z };
         // The image belongs to another layout (a mapping or a thread came or
         // went), or the config is being rewritten: writing blindly could
         // land in memory that is no longer the image's.

@@ -99,9 +99,22 @@ pub unsafe fn chunk_key(st: *const State, addr: u64) -> ChunkKey {
     ChunkKey { tgid, image, chunk: addr >> CHUNK_SHIFT }
 }
 
-/// Marks one page written, or its whole chunk (`all`).
+/// The bits of word `w` (pages `64 w .. 64 w + 64` of a chunk) that lie in
+/// pages `[first, end)` of the chunk.
 #[inline(always)]
-pub unsafe fn mark(st: *const State, addr: u64, all: bool) {
+fn span_mask(w: u64, first: u64, end: u64) -> u64 {
+    let (base, top) = (w * 64, w * 64 + 64);
+    if end <= base || first >= top {
+        return 0;
+    }
+    let lo = if first > base { first - base } else { 0 };
+    let hi = if end < top { end - base } else { 64 };
+    if hi - lo >= 64 { !0 } else { ((1u64 << (hi - lo)) - 1) << lo }
+}
+
+/// Marks pages `[first, end)` (0..512) of the chunk holding `addr` written.
+#[inline(always)]
+pub unsafe fn mark_span(st: *const State, addr: u64, first: u64, end: u64) {
     // SAFETY: the map value is null checked; word indices are masked.
     unsafe {
         let key = chunk_key(st, addr);
@@ -109,19 +122,28 @@ pub unsafe fn mark(st: *const State, addr: u64, all: bool) {
         if v.is_null() {
             return;
         }
-        if all {
-            let mut w = 0usize;
-            while w < 8 {
-                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).ever as *mut u64).add(w), !0);
-                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).since as *mut u64).add(w), !0);
-                w += 1;
+        let mut w = 0usize;
+        while w < 8 {
+            let m = span_mask(w as u64, first, end);
+            if m != 0 {
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).ever as *mut u64).add(w), m);
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).since as *mut u64).add(w), m);
             }
+            w += 1;
+        }
+    }
+}
+
+/// Marks one page written, or its whole chunk (`all`).
+#[inline(always)]
+pub unsafe fn mark(st: *const State, addr: u64, all: bool) {
+    let bit = (addr / PAGE_SIZE) & (CHUNK_PAGES - 1);
+    // SAFETY: as in mark_span.
+    unsafe {
+        if all {
+            mark_span(st, addr, 0, CHUNK_PAGES);
         } else {
-            let bit = (addr / PAGE_SIZE) & (CHUNK_PAGES - 1);
-            let w = ((bit >> 6) & 7) as usize;
-            let m = 1u64 << (bit & 63);
-            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).ever as *mut u64).add(w), m);
-            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).since as *mut u64).add(w), m);
+            mark_span(st, addr, bit, bit + 1);
         }
     }
 }
@@ -141,8 +163,15 @@ pub enum RangeMode {
 #[repr(C)]
 struct RangeCtx {
     st: u64,
+    /// First chunk's address.
     start: u64,
     mode: u64,
+    /// The range itself (`Mark` marks only its pages, unless `whole`).
+    lo: u64,
+    hi: u64,
+    /// Huge pages may back the range: populating it may fill the rest of
+    /// each chunk it touches too.
+    whole: u64,
 }
 
 extern "C" fn range_chunk(i: u64, ctx: *mut RangeCtx) -> i64 {
@@ -152,7 +181,10 @@ extern "C" fn range_chunk(i: u64, ctx: *mut RangeCtx) -> i64 {
         let st = c.st as *const State;
         let addr = ((c.start >> CHUNK_SHIFT) + i) << CHUNK_SHIFT;
         if c.mode == RangeMode::Mark as u64 {
-            mark(st, addr, true);
+            let end = addr + (1 << CHUNK_SHIFT);
+            let first = if c.lo > addr && c.whole == 0 { (c.lo - addr) / PAGE_SIZE } else { 0 };
+            let last = if c.hi < end && c.whole == 0 { (c.hi - addr).div_ceil(PAGE_SIZE) } else { CHUNK_PAGES };
+            mark_span(st, addr, first, last);
             return 0;
         }
         let key = chunk_key(st, addr);
@@ -170,9 +202,10 @@ extern "C" fn range_chunk(i: u64, ctx: *mut RangeCtx) -> i64 {
     0
 }
 
-/// Applies `mode` to every chunk overlapping `[start, start + len)`; `Clear`
-/// only to the chunks it covers entirely (a partly covered one keeps its
-/// bits). A range too large to walk stops the tracking, unless clearing.
+/// Applies `mode` to `[start, start + len)`: `Mark` sets the bits of its
+/// pages, `Widen` every bit of the chunks it touches that have bitmaps,
+/// `Clear` forgets the chunks it covers entirely (a partly covered one keeps
+/// its bits). A range too large to walk stops the tracking, unless clearing.
 #[inline(never)]
 pub unsafe fn mark_range(st: *const State, start: u64, len: u64, mode: RangeMode) {
     if len == 0 || start.checked_add(len).is_none() {
@@ -202,7 +235,10 @@ pub unsafe fn mark_range(st: *const State, start: u64, len: u64, mode: RangeMode
             }
             return;
         }
-        let mut c = RangeCtx { st: st as u64, start: first << CHUNK_SHIFT, mode: mode as u64 };
+        let cfg: *const Config = lookup(map(&CONFIG), 0);
+        let thp = !cfg.is_null() && read_volatile(&(*cfg).flags) & F_THP_ALWAYS != 0;
+        let whole = (thp || read_volatile(&(*st).thp_seen) != 0) as u64;
+        let mut c = RangeCtx { st: st as u64, start: first << CHUNK_SHIFT, mode: mode as u64, lo: start, hi: start + len, whole };
         // A refused loop loses marks: stop trusting the bitmaps then.
         if h::bpf_loop(n as u32, range_chunk as *const c_void, &mut c as *mut RangeCtx as *mut c_void, 0) < 0
             && mode != RangeMode::Clear
@@ -269,6 +305,7 @@ const MADV_HUGEPAGE: u64 = 14;
 const MADV_POPULATE_WRITE: u64 = 23;
 const MADV_DONTNEED_LOCKED: u64 = 24;
 const MADV_COLLAPSE: u64 = 25;
+const MAP_GROWSDOWN: u64 = 0x0100;
 const MAP_LOCKED: u64 = 0x2000;
 const MAP_POPULATE: u64 = 0x8000;
 
@@ -387,8 +424,16 @@ pub unsafe fn remember(len: u64) {
 pub extern "C" fn mmap_enter(ctx: *const SysEnter) -> u32 {
     // SAFETY: as above.
     unsafe {
-        if !served().is_null() && (*ctx).args[3] & (MAP_POPULATE | MAP_LOCKED) != 0 {
+        if served().is_null() {
+            return 0;
+        }
+        let flags = (*ctx).args[3];
+        if flags & (MAP_POPULATE | MAP_LOCKED) != 0 {
             remember((*ctx).args[1]);
+        }
+        let st = state();
+        if flags & MAP_GROWSDOWN != 0 && !st.is_null() {
+            write_volatile(&mut (*st).growsdown, 1);
         }
     }
     0

@@ -78,9 +78,10 @@ pub enum Event {
     },
     Checkpoint(Checkpoint),
     Restore(Restore),
-    /// The served process starts a thread running on a stack holding `stack`.
+    /// The served process started thread `tid` on a stack holding `stack`.
     Clone {
         tgid: u32,
+        tid: u32,
         stack: u64,
     },
 }
@@ -120,7 +121,8 @@ const _: () = {
     assert!(offset_of!(abi::RestoreEvent, partial) == HDR + 48);
     assert!(size_of::<abi::RestoreEvent>() == HDR + 56);
     assert!(offset_of!(abi::CloneEvent, stack) == HDR);
-    assert!(size_of::<abi::CloneEvent>() == HDR + 8);
+    assert!(offset_of!(abi::CloneEvent, tid) == HDR + 8);
+    assert!(size_of::<abi::CloneEvent>() == HDR + 16);
 };
 
 /// Decodes one ring buffer record; `None` for a short record or an unknown
@@ -172,6 +174,7 @@ pub fn decode(b: &[u8]) -> Option<Event> {
         })),
         abi::EV_CLONE if fits(size_of::<abi::CloneEvent>()) => Some(Event::Clone {
             tgid,
+            tid: field(1) as u32,
             stack: field(0),
         }),
         _ => None,
@@ -239,9 +242,10 @@ mod tests {
         );
         let l = decode(&record(abi::EV_LAYOUT, 8, 0, &[12, 0])).unwrap();
         assert_eq!(
-            decode(&record(abi::EV_CLONE, 8, 0, &[0x7000])),
+            decode(&record(abi::EV_CLONE, 8, 0, &[0x7000, 9])),
             Some(Event::Clone {
                 tgid: 8,
+                tid: 9,
                 stack: 0x7000
             })
         );

@@ -21,7 +21,7 @@ use std::time::Duration;
 const TRIGGER_NAMES: [&str; 3] = ["trigger_openat", "trigger_open", "trigger_creat"];
 
 /// Programs that keep the region table and the program image current.
-const LAYOUT_NAMES: [&str; 8] = [
+const LAYOUT_NAMES: [&str; 10] = [
     "layout_mmap",
     "layout_munmap",
     "layout_mremap",
@@ -30,6 +30,8 @@ const LAYOUT_NAMES: [&str; 8] = [
     "on_exec",
     "clone_enter",
     "clone3_enter",
+    "clone_exit",
+    "clone3_exit",
 ];
 
 /// The probes that keep the touched-page bitmaps: without all of them

@@ -32,25 +32,40 @@ impl Mapping {
     /// MAP_ANONYMOUS` (shmem behind a deleted `/dev/zero` inode), System V
     /// shared memory (`/SYSV<key>`) and shared anonymous huge pages.
     pub fn is_shared_anon(&self) -> bool {
-        self.shared
-            && (self.path.starts_with("/dev/zero")
-                || self.path.starts_with("/SYSV")
-                || self.path.starts_with("/anon_hugepage"))
+        self.shared && self.on_kernel_fs() && self.kernel_object().is_some()
+    }
+
+    /// The name the kernel gives its own memory objects (`/dev/zero
+    /// (deleted)`, `/SYSV<key> (deleted)`, `/anon_hugepage (deleted)`),
+    /// matched exactly: a file a user named `/dev/zero-x` is a file.
+    fn kernel_object(&self) -> Option<&str> {
+        let name = self.path.strip_suffix(" (deleted)")?;
+        let sysv = name
+            .strip_prefix("/SYSV")
+            .is_some_and(|k| k.len() == 8 && k.bytes().all(|b| b.is_ascii_hexdigit()));
+        (name == "/dev/zero" || name == "/anon_hugepage" || sysv).then_some(name)
+    }
+
+    /// Backed by an in-kernel file system (shmem, hugetlbfs: device major 0).
+    fn on_kernel_fs(&self) -> bool {
+        self.dev
+            .split(':')
+            .next()
+            .is_some_and(|major| major.bytes().all(|b| b == b'0'))
     }
 
     /// Private memory not backed by a file (heap, anonymous mmap, `.bss`
     /// beyond the file, `[anon:...]` names), including private anonymous
     /// huge pages (`/anon_hugepage`).
     pub fn is_private_anon(&self) -> bool {
-        !self.shared
-            && ((self.inode == 0 && !self.path.starts_with('/'))
-                || self.path.starts_with("/anon_hugepage"))
+        !self.shared && ((self.inode == 0 && !self.path.starts_with('/')) || self.is_hugetlb())
     }
 
-    /// Huge pages: a write fault there fills more than a 2 MiB chunk's worth
-    /// of bits could say, so those pages are never skipped as untouched.
+    /// Anonymous huge pages: a write fault there fills more than a 2 MiB
+    /// chunk's worth of bits could say, so those pages are never skipped as
+    /// untouched.
     pub fn is_hugetlb(&self) -> bool {
-        self.path.starts_with("/anon_hugepage")
+        self.on_kernel_fs() && self.kernel_object() == Some("/anon_hugepage")
     }
 
     fn is_special(&self) -> bool {
@@ -186,23 +201,71 @@ pub fn read_maps(pid: i32) -> Result<Vec<Mapping>> {
     parse_maps(&text)
 }
 
+/// Where the target's threads run, as far as it can be known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveStacks {
+    /// An address inside each stack the target created for a thread (its
+    /// `clone` calls name them): the whole mapping is that stack.
+    pub created: Vec<u64>,
+    /// Stack pointers of threads blocked or stopped now.
+    pub pointers: Vec<u64>,
+}
+
+/// Below a stack pointer, the x86-64 ABI lets a function keep 128 bytes.
+const RED_ZONE: u64 = 128;
+
+impl LiveStacks {
+    /// The first address of `m` that may be a live stack: its start for a
+    /// created stack; for a stack pointer inside some other mapping (a
+    /// coroutine stack carved out of a data mapping) the page below it,
+    /// since a stack grows down and only what lies above its pointer is in
+    /// use; `None` if no stack is in `m`.
+    pub fn live_from(&self, m: &Mapping) -> Option<u64> {
+        if self.created.iter().any(|&s| m.contains(s)) {
+            return Some(m.start);
+        }
+        let sp = self
+            .pointers
+            .iter()
+            .copied()
+            .filter(|&sp| m.contains(sp))
+            .min()?;
+        Some((sp.saturating_sub(RED_ZONE) / PAGE * PAGE).max(m.start))
+    }
+
+    /// Whether `addr` (in `m`) may be part of a live stack.
+    pub fn covers(&self, m: &Mapping, addr: u64) -> bool {
+        self.live_from(m).is_some_and(|from| addr >= from)
+    }
+}
+
 /// The regions a checkpoint captures (see [`Mapping::kind`]), never a stack
-/// a thread runs on: `[stack]`, and any mapping holding one of `stacks`
-/// (thread stacks as their `clone` calls named them, stack pointers of
-/// stopped threads). `anon_only` leaves file mappings out.
-pub fn captured(maps: &[Mapping], stacks: &[u64], anon_only: bool) -> Vec<Region> {
+/// a thread runs on: `[stack]`, a stack the target created for a thread, the
+/// part of any other mapping above a stopped thread's stack pointer.
+/// `anon_only` leaves file mappings out.
+pub fn captured(maps: &[Mapping], stacks: &LiveStacks, anon_only: bool) -> Vec<Region> {
     maps.iter()
-        .filter(|m| !stacks.iter().any(|&sp| m.contains(sp)))
         .filter_map(|m| {
+            let end = stacks.live_from(m).unwrap_or(m.end);
+            if end <= m.start {
+                return None;
+            }
             let kind = m.kind()?;
             if anon_only && kind == Kind::File {
                 return None;
             }
+            // A writable file mapping (`.data`) is saved whole: a page nobody
+            // wrote there is the file's page, which others may write.
+            let tracked = match kind {
+                Kind::Anon => !m.is_hugetlb(),
+                Kind::File => !m.write,
+                Kind::SharedAnon => false,
+            };
             Some(Region {
                 start: m.start,
-                end: m.end,
+                end,
                 kind,
-                tracked: kind != Kind::SharedAnon && !m.is_hugetlb(),
+                tracked,
                 file: (kind == Kind::File).then(|| (m.dev.clone(), m.inode, m.offset)),
             })
         })
@@ -489,18 +552,42 @@ mod tests {
         assert!(parse_maps("2000-1000 rw-p 0 00:00 0").is_err());
     }
 
+    fn created(s: &[u64]) -> LiveStacks {
+        LiveStacks {
+            created: s.to_vec(),
+            pointers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_stack_pointer_in_a_data_mapping_hides_only_what_lies_above_it() {
+        let m = parse_maps("7f0000000000-7f0000c00000 rw-p 00000000 00:00 0\n").unwrap();
+        let sp = 0x7f0000bff000 - 40;
+        let s = LiveStacks {
+            created: Vec::new(),
+            pointers: vec![sp],
+        };
+        let r = captured(&m, &s, false);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].start, r[0].end), (0x7f0000000000, 0x7f0000bfe000));
+        assert!(s.covers(&m[0], 0x7f0000bfe000) && !s.covers(&m[0], 0x7f0000bfd000));
+        // A stack the target created hides its whole mapping.
+        assert!(captured(&m, &created(&[sp]), false).is_empty());
+    }
+
     #[test]
     fn captures_every_private_mapping_and_shared_anonymous_memory() {
         let m = parse_maps(MAPS).unwrap();
         let thread_sp = 0x7f4ebb06a800;
-        let r = captured(&m, &[thread_sp], false);
+        let r = captured(&m, &created(&[thread_sp]), false);
         let got: Vec<(u64, Kind, bool)> = r.iter().map(|r| (r.start, r.kind, r.tracked)).collect();
         assert_eq!(
             got,
             vec![
                 // Read-only or PROT_NONE: content can still change by mprotect.
                 (0x5593cd6d2000, Kind::File, true),
-                (0x5593cd6d6000, Kind::File, true),
+                // Writable file mapping: saved whole.
+                (0x5593cd6d6000, Kind::File, false),
                 (0x5593cd6d7000, Kind::Anon, true),
                 (0x5593f8638000, Kind::Anon, true),
                 (0x7f4ebb068000, Kind::SharedAnon, false),
@@ -518,7 +605,7 @@ mod tests {
             Some(("fe:00".to_string(), 18504, 0x3000)),
             "file regions remember where in the file they are"
         );
-        let anon = captured(&m, &[], true);
+        let anon = captured(&m, &LiveStacks::default(), true);
         assert!(anon.iter().all(|r| r.kind != Kind::File));
         assert!(anon.iter().any(|r| r.start == 0x7f4ebb06a000));
     }
@@ -530,7 +617,9 @@ mod tests {
              7f0000200000-7f0000400000 rw-s 00000000 00:0f 1234    /anon_hugepage (deleted)\n\
              7f0000400000-7f0000600000 rw-p 00000000 00:0f 1235    /anon_hugepage (deleted)\n\
              7f0000600000-7f0000601000 rw-s 00000000 00:01 77      /memfd:x (deleted)\n\
-             7f0000601000-7f0000602000 rw-p 00000000 00:01 77      /memfd:x (deleted)\n",
+             7f0000601000-7f0000602000 rw-p 00000000 00:01 77      /memfd:x (deleted)\n\
+             7f0000602000-7f0000603000 rw-s 00000000 fe:01 78      /dev/zero-not-really\n\
+             7f0000603000-7f0000604000 rw-s 00000000 fe:01 79      /SYSV12 (deleted)\n",
         )
         .unwrap();
         let kinds: Vec<Option<Kind>> = m.iter().map(Mapping::kind).collect();
@@ -541,17 +630,19 @@ mod tests {
                 Some(Kind::SharedAnon),
                 Some(Kind::Anon),
                 None,
-                Some(Kind::File)
+                Some(Kind::File),
+                None,
+                None
             ]
         );
-        let r = captured(&m, &[], false);
+        let r = captured(&m, &LiveStacks::default(), false);
         assert!(!r[2].tracked, "huge pages are never skipped as untouched");
     }
 
     #[test]
     fn a_region_is_the_same_memory_only_for_the_same_file_offset() {
         let m = parse_maps(MAPS).unwrap();
-        let r = captured(&m, &[], false);
+        let r = captured(&m, &LiveStacks::default(), false);
         let data = &r[1];
         assert!(data.same_memory(&m[1], 0x5593cd6d6000));
         let mut moved = m[1].clone();

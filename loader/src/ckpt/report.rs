@@ -17,8 +17,12 @@ pub struct Stats {
     pub pages_restored_user: u64,
     pub pages_zeroed_bpf: u64,
     pub pages_zeroed_user: u64,
-    /// Saved pages whose address was no longer mapped at a restore.
+    /// Pages of the checkpoint no longer mapped as they were at a restore.
     pub pages_skipped_unmapped: u64,
+    /// Pages of the checkpoint in a mapping holding a live stack at a restore.
+    pub pages_skipped_live_stack: u64,
+    /// Pages of the checkpoint that were guard pages at a restore.
+    pub pages_skipped_guard: u64,
     /// Pages a checkpoint did not read because they were never written.
     pub pages_skipped_untouched: u64,
     /// Pages that held data at a checkpoint completed from user space but
@@ -47,6 +51,8 @@ impl Stats {
         self.pages_zeroed_bpf += o.pages_zeroed_bpf;
         self.pages_zeroed_user += o.pages_zeroed_user;
         self.pages_skipped_unmapped += o.pages_skipped_unmapped;
+        self.pages_skipped_live_stack += o.pages_skipped_live_stack;
+        self.pages_skipped_guard += o.pages_skipped_guard;
         self.pages_skipped_untouched += o.pages_skipped_untouched;
         self.pages_unmarked_data += o.pages_unmarked_data;
         self.pages_reverted_user += o.pages_reverted_user;
@@ -70,6 +76,8 @@ impl Stats {
             ("pages_zeroed_bpf", self.pages_zeroed_bpf),
             ("pages_zeroed_user", self.pages_zeroed_user),
             ("pages_skipped_unmapped", self.pages_skipped_unmapped),
+            ("pages_skipped_live_stack", self.pages_skipped_live_stack),
+            ("pages_skipped_guard", self.pages_skipped_guard),
             ("pages_skipped_untouched", self.pages_skipped_untouched),
             ("pages_unmarked_data", self.pages_unmarked_data),
             ("pages_reverted_user", self.pages_reverted_user),

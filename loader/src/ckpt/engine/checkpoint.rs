@@ -236,13 +236,10 @@ impl Engine {
             .peekable();
         let mut plan = Plan::default();
         for r in t.regions.iter() {
-            let runs = if r.kind == Kind::SharedAnon {
-                // Shared memory may hold pages that are not mapped here yet.
-                vec![Run {
-                    start: r.start,
-                    end: r.end,
-                    flags: P_PRESENT,
-                }]
+            let runs = if saved_whole(r) {
+                // Every page holds data, mapped here yet or not (shared
+                // memory, a writable file mapping), except guard pages.
+                whole_but_guards(r, &res.runs(r.start, r.end)?)
             } else {
                 res.runs(r.start, r.end)?
             };
@@ -281,6 +278,38 @@ impl Engine {
         }
         Ok(plan)
     }
+}
+
+/// Whether every page of `r` is saved, whatever residency says: shared
+/// memory (a page may exist without being mapped here) and writable file
+/// mappings (a page nobody wrote is the file's, which others may write).
+fn saved_whole(r: &Region) -> bool {
+    r.kind == Kind::SharedAnon || (r.kind == Kind::File && !r.tracked)
+}
+
+/// `r` as runs of pages that hold data, around the guard pages of `runs`.
+fn whole_but_guards(r: &Region, runs: &[Run]) -> Vec<Run> {
+    let mut out = Vec::new();
+    let mut at = r.start;
+    for g in runs.iter().filter(|g| g.flags & P_GUARD != 0) {
+        if g.start > at {
+            out.push(Run {
+                start: at,
+                end: g.start,
+                flags: P_PRESENT,
+            });
+        }
+        out.push(*g);
+        at = g.end;
+    }
+    if at < r.end {
+        out.push(Run {
+            start: at,
+            end: r.end,
+            flags: P_PRESENT,
+        });
+    }
+    out
 }
 
 /// The next saved address in `[from, to)`, consumed; saved addresses below

@@ -17,6 +17,11 @@ impl Engine {
         self.probes.set_state(StateField::Notified, 0)?;
         let seq = self.probes.state(StateField::LayoutSeq)?;
         let maps = procfs::read_maps(t.pid)?;
+        let pid = t.pid;
+        // A stack stays a live stack for as long as its thread does.
+        t.thread_stacks
+            .retain(|&(tid, _)| std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists());
+        self.report_odd_stacks(t, &maps);
         let regions = procfs::captured(&maps, &self.live_stacks(t), self.opts.anon_only);
         if self.opts.report.verbose > 1 {
             for r in &regions {
@@ -65,10 +70,37 @@ impl Engine {
 
     /// Where the target's threads run: the stacks their `clone` calls
     /// named, and the stack pointers of threads blocked (or stopped) now.
-    pub(super) fn live_stacks(&self, t: &Target) -> Vec<u64> {
-        let mut s = procfs::stack_pointers(t.pid);
-        s.extend_from_slice(&t.thread_stacks);
-        s
+    pub(super) fn live_stacks(&self, t: &Target) -> procfs::LiveStacks {
+        procfs::LiveStacks {
+            created: t.thread_stacks.iter().map(|&(_, sp)| sp).collect(),
+            pointers: procfs::stack_pointers(t.pid),
+        }
+    }
+
+    /// Says once per mapping when a thread's stack pointer lies in a mapping
+    /// that is no stack the target created (a coroutine stack carved out of
+    /// a data mapping): the whole mapping is then treated as a live stack
+    /// and not captured, since where that stack ends cannot be known.
+    fn report_odd_stacks(&self, t: &mut Target, maps: &[procfs::Mapping]) {
+        let stacks = self.live_stacks(t);
+        for &sp in &stacks.pointers {
+            let Some(m) = maps.iter().find(|m| m.contains(sp)) else {
+                continue;
+            };
+            let created = stacks.created.iter().any(|&s| m.contains(s));
+            if m.path.starts_with("[stack") || created || !t.odd_stacks_reported.insert(m.start) {
+                continue;
+            }
+            let from = stacks.live_from(m).unwrap_or(m.start);
+            self.report().warn(&format!(
+                "pid {}: a thread's stack pointer {sp:#x} is in {:#x}-{:#x} ({}), which is no thread \
+                 stack the target created; from {from:#x} up it is treated as a live stack and not captured",
+                t.pid,
+                m.start,
+                m.end,
+                if m.path.is_empty() { "anonymous" } else { &m.path },
+            ));
+        }
     }
 
     /// Nothing to preserve yet: a store sized to what a checkpoint would
@@ -88,7 +120,7 @@ impl Engine {
         let written = self.written(pid)?;
         let mut n = 0;
         for r in regions {
-            if r.kind == Kind::SharedAnon {
+            if r.kind == Kind::SharedAnon || (r.kind == Kind::File && !r.tracked) {
                 n += r.pages();
                 continue;
             }

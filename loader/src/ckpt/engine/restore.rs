@@ -25,29 +25,63 @@ struct UserWrites {
     written: u64,
     zeroed: u64,
     reverted: u64,
-    /// Saved pages whose memory is gone or is something else now.
-    skipped: u64,
+    /// Pages whose memory is gone or is something else now.
+    gone: u64,
+    /// Pages in a mapping that holds a live thread stack now.
+    live_stack: u64,
+    /// Pages that became guard pages since the checkpoint (left guards).
+    guarded: u64,
+}
+
+/// Why a page of the image is not written back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    /// Unmapped, or other memory now (another kind, another file or offset).
+    Gone,
+    /// Its mapping holds a thread's stack pointer.
+    LiveStack,
 }
 
 /// Where a restore may write, as the target is now.
 struct Now<'a> {
     maps: &'a [Mapping],
-    stacks: Vec<u64>,
+    stacks: procfs::LiveStacks,
     image: &'a Image,
 }
 
 impl Now<'_> {
-    /// Inside a current mapping that is still the memory the image holds
-    /// for `addr` (same kind, same file at the same offset), never a live
+    /// The current mapping of `addr` if it is still the memory the image
+    /// holds there (same kind, same file at the same offset) and no live
     /// stack.
-    fn mapping(&self, addr: u64) -> Option<&Mapping> {
+    fn mapping(&self, addr: u64) -> std::result::Result<&Mapping, Skip> {
         let i = self.maps.partition_point(|m| m.end <= addr);
-        let m = self.maps.get(i).filter(|m| m.contains(addr))?;
+        let m = self
+            .maps
+            .get(i)
+            .filter(|m| m.contains(addr))
+            .ok_or(Skip::Gone)?;
         let regions = &self.image.regions;
         let j = regions.partition_point(|r| r.end <= addr);
-        let r = regions.get(j).filter(|r| r.contains(addr))?;
-        let live_stack = self.stacks.iter().any(|&sp| m.contains(sp));
-        (r.same_memory(m, addr) && !live_stack).then_some(m)
+        let r = regions
+            .get(j)
+            .filter(|r| r.contains(addr))
+            .ok_or(Skip::Gone)?;
+        if !r.same_memory(m, addr) {
+            return Err(Skip::Gone);
+        }
+        if self.stacks.covers(m, addr) {
+            return Err(Skip::LiveStack);
+        }
+        Ok(m)
+    }
+}
+
+impl UserWrites {
+    fn skip(&mut self, why: Skip) {
+        match why {
+            Skip::Gone => self.gone += 1,
+            Skip::LiveStack => self.live_stack += 1,
+        }
     }
 }
 
@@ -90,11 +124,19 @@ impl Engine {
         s.pages_restored_user += done.written;
         s.pages_zeroed_user += done.zeroed;
         s.pages_reverted_user += done.reverted;
-        s.pages_skipped_unmapped += done.skipped;
-        if done.skipped > 0 {
+        s.pages_skipped_unmapped += done.gone;
+        s.pages_skipped_live_stack += done.live_stack;
+        s.pages_skipped_guard += done.guarded;
+        if done.gone > 0 {
             self.opts.report.warn(&format!(
-                "pid {}: {} saved pages are no longer mapped as they were; not restored",
-                t.pid, done.skipped
+                "pid {}: {} pages of the checkpoint are no longer mapped as they were; not restored",
+                t.pid, done.gone
+            ));
+        }
+        if done.live_stack > 0 {
+            self.opts.report.warn(&format!(
+                "pid {}: {} pages of the checkpoint are in a mapping that holds a live thread stack now; not restored",
+                t.pid, done.live_stack
             ));
         }
         self.report_restore(t, r, &done);
@@ -135,10 +177,7 @@ impl Engine {
             ZeroTodo::Listed(_) if self.bpf_write && !r.partial && r.zero_failed == 0 => Vec::new(),
             _ => scan_blanks(&res, &image.blank)?,
         };
-        let (zeroed, reverted) =
-            self.rewrite_blanks(t.pid, &now, &mem, &blank, &mut done.skipped)?;
-        done.zeroed = zeroed;
-        done.reverted = reverted;
+        self.rewrite_blanks(t.pid, &now, &mem, &res, &blank, &mut done)?;
         Ok(done)
     }
 
@@ -153,35 +192,41 @@ impl Engine {
         all: bool,
     ) -> Result<UserWrites> {
         let store = store.as_mut().ok_or_else(|| Error::new("no page store"))?;
+        let mut done = UserWrites::default();
         let mut slots = Vec::new();
-        let mut skipped = 0;
         for s in 0..now.image.slots {
             let a = store.addr(s);
             if !all && a & abi::ADDR_FAILED == 0 {
                 continue;
             }
             let a = a & !abi::ADDR_FAILED;
-            if now.mapping(a).is_some() {
-                slots.push((s, a));
-            } else {
-                skipped += 1;
+            match now.mapping(a) {
+                Ok(_) => slots.push((s, a)),
+                Err(why) => done.skip(why),
             }
         }
         // Consecutive slots holding consecutive pages go as one iovec:
         // per-page iovecs cost the kernel a page pin each.
         let failed = mem.write_pages(runs(&slots).map(|(s, a, n)| (a, store.pages(s, n))))?;
-        skipped += unwritable(res, &failed)?;
+        let mut files = FileIo::new(pid);
+        let mut lost = Vec::new();
+        for &a in &failed {
+            let slot = slots.iter().find(|&&(_, x)| x == a).map(|&(s, _)| s);
+            match (now.mapping(a), slot) {
+                // Shared memory made read-only: write it through its file.
+                (Ok(m), Some(s)) if m.shared => files.write_page(m, a, store.pages(s, 1))?,
+                _ => lost.push(a),
+            }
+        }
+        done.guarded = guards_only(res, &lost)?;
         for &(s, a) in &slots {
             store.set_addr(s, a)?;
         }
+        done.written = slots.len() as u64 - done.guarded;
         // Writes from user space fault nothing: record them, or the next
         // checkpoint would take these pages for never written.
         self.mark_written(pid, slots.iter().map(|&(_, a)| a))?;
-        Ok(UserWrites {
-            written: slots.len() as u64 - failed.len() as u64,
-            skipped,
-            ..Default::default()
-        })
+        Ok(done)
     }
 
     /// Zeroes the anonymous pages and reads back the file pages among
@@ -191,26 +236,28 @@ impl Engine {
         pid: i32,
         now: &Now<'_>,
         mem: &Mem,
+        res: &Residency,
         pages: &[(u64, bool)],
-        skipped: &mut u64,
-    ) -> Result<(u64, u64)> {
+        done: &mut UserWrites,
+    ) -> Result<()> {
         let mut zeros = Vec::new();
-        let mut files = FileReader::new(pid);
+        let mut files = FileIo::new(pid);
         let mut contents = Vec::new();
         for &(a, file) in pages {
-            let Some(m) = now.mapping(a) else { continue };
-            if file {
-                contents.push((a, files.page(m, a)?));
-            } else {
-                zeros.push(a);
+            match now.mapping(a) {
+                Err(why) => done.skip(why),
+                Ok(m) if file => contents.push((a, files.page(m, a)?)),
+                Ok(_) => zeros.push(a),
             }
         }
         let mut failed = mem.write_pages(zeros.iter().map(|&a| (a, &ZERO_PAGE[..])))?;
         failed.extend(mem.write_pages(contents.iter().map(|(a, d)| (*a, &d[..])))?);
-        *skipped += failed.len() as u64;
+        done.guarded += guards_only(res, &failed)?;
         let written = zeros.iter().chain(contents.iter().map(|(a, _)| a));
         self.mark_written(pid, written.copied().filter(|a| !failed.contains(a)))?;
-        Ok((zeros.len() as u64, contents.len() as u64))
+        done.zeroed = zeros.len() as u64;
+        done.reverted = contents.len() as u64;
+        Ok(())
     }
 
     fn report_restore(&self, t: &Target, r: &Restore, d: &UserWrites) {
@@ -233,7 +280,9 @@ impl Engine {
                 ("pages_user", J::N(d.written)),
                 ("zeroed_user", J::N(d.zeroed)),
                 ("reverted_user", J::N(d.reverted)),
-                ("skipped_unmapped", J::N(d.skipped)),
+                ("skipped_unmapped", J::N(d.gone)),
+                ("skipped_live_stack", J::N(d.live_stack)),
+                ("skipped_guard", J::N(d.guarded)),
                 ("kernel_ns", J::N(r.ns)),
                 ("held", J::B(r.held)),
                 ("partial", J::B(r.partial)),
@@ -244,7 +293,7 @@ impl Engine {
 
 /// Pages that could not be written: guard pages installed since are left
 /// guards and counted; anything else is an error.
-fn unwritable(res: &Residency, failed: &[u64]) -> Result<u64> {
+fn guards_only(res: &Residency, failed: &[u64]) -> Result<u64> {
     for &a in failed {
         let guard = res
             .runs(a, a + PAGE)?
@@ -301,15 +350,15 @@ fn listed_blanks(res: &Residency, blank: &[Blank], listed: &[u64]) -> Result<Vec
     Ok(out)
 }
 
-/// Reads the bytes a file page holds, through the target's
-/// `/proc/PID/map_files` (which keeps working if the file was renamed or
-/// deleted).
-struct FileReader {
+/// The file behind a mapping, through the target's `/proc/PID/map_files`
+/// (which keeps working if the file was renamed or deleted): reads the
+/// bytes a file page holds, writes shared memory whatever its protection.
+struct FileIo {
     pid: i32,
     open: HashMap<(u64, u64), File>,
 }
 
-impl FileReader {
+impl FileIo {
     fn new(pid: i32) -> Self {
         Self {
             pid,
@@ -317,15 +366,30 @@ impl FileReader {
         }
     }
 
-    fn page(&mut self, m: &Mapping, addr: u64) -> Result<Vec<u8>> {
+    fn file(&mut self, m: &Mapping) -> Result<&File> {
         if !self.open.contains_key(&(m.start, m.end)) {
             let p = format!("/proc/{}/map_files/{:x}-{:x}", self.pid, m.start, m.end);
-            let f = File::open(&p).map_err(|e| Error::from(e).context(format!("open {p}")))?;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(m.shared)
+                .open(&p)
+                .map_err(|e| Error::from(e).context(format!("open {p}")))?;
             self.open.insert((m.start, m.end), f);
         }
-        let f = &self.open[&(m.start, m.end)];
-        let mut buf = vec![0u8; PAGE as usize];
+        Ok(&self.open[&(m.start, m.end)])
+    }
+
+    fn write_page(&mut self, m: &Mapping, addr: u64, data: &[u8]) -> Result<()> {
         let at = m.offset + (addr - m.start);
+        self.file(m)?.write_all_at(data, at).map_err(|e| {
+            Error::from(e).context(format!("write the shared memory mapped at {addr:#x}"))
+        })
+    }
+
+    fn page(&mut self, m: &Mapping, addr: u64) -> Result<Vec<u8>> {
+        let at = m.offset + (addr - m.start);
+        let f = self.file(m)?;
+        let mut buf = vec![0u8; PAGE as usize];
         let mut got = 0;
         // Past the end of the file the page reads as zeros, as it maps.
         while got < buf.len() {

@@ -67,6 +67,7 @@ impl Engine {
             applied_seq: u64::MAX,
             history: VecDeque::new(),
             thread_stacks: Vec::new(),
+            odd_stacks_reported: Default::default(),
             layout_dirty: true,
             layout_failures: 0,
             lost_seen: self.probes.state(StateField::Lost)?,
@@ -217,10 +218,10 @@ impl Engine {
                 self.on_exec(t);
                 Ok(())
             }
-            Event::Clone { stack, .. } => {
-                if !t.thread_stacks.contains(stack) {
-                    t.thread_stacks.push(*stack);
-                }
+            Event::Clone { tid, stack, .. } => {
+                // A reused thread id is a new thread.
+                t.thread_stacks.retain(|&(other, _)| other != *tid);
+                t.thread_stacks.push((*tid, *stack));
                 t.layout_dirty = true;
                 Ok(())
             }

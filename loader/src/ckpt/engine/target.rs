@@ -22,8 +22,12 @@ pub(crate) struct Target {
     /// The region table under each config version published, newest last:
     /// an unheld checkpoint's copy is read against the table it walked.
     pub history: VecDeque<(u64, Rc<Vec<Region>>)>,
-    /// An address inside each thread stack the target's `clone` calls named.
-    pub thread_stacks: Vec<u64>,
+    /// `(thread id, an address inside its stack)` of each thread the
+    /// target's `clone` calls started, while the thread lives.
+    pub thread_stacks: Vec<(u32, u64)>,
+    /// Mappings already reported as holding a stack pointer without being
+    /// a thread stack the target created.
+    pub odd_stacks_reported: std::collections::HashSet<u64>,
     pub layout_dirty: bool,
     /// Consecutive failed attempts to read the layout.
     pub layout_failures: u32,
