@@ -8,8 +8,8 @@ use std::time::Duration;
 mod support;
 use bpfckpt_protocol::CHECKPOINT_DONE;
 use support::{
-    Dir, assert_pass, both_modes, bpfckpt, json_num, need_root, run, spawn_bpfckpt, wait_line,
-    wait_timeout,
+    Dir, assert_pass, both_modes, bpfckpt, json_num, need_root, run, spawn_bpfckpt, summary_field,
+    wait_line, wait_timeout,
 };
 
 const TARGET: &str = env!("CARGO_BIN_EXE_ckpt-target");
@@ -74,7 +74,26 @@ fn many_cycles_with_damage_of_every_kind() {
 
 #[test]
 fn bss_array_of_400_mb() {
-    both_modes("bss400", BSS_TARGET, &[], "bss-400m", 3);
+    let runs = both_modes("bss400", BSS_TARGET, &[], "bss-400m", 3);
+    // The tracking engages: the untouched 400 MB are skipped, not read,
+    // and BPF alone completes the checkpoints once the store is sized (the
+    // first may be held while it grows).
+    let skipped = summary_field(&runs[0], "pages_skipped_untouched");
+    assert!(skipped > 2 * 95_000, "untouched pages skipped: {skipped}");
+    let held: Vec<bool> = runs[0]
+        .checkpoints()
+        .iter()
+        .map(|l| l.contains("\"held\":true"))
+        .collect();
+    assert!(
+        held.iter().skip(1).all(|&h| !h),
+        "checkpoints after the first were held: {held:?}"
+    );
+    assert_eq!(
+        summary_field(&runs[1], "pages_skipped_untouched"),
+        0,
+        "--exhaustive skipped pages"
+    );
 }
 
 #[test]

@@ -18,3 +18,8 @@ fn fuzz_rustc_fixture() {
 fn fuzz_rich_object() {
     fuzzing::fuzz_fixed("rich", &rich_object(), 0x2545_f491_4f6c_dd1d);
 }
+
+#[test]
+fn the_memory_budget_measures_peak_growth() {
+    fuzzing::peak_growth_is_measured();
+}

@@ -176,10 +176,15 @@ fn vm(field: &str) -> u64 {
         * 1024
 }
 
-/// Resets the peak RSS (VmHWM) to the current RSS; false where the kernel
-/// does not allow it (then the budget check is skipped).
-fn reset_peak() -> bool {
-    std::fs::write("/proc/self/clear_refs", b"5").is_ok()
+/// Resets the peak RSS (VmHWM) to the current RSS. Without it the memory
+/// budget cannot be checked, and a fuzz run that cannot check what it claims
+/// to must fail, not pass quietly.
+fn reset_peak() {
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", b"5") {
+        panic!(
+            "cannot reset the peak resident set through /proc/self/clear_refs ({e}): the memory budget cannot be checked"
+        );
+    }
 }
 
 #[derive(Debug)]
@@ -192,7 +197,7 @@ pub enum Failure {
 
 /// Runs one input under `catch_unwind` and the memory budget.
 pub fn run_one(input: &[u8]) -> Result<String, Failure> {
-    let measured = reset_peak();
+    reset_peak();
     let before = vm("VmRSS:");
     let r = catch_unwind(AssertUnwindSafe(|| exercise(input)));
     let grew = vm("VmHWM:").saturating_sub(before);
@@ -205,7 +210,7 @@ pub fn run_one(input: &[u8]) -> Result<String, Failure> {
         Failure::Panic(msg)
     })?;
     let budget = MEM_BUDGET_BASE + MEM_BUDGET_PER_BYTE * input.len() as u64;
-    if measured && grew > budget {
+    if grew > budget {
         return Err(Failure::Memory { grew, budget });
     }
     Ok(sig)
@@ -623,4 +628,18 @@ pub fn replay(path: &Path, input: &[u8]) -> String {
         Ok(sig) => sig,
         Err(f) => panic!("{}: {f:?}", path.display()),
     }
+}
+
+/// The budget's yardstick works: after a reset, touching 64 MiB raises the
+/// peak resident set by at least that much.
+pub fn peak_growth_is_measured() {
+    reset_peak();
+    let before = vm("VmRSS:");
+    let mut v = vec![0u8; 64 << 20];
+    for b in v.iter_mut().step_by(4096) {
+        *b = 1;
+    }
+    std::hint::black_box(&v);
+    let grew = vm("VmHWM:").saturating_sub(before);
+    assert!(grew >= 64 << 20, "peak RSS grew by {grew} bytes only");
 }

@@ -170,21 +170,7 @@ impl Engine {
     fn complete(&mut self, t: &mut Target, saved: u64) -> Result<Saved> {
         let written = self.written(t.pid)?;
         let plan = self.plan_completion(t, saved, &written)?;
-        let need = saved + plan.read.len() as u64;
-        if need > t.store.as_ref().map_or(0, Storage::capacity) {
-            let want = Storage::with_headroom(need);
-            let new = match &t.store {
-                Some(old) if saved > 0 => old.grown(want, saved, self.opts.max_memory)?,
-                _ => Storage::create(want, self.opts.max_memory)?,
-            };
-            self.cfg.capacity = new.capacity();
-            let version = self
-                .probes
-                .publish(&mut self.cfg, |tb| tb.install_store(&new))?;
-            t.published(version);
-            t.stats.peak_store_bytes = t.stats.peak_store_bytes.max(new.kernel_bytes());
-            t.store = Some(new);
-        }
+        self.ensure_capacity(t, saved + plan.read.len() as u64, saved)?;
         let store = t
             .store
             .as_mut()
@@ -223,6 +209,27 @@ impl Engine {
             seq: t.applied_seq,
             unmarked,
         })
+    }
+
+    /// Grows the store to hold `need` pages if it holds fewer, keeping its
+    /// first `keep` slots (the target is held: nothing copies meanwhile).
+    pub(super) fn ensure_capacity(&mut self, t: &mut Target, need: u64, keep: u64) -> Result<()> {
+        if need <= t.store.as_ref().map_or(0, Storage::capacity) {
+            return Ok(());
+        }
+        let want = Storage::with_headroom(need);
+        let new = match &t.store {
+            Some(old) if keep > 0 => old.grown(want, keep, self.opts.max_memory)?,
+            _ => Storage::create(want, self.opts.max_memory)?,
+        };
+        self.cfg.capacity = new.capacity();
+        let version = self
+            .probes
+            .publish(&mut self.cfg, |tb| tb.install_store(&new))?;
+        t.published(version);
+        t.stats.peak_store_bytes = t.stats.peak_store_bytes.max(new.kernel_bytes());
+        t.store = Some(new);
+        Ok(())
     }
 
     /// The pages of the region table not among the first `saved` slots:

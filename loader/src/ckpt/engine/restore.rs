@@ -115,8 +115,15 @@ impl Engine {
         } else {
             Ok(UserWrites::default())
         };
+        let slots = image.slots;
         t.image = Some(image);
         let done = done?;
+        // The pages written here are marked written, so the next checkpoint
+        // saves them too: make room now, while the target is held, rather
+        // than overflow that checkpoint.
+        if r.held {
+            self.ensure_capacity(t, slots + done.zeroed + done.reverted, slots)?;
+        }
         let s = &mut t.stats;
         s.cycles += 1;
         s.pages_restored_bpf += r.written;
