@@ -1,6 +1,7 @@
 //! The `bpfckpt` command line.
 
 use bpfckpt::ckpt::Outcome;
+use bpfckpt::ckpt::dirty::Choice;
 use bpfckpt::ckpt::report::{J, Reporter};
 use bpfckpt::ckpt::storage::parse_size;
 use bpfckpt::ckpt::{Engine, Options, RestorePath, Waiter, demo, gate};
@@ -90,6 +91,18 @@ enum RestorePathArg {
     User,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum DirtyArg {
+    /// soft-dirty where the kernel keeps it, else userfaultfd, else off.
+    Auto,
+    /// /proc/PID/clear_refs and pagemap's soft-dirty bit.
+    SoftDirty,
+    /// A userfaultfd in the target with asynchronous write protection.
+    Uffd,
+    /// No re-arming: every page ever written is copied at each checkpoint.
+    Off,
+}
+
 #[derive(Args)]
 struct Common {
     /// Directory of the protocol's marker files (absolute).
@@ -112,6 +125,14 @@ struct Common {
     /// tested against.
     #[arg(long)]
     exhaustive: bool,
+    /// How the pages dirtied since the last request are told apart, so that
+    /// a checkpoint copies, and a restore writes, only those: `auto` takes
+    /// soft-dirty bits where the kernel keeps them, else a userfaultfd with
+    /// asynchronous write protection (created inside the target by a system
+    /// call bpfckpt injects with ptrace while the target is held, then closed
+    /// there again); `off` copies every page ever written at each checkpoint.
+    #[arg(long, value_enum, default_value = "auto", value_name = "HOW")]
+    dirty_tracking: DirtyArg,
     /// One JSON object per event on stdout.
     #[arg(long)]
     json: bool,
@@ -132,6 +153,12 @@ impl Common {
             max_memory: self.max_memory,
             anon_only: self.anon_only,
             exhaustive: self.exhaustive,
+            dirty: match self.dirty_tracking {
+                DirtyArg::Auto => Choice::Auto,
+                DirtyArg::SoftDirty => Choice::SoftDirty,
+                DirtyArg::Uffd => Choice::Uffd,
+                DirtyArg::Off => Choice::Off,
+            },
             report: Reporter {
                 json: self.json,
                 verbose: self.verbose,

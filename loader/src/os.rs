@@ -142,13 +142,34 @@ pub fn pagemap_scan(
     anyof: u64,
     ret: u64,
 ) -> Result<Scanned> {
+    pagemap_scan_with(pagemap, start, end, 0, 0, anyof, ret)
+}
+
+/// `PM_SCAN_WP_MATCHING`: write-protect the pages reported.
+pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+/// `PM_SCAN_CHECK_WPASYNC`: fail unless the range is registered for
+/// asynchronous write protection.
+pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+
+/// `PAGEMAP_SCAN` with `flags` and a category `mask` every page must match.
+pub fn pagemap_scan_with(
+    pagemap: &std::fs::File,
+    start: u64,
+    end: u64,
+    flags: u64,
+    mask: u64,
+    anyof: u64,
+    ret: u64,
+) -> Result<Scanned> {
     let mut vec = vec![[0u64; 3]; SCAN_VEC];
     let mut a = PmScanArg {
         size: size_of::<PmScanArg>() as u64,
+        flags,
         start,
         end,
         vec: vec.as_mut_ptr() as u64,
         vec_len: SCAN_VEC as u64,
+        category_mask: mask,
         category_anyof_mask: anyof,
         return_mask: ret,
         ..Default::default()
@@ -205,4 +226,79 @@ pub fn store_release(buf: &mut [u8], at: usize, v: u64) -> Result<()> {
     unsafe { std::sync::atomic::AtomicU64::from_ptr(p) }
         .store(v, std::sync::atomic::Ordering::Release);
     Ok(())
+}
+
+// userfaultfd ioctls (`_IOWR(0xAA, ...)`), on a userfaultfd whose memory is
+// the target's (created in the target, fetched with pidfd_getfd).
+const UFFDIO_API: libc::Ioctl = 0xc018_aa3fu32 as libc::Ioctl;
+const UFFDIO_REGISTER: libc::Ioctl = 0xc020_aa00u32 as libc::Ioctl;
+const UFFDIO_WRITEPROTECT: libc::Ioctl = 0xc018_aa06u32 as libc::Ioctl;
+const UFFD_API: u64 = 0xaa;
+/// `UFFD_FEATURE_WP_ASYNC`: a write to a protected page unprotects it
+/// without a message; `UFFD_FEATURE_WP_UNPOPULATED`: pages not yet
+/// populated count as protected.
+pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+pub const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+
+fn uffd_ioctl<T>(fd: BorrowedFd<'_>, req: libc::Ioctl, arg: &mut T, what: &str) -> Result<()> {
+    // SAFETY: `arg` is the exclusively borrowed, fully initialised #[repr(C)]
+    // struct that `req` names (sizes are encoded in the request numbers
+    // above); the kernel reads and writes only within it.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req, arg as *mut T) };
+    if r < 0 {
+        return Err(Error::sys(what, last_errno()));
+    }
+    Ok(())
+}
+
+/// `UFFDIO_API` asking for `features`.
+pub fn uffd_api(fd: BorrowedFd<'_>, features: u64) -> Result<()> {
+    #[repr(C)]
+    struct Api {
+        api: u64,
+        features: u64,
+        ioctls: u64,
+    }
+    let mut a = Api {
+        api: UFFD_API,
+        features,
+        ioctls: 0,
+    };
+    uffd_ioctl(fd, UFFDIO_API, &mut a, "UFFDIO_API")
+}
+
+/// `UFFDIO_REGISTER` of `[start, start + len)` for write protection.
+pub fn uffd_register_wp(fd: BorrowedFd<'_>, start: u64, len: u64) -> Result<()> {
+    #[repr(C)]
+    struct Register {
+        start: u64,
+        len: u64,
+        mode: u64,
+        ioctls: u64,
+    }
+    let mut r = Register {
+        start,
+        len,
+        mode: UFFDIO_REGISTER_MODE_WP,
+        ioctls: 0,
+    };
+    uffd_ioctl(fd, UFFDIO_REGISTER, &mut r, "UFFDIO_REGISTER")
+}
+
+/// `UFFDIO_WRITEPROTECT` of `[start, start + len)`.
+pub fn uffd_writeprotect(fd: BorrowedFd<'_>, start: u64, len: u64) -> Result<()> {
+    #[repr(C)]
+    struct Wp {
+        start: u64,
+        len: u64,
+        mode: u64,
+    }
+    let mut w = Wp {
+        start,
+        len,
+        mode: UFFDIO_WRITEPROTECT_MODE_WP,
+    };
+    uffd_ioctl(fd, UFFDIO_WRITEPROTECT, &mut w, "UFFDIO_WRITEPROTECT")
 }

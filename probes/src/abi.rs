@@ -28,6 +28,20 @@ pub const F_EXHAUSTIVE: u32 = 1 << 4;
 /// Transparent huge pages may back any memory (a THP knob says `always`):
 /// a fault may map a whole 2 MiB chunk, so a fault marks the whole chunk.
 pub const F_THP_ALWAYS: u32 = 1 << 5;
+/// Dirty tracking is armed (user space write-protects pages again at each
+/// request): a page's `since` bit and the `DIRTY` list say it changed since
+/// the last re-arm, so a checkpoint copies only the listed pages into free
+/// slots of the image, and a BPF restore writes back only changed pages.
+pub const F_INCREMENTAL: u32 = 1 << 6;
+/// The target had one thread when user space last published: while its
+/// trigger runs nothing else writes its memory, so BPF may copy the dirty
+/// pages before user space re-arms them. (A new thread changes the layout
+/// sequence first.)
+pub const F_SINGLE_THREAD: u32 = 1 << 7;
+
+/// Entries of `DIRTY` and `FREE`: pages dirtied between two requests that
+/// the probes list one by one (256 MiB); beyond, user space walks the bitmaps.
+pub const DIRTY_MAX: u32 = 65536;
 
 /// `Region::flags`: the touched-page bitmaps decide what to read (a page
 /// that was never written holds what it held when mapped).
@@ -73,6 +87,11 @@ pub struct Config {
     pub watch_comm: [u8; COMM_LEN],
     pub ckpt_path: [u8; PATH_MAX],
     pub restore_path: [u8; PATH_MAX],
+    /// bpfckpt's own process: its writes into the target are its own to track.
+    pub self_tgid: u32,
+    pub _pad: u32,
+    /// Entries of `FREE`: store slots an incremental checkpoint may fill.
+    pub nfree: u64,
 }
 
 /// Written by the probes (`STATE[0]`).
@@ -103,6 +122,31 @@ pub struct State {
     /// mapping grows by faults, with no system call to say so, so every
     /// checkpoint rereads the mappings with the target held.
     pub growsdown: u64,
+    /// Entries written to `DIRTY` since user space last emptied it (may
+    /// exceed `DIRTY_MAX`: then the list is incomplete).
+    pub ndirty: u64,
+    /// Set when `since` bits were set without a `DIRTY` entry (a range was
+    /// marked, a chunk at once, the list overflowed): user space then walks
+    /// the bitmaps instead of trusting the list.
+    pub dirty_spans: u64,
+    /// Bumped when someone may have written the target's memory without a
+    /// fault in its context (another process's `process_vm_writev` or
+    /// `PTRACE_POKE*`, a write-open of a `/proc/PID/mem`): the next request
+    /// scans for written pages.
+    pub gup: u64,
+    /// Set when the target itself can have its memory written without
+    /// faults from now on (`io_uring`, AIO, `O_DIRECT`, its own
+    /// userfaultfd): every request scans.
+    pub gup_sticky: u64,
+    /// `gup` when user space last scanned for such writes: while it lags,
+    /// a restore in BPF cannot trust the dirty set and writes every page.
+    pub gup_acked: u64,
+    /// Such writes begun and not yet returned (a write may land any time).
+    pub gup_inflight: u64,
+    /// Set by user space when a write it could not see may have been
+    /// re-armed away: requests take everything (no dirty set) until a full
+    /// checkpoint re-arms all with nothing else writing.
+    pub rescan: u64,
 }
 
 /// Key of `TOUCHED`: one 2 MiB chunk of one program image.
@@ -192,6 +236,10 @@ pub struct CheckpointEvent {
     pub table_seq: u64,
     /// `Config::version` when the copy began (even unless `stale`).
     pub version: u64,
+    /// 1: the copy took the `DIRTY` list's pages into the slots `FREE`
+    /// names, from its top down (`saved` of them); 0: it walked the region
+    /// table into slots `0..saved`.
+    pub incremental: u64,
     /// Pages copied into the store (slots `0..saved`, in region-table order).
     pub saved: u64,
     /// Pages `bpf_probe_read_user` could not read (not present, swapped out).
@@ -202,6 +250,8 @@ pub struct CheckpointEvent {
     pub stale: u64,
     /// Time spent in the probe.
     pub ns: u64,
+    /// `State::gup` when the copy began (incremental only).
+    pub gup: u64,
 }
 
 /// `EV_RESTORE`: a restore request, after the probe's part of it.

@@ -112,6 +112,123 @@ pub unsafe fn run_loop(pages: u64, cb: *const c_void, ctx: *mut c_void) -> bool 
     unsafe { h::bpf_loop(n as u32, cb, ctx, 0) >= 0 }
 }
 
+#[repr(C)]
+struct DirtyCtx {
+    /// `DIRTY` entries to copy, and free slots to copy them into.
+    n: u64,
+    nfree: u64,
+    done: u64,
+    fails: u64,
+    overflow: u64,
+}
+
+/// Copies the `i`-th dirtied page into the `i`-th free slot from the top of
+/// `FREE` (user space pushes freed slots there).
+extern "C" fn copy_dirty(i: u64, ctx: *mut DirtyCtx) -> i64 {
+    // SAFETY: `ctx` is the caller's stack object; map values are null checked.
+    unsafe {
+        let c = &mut *ctx;
+        if i >= c.n {
+            return 1;
+        }
+        if i >= c.nfree {
+            c.overflow += 1;
+            return 1;
+        }
+        let addr: *const u64 = lookup(map(&DIRTY), i as u32);
+        let slot: *const u64 = lookup(map(&FREE), (c.nfree - 1 - i) as u32);
+        let pages: *const c_void = lookup(map(&PAGES_OUTER), 0);
+        let addrs: *const c_void = lookup(map(&ADDRS_OUTER), 0);
+        if addr.is_null() || slot.is_null() || pages.is_null() || addrs.is_null() {
+            c.overflow += 1;
+            return 1;
+        }
+        let (addr, slot) = (read_volatile(addr), read_volatile(slot) as u32);
+        let dst: *mut c_void = lookup(pages, slot);
+        let at: *mut u64 = lookup(addrs, slot);
+        if dst.is_null() || at.is_null() {
+            c.overflow += 1;
+            return 1;
+        }
+        if h::probe_read_user(dst, PAGE_SIZE as u32, addr as *const c_void) == 0 {
+            write_volatile(at, addr);
+        } else {
+            write_volatile(at, addr | ADDR_FAILED);
+            c.fails += 1;
+        }
+        c.done += 1;
+    }
+    0
+}
+
+/// The pages dirtied since the last re-arm, listed, with the image still
+/// valid for the rest: only they need copying.
+#[inline(always)]
+unsafe fn incremental(cfg: *const Config, st: *const State, version: u64) -> bool {
+    // SAFETY: live map values.
+    unsafe {
+        read_volatile(&(*cfg).flags) & F_INCREMENTAL != 0
+            && version & 1 == 0
+            && read_volatile(&(*st).dirty_spans) == 0
+            && read_volatile(&(*st).growsdown) == 0
+            && read_volatile(&(*st).gup_sticky) == 0
+            && read_volatile(&(*st).rescan) == 0
+            && read_volatile(&(*st).untracked) == 0
+            && read_volatile(&(*cfg).image_seq) == read_volatile(&(*st).layout_seq)
+            && read_volatile(&(*st).ndirty) <= DIRTY_MAX as u64
+    }
+}
+
+/// Whether BPF may copy the listed pages before user space re-arms them:
+/// nothing but this thread, inside its trigger, can write them meanwhile
+/// (one thread, no write from another process begun and unseen).
+#[inline(always)]
+unsafe fn copy_now(cfg: *const Config, st: *const State, gup: u64) -> bool {
+    // SAFETY: live map values.
+    unsafe {
+        read_volatile(&(*cfg).flags) & F_SINGLE_THREAD != 0
+            && gup == read_volatile(&(*st).gup_acked)
+            && read_volatile(&(*st).gup_inflight) == 0
+    }
+}
+
+#[inline(never)]
+unsafe fn checkpoint_dirty(cfg: *mut Config, st: *const State, version: u64, t0: u64) {
+    // SAFETY: live map values.
+    unsafe {
+        let z = read_volatile(&(*st).opaque_zero);
+        let gup = read_volatile(&(*st).gup);
+        let mut c = DirtyCtx { n: read_volatile(&(*st).ndirty), nfree: read_volatile(&(*cfg).nfree), done: z, fails: z, overflow: z };
+        let mut stale = 0;
+        if copy_now(cfg, st, gup) {
+            let ran = run_loop(c.n, copy_dirty as *const c_void, &mut c as *mut DirtyCtx as *mut c_void);
+            stale = if read_volatile(&(*cfg).version) != version {
+                STALE_LAYOUT
+            } else if !ran || c.overflow != 0 || c.done < c.n {
+                STALE_OVERFLOW
+            } else {
+                0
+            };
+        }
+        // Always held: user space re-arms what was copied before the target
+        // can write it again (and copies it all itself if BPF did not).
+        h::send_signal(SIGSTOP);
+        let ev = CheckpointEvent {
+            hdr: header(EV_CHECKPOINT, 1),
+            table_seq: read_volatile(&(*cfg).applied_seq),
+            version,
+            incremental: 1,
+            saved: c.done,
+            unreadable: c.fails,
+            skipped: z,
+            stale,
+            ns: h::ktime_get_ns() - t0,
+            gup,
+        };
+        emit(&ev, true);
+    }
+}
+
 #[inline(never)]
 pub unsafe fn checkpoint(cfg: *mut Config) {
     // SAFETY: `cfg` is a live map value; other pointers are null checked.
@@ -123,8 +240,13 @@ pub unsafe fn checkpoint(cfg: *mut Config) {
         let t0 = h::ktime_get_ns();
         let (tgid, _) = current_tgid();
         let version = read_volatile(&(*cfg).version);
+        if incremental(cfg, st, version) {
+            checkpoint_dirty(cfg, st, version, t0);
+            return;
+        }
         let applied = read_volatile(&(*cfg).applied_seq);
         let z = read_volatile(&(*st).opaque_zero);
+        let gup = read_volatile(&(*st).gup);
         let mut c = CopyCtx {
             region: z as u32,
             nregions: read_volatile(&(*cfg).nregions),
@@ -160,7 +282,9 @@ pub unsafe fn checkpoint(cfg: *mut Config) {
         if c.overflow != 0 && stale == 0 {
             stale = STALE_OVERFLOW;
         }
-        let held = (stale != 0 || c.fails != 0) as u32;
+        // Armed tracking: user space re-arms what was copied, target held.
+        let armed = read_volatile(&(*cfg).flags) & F_INCREMENTAL != 0;
+        let held = (stale != 0 || c.fails != 0 || armed) as u32;
         if held != 0 {
             h::send_signal(SIGSTOP);
         }
@@ -168,11 +292,13 @@ pub unsafe fn checkpoint(cfg: *mut Config) {
             hdr: header(EV_CHECKPOINT, held),
             table_seq: applied,
             version,
+            incremental: 0,
             saved: c.next,
             unreadable: c.fails,
             skipped: c.skipped,
             stale,
             ns: h::ktime_get_ns() - t0,
+            gup,
         };
         emit(&ev, true);
     }

@@ -16,6 +16,7 @@
 
 mod abi;
 mod checkpoint;
+mod gup;
 mod helpers;
 mod layout;
 mod maps;

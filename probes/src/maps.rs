@@ -87,12 +87,21 @@ maps! {
     PENDING = def(HASH, 4, 8, 1024, F_NO_PREALLOC);
     /// The stack of a clone in flight, by thread, for its exit probe.
     CLONE_PENDING = def(HASH, 4, 8, 1024, F_NO_PREALLOC);
+    /// Threads in a `process_vm_writev` or `ptrace` poke aimed at the
+    /// target, for their exit probes (`State::gup_inflight`).
+    GUP_PENDING = def(HASH, 4, 4, 1024, F_NO_PREALLOC);
     /// Range of a page-dropping madvise in flight, by thread: the bitmaps
     /// are cleared only once the call succeeded.
-    MADV_PENDING = def(HASH, 4, 16, 1024, F_NO_PREALLOC);
+    MADV_PENDING = def(HASH, 4, 24, 1024, F_NO_PREALLOC);
     /// Pages a user-space restore must zero (written since the checkpoint,
     /// absent at it), collected by the restore probe.
     ZERO_TODO = array(8, ZERO_TODO_MAX, F_MMAPABLE);
+    /// Pages the target dirtied since user space last re-armed them, one
+    /// entry each, in the order of their first write fault.
+    DIRTY = array(8, DIRTY_MAX, F_MMAPABLE);
+    /// Store slots (`Config::nfree` of them) an incremental checkpoint
+    /// copies the `DIRTY` pages into, in order.
+    FREE = array(8, DIRTY_MAX, F_MMAPABLE);
     /// The loader's self-test (selftest.rs): whom to answer, what it saw.
     SELFTEST_CFG = array(4, 1, 0);
     SELFTEST_OUT = array(8, ST_SLOTS, F_MMAPABLE);

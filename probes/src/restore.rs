@@ -25,6 +25,9 @@ struct WriteCtx {
     key: ChunkKey,
     /// Saved-page pass: the slots of the image.
     slots: u64,
+    /// Saved-page pass: only pages changed since the last re-arm (tracking
+    /// armed); the others still hold what the image holds.
+    changed_only: u64,
 }
 
 extern "C" fn restore_page(i: u64, ctx: *mut WriteCtx) -> i64 {
@@ -45,6 +48,14 @@ extern "C" fn restore_page(i: u64, ctx: *mut WriteCtx) -> i64 {
             return 1;
         }
         let addr = read_volatile(at) & !ADDR_FAILED;
+        if addr == 0 {
+            // A free slot of an incremental image.
+            return 0;
+        }
+        if c.changed_only != 0 && untouched_run(&mut c.key, addr, addr + PAGE_SIZE, false) > 0 {
+            write_volatile(at, addr);
+            return 0;
+        }
         if h::probe_write_user(addr as *mut c_void, src, PAGE_SIZE as u32) == 0 {
             write_volatile(at, addr);
             c.n += 1;
@@ -120,6 +131,7 @@ unsafe fn write_back(cfg: *mut Config, pages: &mut WriteCtx, zeros: &mut WriteCt
             return Done { held: 1, partial: 1, todo: u64::MAX };
         }
         let mut held = 0;
+        reset_chunk_cache();
         if slots > 0 && !run_loop(slots, restore_page as *const c_void, pages as *mut WriteCtx as *mut c_void) {
             return Done { held: 1, partial: 1, todo: u64::MAX };
         }
@@ -189,14 +201,25 @@ pub unsafe fn restore<const W: bool>(cfg: *mut Config) {
         let tracked = tracking(cfg, st);
         let key = ChunkKey { tgid, image: read_volatile(&(*st).exec_gen) as u32, chunk: z };
         let slots = read_volatile(&(*cfg).image_slots);
-        let mut pages = WriteCtx { n: z, fails: z, region: z as u32, nregions: z as u32, page: z, tracked, key, slots };
+        // With tracking armed, only the dirty set; unless some write may have
+        // bypassed the faults (then the target is held: only user space can
+        // find such pages).
+        let incremental = flags & F_INCREMENTAL != 0;
+        let unseen = incremental
+            && (read_volatile(&(*st).gup) != read_volatile(&(*st).gup_acked)
+                || read_volatile(&(*st).gup_inflight) != 0
+                || read_volatile(&(*st).gup_sticky) != 0
+                || read_volatile(&(*st).rescan) != 0
+                || read_volatile(&(*st).untracked) != 0);
+        let changed_only = incremental as u64;
+        let mut pages = WriteCtx { n: z, fails: z, region: z as u32, nregions: z as u32, page: z, tracked, key, slots, changed_only };
         let nzero = read_volatile(&(*cfg).nzero);
-        let mut zeros = WriteCtx { n: z, fails: z, region: z as u32, nregions: nzero, page: z, tracked, key, slots: z };
+        let mut zeros = WriteCtx { n: z, fails: z, region: z as u32, nregions: nzero, page: z, tracked, key, slots: z, changed_only: z };
         // The image belongs to another layout (a mapping or a thread came or
         // went), or the config is being rewritten: writing blindly could
         // land in memory that is no longer the image's.
         let same_layout = read_volatile(&(*cfg).image_seq) == read_volatile(&(*st).layout_seq);
-        let mut done = if version & 1 != 0 || !same_layout || flags & F_HOLD_RESTORE != 0 {
+        let mut done = if version & 1 != 0 || !same_layout || flags & F_HOLD_RESTORE != 0 || unseen {
             Done { held: 1, partial: 1, todo: u64::MAX }
         } else if W && flags & F_BPF_WRITE != 0 {
             write_back(cfg, &mut pages, &mut zeros)

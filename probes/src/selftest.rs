@@ -2,7 +2,6 @@
 //! handles (map, `.data`, `.rodata`, `.bss`, a call into `.text`, a
 //! `bpf_loop` callback) in one program, answering one chosen process.
 
-use crate::abi::*;
 use crate::helpers as h;
 use crate::maps::*;
 use crate::target::*;

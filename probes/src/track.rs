@@ -8,7 +8,7 @@ use crate::helpers as h;
 use crate::maps::*;
 use crate::target::*;
 use core::ffi::c_void;
-use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or};
+use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or, atomic_xadd};
 use core::ptr::{read_volatile, write_volatile};
 
 /// Forgets the cached chunk (at the start of each loop).
@@ -113,6 +113,7 @@ fn span_mask(w: u64, first: u64, end: u64) -> u64 {
 }
 
 /// Marks pages `[first, end)` (0..512) of the chunk holding `addr` written.
+/// More than one page at once is a change the `DIRTY` list does not show.
 #[inline(always)]
 pub unsafe fn mark_span(st: *const State, addr: u64, first: u64, end: u64) {
     // SAFETY: the map value is null checked; word indices are masked.
@@ -131,20 +132,92 @@ pub unsafe fn mark_span(st: *const State, addr: u64, first: u64, end: u64) {
             }
             w += 1;
         }
+        write_volatile(&raw mut (*(st as *mut State)).dirty_spans, 1);
+    }
+}
+
+/// Marks the page at `addr` written; the first time since the last re-arm
+/// it also goes on the `DIRTY` list.
+#[inline(always)]
+pub unsafe fn mark_page(st: *const State, addr: u64) {
+    // SAFETY: map values are null checked; the word index is masked.
+    unsafe {
+        let key = chunk_key(st, addr);
+        let v = chunk_bits(&key);
+        if v.is_null() {
+            return;
+        }
+        let bit = (addr / PAGE_SIZE) & (CHUNK_PAGES - 1);
+        let w = ((bit >> 6) & 7) as usize;
+        let m = 1u64 << (bit & 63);
+        atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).ever as *mut u64).add(w), m);
+        // The fetching form (not `Relaxed`, which LLVM's BPF backend turns
+        // into the non-fetching one): whether this fault set the bit.
+        let old = atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>((&raw mut (*v).since as *mut u64).add(w), m);
+        if old & m != 0 {
+            return;
+        }
+        let st = st as *mut State;
+        let i = atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*st).ndirty, 1);
+        let slot: *mut u64 = lookup(map(&DIRTY), i as u32);
+        if i >= DIRTY_MAX as u64 || slot.is_null() {
+            write_volatile(&raw mut (*st).dirty_spans, 1);
+            return;
+        }
+        write_volatile(slot, addr & !(PAGE_SIZE - 1));
     }
 }
 
 /// Marks one page written, or its whole chunk (`all`).
 #[inline(always)]
 pub unsafe fn mark(st: *const State, addr: u64, all: bool) {
-    let bit = (addr / PAGE_SIZE) & (CHUNK_PAGES - 1);
-    // SAFETY: as in mark_span.
+    // SAFETY: as in mark_span / mark_page.
     unsafe {
         if all {
             mark_span(st, addr, 0, CHUNK_PAGES);
         } else {
-            mark_span(st, addr, bit, bit + 1);
+            mark_page(st, addr);
         }
+    }
+}
+
+/// Pages `[first, end)` of the chunk holding `addr` may have changed without
+/// a fault: changed since, and (as they may still hold data) written.
+#[inline(always)]
+unsafe fn changed_span(st: *const State, addr: u64, first: u64, end: u64) {
+    // SAFETY: as in mark_span.
+    unsafe {
+        let key = chunk_key(st, addr);
+        if h::map_lookup_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void).is_null() {
+            // Never written: nothing to lose.
+            return;
+        }
+        mark_span(st, addr, first, end);
+    }
+}
+
+/// Pages `[first, end)` of the chunk holding `addr` were dropped: they hold
+/// nothing now (not written since) but differ from before (changed since).
+#[inline(always)]
+unsafe fn drop_span(st: *const State, addr: u64, first: u64, end: u64) {
+    // SAFETY: map values are null checked; word indices are masked.
+    unsafe {
+        let key = chunk_key(st, addr);
+        let v = h::map_lookup_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void) as *mut Touched;
+        if v.is_null() {
+            // Never written: zero before and after.
+            return;
+        }
+        let mut w = 0usize;
+        while w < 8 {
+            let m = span_mask(w as u64, first, end);
+            if m != 0 {
+                atomic_and::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).ever as *mut u64).add(w), !m);
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).since as *mut u64).add(w), m);
+            }
+            w += 1;
+        }
+        write_volatile(&raw mut (*(st as *mut State)).dirty_spans, 1);
     }
 }
 
@@ -153,11 +226,14 @@ pub unsafe fn mark(st: *const State, addr: u64, all: bool) {
 pub enum RangeMode {
     /// Every page written (creating the chunk's bitmaps).
     Mark = 0,
-    /// Forget the chunk (its pages were dropped).
+    /// The pages were dropped: they hold nothing now, and changed.
     Clear = 1,
     /// Every page written, but only in chunks that already have bitmaps
     /// (a fault there may since have been backed by a huge page).
     Widen = 2,
+    /// The pages may have changed without a fault (lazily freed, made
+    /// guards): changed since, whatever they hold.
+    Changed = 3,
 }
 
 #[repr(C)]
@@ -180,23 +256,35 @@ extern "C" fn range_chunk(i: u64, ctx: *mut RangeCtx) -> i64 {
         let c = &*ctx;
         let st = c.st as *const State;
         let addr = ((c.start >> CHUNK_SHIFT) + i) << CHUNK_SHIFT;
+        let end = addr + (1 << CHUNK_SHIFT);
+        // The range's pages in this chunk.
+        let first = if c.lo > addr { (c.lo - addr) / PAGE_SIZE } else { 0 };
+        let last = if c.hi < end { (c.hi - addr).div_ceil(PAGE_SIZE) } else { CHUNK_PAGES };
+        if c.mode == RangeMode::Changed as u64 {
+            changed_span(st, addr, first, last);
+            return 0;
+        }
+        if c.mode == RangeMode::Clear as u64 {
+            // Rounded inwards: a page only partly dropped keeps its data.
+            let first = if c.lo > addr { (c.lo - addr).div_ceil(PAGE_SIZE) } else { 0 };
+            let last = if c.hi < end { (c.hi - addr) / PAGE_SIZE } else { CHUNK_PAGES };
+            if first < last {
+                drop_span(st, addr, first, last);
+            }
+            return 0;
+        }
         if c.mode == RangeMode::Mark as u64 {
-            let end = addr + (1 << CHUNK_SHIFT);
-            let first = if c.lo > addr && c.whole == 0 { (c.lo - addr) / PAGE_SIZE } else { 0 };
-            let last = if c.hi < end && c.whole == 0 { (c.hi - addr).div_ceil(PAGE_SIZE) } else { CHUNK_PAGES };
-            mark_span(st, addr, first, last);
+            if c.whole == 0 {
+                mark_span(st, addr, first, last);
+            } else {
+                mark_span(st, addr, 0, CHUNK_PAGES);
+            }
             return 0;
         }
         let key = chunk_key(st, addr);
         let v = h::map_lookup_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void) as *mut Touched;
-        if v.is_null() {
-            return 0;
-        }
-        if c.mode == RangeMode::Clear as u64 {
-            let z = Touched { ever: [0; 8], since: [0; 8] };
-            h::map_update_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void, &z as *const Touched as *const c_void, 2);
-        } else {
-            mark(st, addr, true);
+        if !v.is_null() {
+            mark_span(st, addr, 0, CHUNK_PAGES);
         }
     }
     0
@@ -204,35 +292,19 @@ extern "C" fn range_chunk(i: u64, ctx: *mut RangeCtx) -> i64 {
 
 /// Applies `mode` to `[start, start + len)`: `Mark` sets the bits of its
 /// pages, `Widen` every bit of the chunks it touches that have bitmaps,
-/// `Clear` forgets the chunks it covers entirely (a partly covered one keeps
-/// its bits). A range too large to walk stops the tracking, unless clearing.
+/// `Clear` the state of dropped pages to the pages it covers wholly. A range
+/// too large to walk stops the tracking.
 #[inline(never)]
 pub unsafe fn mark_range(st: *const State, start: u64, len: u64, mode: RangeMode) {
     if len == 0 || start.checked_add(len).is_none() {
         return;
     }
-    let (mut first, mut last) = (start >> CHUNK_SHIFT, (start + len - 1) >> CHUNK_SHIFT);
-    if mode == RangeMode::Clear {
-        if start & ((1 << CHUNK_SHIFT) - 1) != 0 {
-            first += 1;
-        }
-        if (start + len) & ((1 << CHUNK_SHIFT) - 1) != 0 {
-            if last == 0 {
-                return;
-            }
-            last -= 1;
-        }
-        if last < first {
-            return;
-        }
-    }
+    let (first, last) = (start >> CHUNK_SHIFT, (start + len - 1) >> CHUNK_SHIFT);
     let n = last - first + 1;
     // SAFETY: `st` is a live map value.
     unsafe {
         if n > MAX_LOOPS {
-            if mode != RangeMode::Clear {
-                write_volatile(&raw mut (*(st as *mut State)).untracked, 1);
-            }
+            write_volatile(&raw mut (*(st as *mut State)).untracked, 1);
             return;
         }
         let cfg: *const Config = lookup(map(&CONFIG), 0);
@@ -240,9 +312,7 @@ pub unsafe fn mark_range(st: *const State, start: u64, len: u64, mode: RangeMode
         let whole = (thp || read_volatile(&(*st).thp_seen) != 0) as u64;
         let mut c = RangeCtx { st: st as u64, start: first << CHUNK_SHIFT, mode: mode as u64, lo: start, hi: start + len, whole };
         // A refused loop loses marks: stop trusting the bitmaps then.
-        if h::bpf_loop(n as u32, range_chunk as *const c_void, &mut c as *mut RangeCtx as *mut c_void, 0) < 0
-            && mode != RangeMode::Clear
-        {
+        if h::bpf_loop(n as u32, range_chunk as *const c_void, &mut c as *mut RangeCtx as *mut c_void, 0) < 0 {
             write_volatile(&raw mut (*(st as *mut State)).untracked, 1);
         }
     }
@@ -301,6 +371,10 @@ pub extern "C" fn fault_kernel(ctx: *const FaultArgs) -> u32 {
 }
 
 const MADV_DONTNEED: u64 = 4;
+const MADV_FREE: u64 = 8;
+const MADV_REMOVE: u64 = 9;
+const MADV_GUARD_INSTALL: u64 = 102;
+const MADV_GUARD_REMOVE: u64 = 103;
 const MADV_HUGEPAGE: u64 = 14;
 const MADV_POPULATE_WRITE: u64 = 23;
 const MADV_DONTNEED_LOCKED: u64 = 24;
@@ -326,12 +400,12 @@ pub extern "C" fn madvise_enter(ctx: *const SysEnter) -> u32 {
         match advice {
             // Dropped pages read as zero (or the file's bytes) again, but
             // only if the call succeeds (it fails on mlocked ranges): the
-            // exit probe clears them.
-            MADV_DONTNEED | MADV_DONTNEED_LOCKED => {
-                let (_, tid) = current_tgid();
-                let range = [start, len];
-                h::map_update_elem(map(&MADV_PENDING), &tid as *const u32 as *const c_void, range.as_ptr() as *const c_void, 0);
+            // exit probe records them. Lazily freed pages may be dropped
+            // any time, without a fault; guard pages hold nothing.
+            MADV_DONTNEED | MADV_DONTNEED_LOCKED | MADV_REMOVE | MADV_GUARD_REMOVE => {
+                pending_madvise(start, len, RangeMode::Clear)
             }
+            MADV_FREE | MADV_GUARD_INSTALL => pending_madvise(start, len, RangeMode::Changed),
             MADV_POPULATE_WRITE | MADV_COLLAPSE => mark_range(st, start, len, RangeMode::Mark),
             // From now on faults may map huge pages; chunks written before
             // may be collapsed into one by khugepaged, without faults.
@@ -345,6 +419,17 @@ pub extern "C" fn madvise_enter(ctx: *const SysEnter) -> u32 {
     0
 }
 
+/// Remembers a madvise in flight for its exit probe.
+#[inline(always)]
+unsafe fn pending_madvise(start: u64, len: u64, mode: RangeMode) {
+    let (_, tid) = current_tgid();
+    let range = [start, len, mode as u64];
+    // SAFETY: stack key and value of the sizes the map has.
+    unsafe {
+        h::map_update_elem(map(&MADV_PENDING), &tid as *const u32 as *const c_void, range.as_ptr() as *const c_void, 0);
+    }
+}
+
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "tracepoint/syscalls/sys_exit_madvise")]
 pub extern "C" fn madvise_exit(ctx: *const SysExit) -> u32 {
@@ -352,15 +437,16 @@ pub extern "C" fn madvise_exit(ctx: *const SysExit) -> u32 {
     unsafe {
         let (_, tid) = current_tgid();
         let key = &tid as *const u32 as *const c_void;
-        let range = h::map_lookup_elem(map(&MADV_PENDING), key) as *const [u64; 2];
+        let range = h::map_lookup_elem(map(&MADV_PENDING), key) as *const [u64; 3];
         if range.is_null() {
             return 0;
         }
-        let (start, len) = (read_volatile(&(*range)[0]), read_volatile(&(*range)[1]));
+        let (start, len, mode) = (read_volatile(&(*range)[0]), read_volatile(&(*range)[1]), read_volatile(&(*range)[2]));
         h::map_delete_elem(map(&MADV_PENDING), key);
         let st = state();
         if (*ctx).ret == 0 && !served().is_null() && !st.is_null() {
-            mark_range(st, start, len, RangeMode::Clear);
+            let mode = if mode == RangeMode::Clear as u64 { RangeMode::Clear } else { RangeMode::Changed };
+            mark_range(st, start, len, mode);
         }
     }
     0

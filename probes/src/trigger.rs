@@ -35,6 +35,7 @@ fn same_path(a: &PathBuf, b: *const [u8; PATH_MAX]) -> bool {
 unsafe fn on_open<const W: bool>(path: u64, flags: u64, creat: bool) -> u32 {
     // SAFETY: pointers come from map lookups (null checked) or the stack.
     unsafe {
+        crate::gup::on_open_flags(path, if creat { O_CREAT | 1 } else { flags });
         let cfg = served();
         if cfg.is_null() || (!creat && flags & O_CREAT == 0) {
             return 0;

@@ -19,12 +19,17 @@ pub enum Stale {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoint {
     pub tgid: u32,
+    /// The thread that asked.
+    pub tid: u32,
     /// The probe stopped the target: user space completes, then continues it.
     pub held: bool,
     /// The region table the copy walked (`Config::applied_seq` then).
     pub table_seq: u64,
     /// `Config::version` when the copy began.
     pub version: u64,
+    /// The copy took the `DIRTY` list's pages into the slots `FREE` named
+    /// (else it walked the region table into slots `0..saved`).
+    pub incremental: bool,
     /// Pages copied into store slots `0..saved`, in region-table order.
     pub saved: u64,
     /// Pages BPF could not read.
@@ -33,6 +38,8 @@ pub struct Checkpoint {
     pub skipped: u64,
     pub stale: Stale,
     pub ns: u64,
+    /// `State::gup` when an incremental copy began.
+    pub gup: u64,
 }
 
 /// Pages of the zero ranges that user space must zero (no write helper).
@@ -47,6 +54,8 @@ pub enum ZeroTodo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Restore {
     pub tgid: u32,
+    /// The thread that asked.
+    pub tid: u32,
     pub held: bool,
     /// Saved pages BPF wrote back.
     pub written: u64,
@@ -106,12 +115,14 @@ const _: () = {
     assert!(size_of::<abi::LayoutEvent>() == HDR + 16);
     assert!(offset_of!(abi::CheckpointEvent, table_seq) == HDR);
     assert!(offset_of!(abi::CheckpointEvent, version) == HDR + 8);
-    assert!(offset_of!(abi::CheckpointEvent, saved) == HDR + 16);
-    assert!(offset_of!(abi::CheckpointEvent, unreadable) == HDR + 24);
-    assert!(offset_of!(abi::CheckpointEvent, skipped) == HDR + 32);
-    assert!(offset_of!(abi::CheckpointEvent, stale) == HDR + 40);
-    assert!(offset_of!(abi::CheckpointEvent, ns) == HDR + 48);
-    assert!(size_of::<abi::CheckpointEvent>() == HDR + 56);
+    assert!(offset_of!(abi::CheckpointEvent, incremental) == HDR + 16);
+    assert!(offset_of!(abi::CheckpointEvent, saved) == HDR + 24);
+    assert!(offset_of!(abi::CheckpointEvent, unreadable) == HDR + 32);
+    assert!(offset_of!(abi::CheckpointEvent, skipped) == HDR + 40);
+    assert!(offset_of!(abi::CheckpointEvent, stale) == HDR + 48);
+    assert!(offset_of!(abi::CheckpointEvent, ns) == HDR + 56);
+    assert!(offset_of!(abi::CheckpointEvent, gup) == HDR + 64);
+    assert!(size_of::<abi::CheckpointEvent>() == HDR + 72);
     assert!(offset_of!(abi::RestoreEvent, written) == HDR);
     assert!(offset_of!(abi::RestoreEvent, write_failed) == HDR + 8);
     assert!(offset_of!(abi::RestoreEvent, zeroed) == HDR + 16);
@@ -131,7 +142,7 @@ pub fn decode(b: &[u8]) -> Option<Event> {
     if b.len() < HDR {
         return None;
     }
-    let (kind, tgid, held) = (u32_at(b, 0), u32_at(b, 4), u32_at(b, 12) != 0);
+    let (kind, tgid, tid, held) = (u32_at(b, 0), u32_at(b, 4), u32_at(b, 8), u32_at(b, 12) != 0);
     let field = |i: usize| u64_at(b, HDR + 8 * i);
     let fits = |size: usize| b.len() >= size;
     match kind {
@@ -143,23 +154,27 @@ pub fn decode(b: &[u8]) -> Option<Event> {
         abi::EV_CHECKPOINT if fits(size_of::<abi::CheckpointEvent>()) => {
             Some(Event::Checkpoint(Checkpoint {
                 tgid,
+                tid,
                 held,
                 table_seq: field(0),
                 version: field(1),
-                saved: field(2),
-                unreadable: field(3),
-                skipped: field(4),
-                stale: match field(5) {
+                incremental: field(2) != 0,
+                saved: field(3),
+                unreadable: field(4),
+                skipped: field(5),
+                stale: match field(6) {
                     0 => Stale::No,
                     abi::STALE_OVERFLOW => Stale::Overflow,
                     // Anything else: trust nothing the copy saved.
                     _ => Stale::Layout,
                 },
-                ns: field(6),
+                ns: field(7),
+                gup: field(8),
             }))
         }
         abi::EV_RESTORE if fits(size_of::<abi::RestoreEvent>()) => Some(Event::Restore(Restore {
             tgid,
+            tid,
             held,
             written: field(0),
             write_failed: field(1),
@@ -202,21 +217,24 @@ mod tests {
             abi::EV_CHECKPOINT,
             7,
             1,
-            &[41, 6, 100, 2, 300, 2, 5000],
+            &[41, 6, 0, 100, 2, 300, 2, 5000, 17],
         ))
         .unwrap();
         assert_eq!(
             c,
             Event::Checkpoint(Checkpoint {
                 tgid: 7,
+                tid: 99,
                 held: true,
                 table_seq: 41,
                 version: 6,
+                incremental: false,
                 saved: 100,
                 unreadable: 2,
                 skipped: 300,
                 stale: Stale::Overflow,
                 ns: 5000,
+                gup: 17,
             })
         );
         let r = decode(&record(
@@ -230,6 +248,7 @@ mod tests {
             r,
             Event::Restore(Restore {
                 tgid: 7,
+                tid: 99,
                 held: false,
                 written: 10,
                 write_failed: 1,
@@ -261,12 +280,18 @@ mod tests {
 
     #[test]
     fn short_records_and_unknown_kinds_are_ignored() {
-        let c = record(abi::EV_CHECKPOINT, 7, 1, &[1, 2, 3, 4, 5, 0, 6]);
+        let c = record(abi::EV_CHECKPOINT, 7, 1, &[1, 2, 0, 3, 4, 5, 0, 6, 0]);
         assert!(decode(&c[..c.len() - 1]).is_none());
         assert!(decode(&record(77, 1, 0, &[0; 6])).is_none());
         assert!(decode(&[0; 8]).is_none());
         // An unknown stale code trusts nothing.
-        let c = decode(&record(abi::EV_CHECKPOINT, 7, 1, &[1, 2, 3, 4, 5, 9, 6])).unwrap();
+        let c = decode(&record(
+            abi::EV_CHECKPOINT,
+            7,
+            1,
+            &[1, 2, 0, 3, 4, 5, 9, 6, 0],
+        ))
+        .unwrap();
         assert!(matches!(
             c,
             Event::Checkpoint(Checkpoint {

@@ -4,6 +4,7 @@
 #[path = "../../../probes/src/abi.rs"]
 pub mod abi;
 pub mod demo;
+pub mod dirty;
 pub mod engine;
 pub mod events;
 pub mod gate;

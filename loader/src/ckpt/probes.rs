@@ -36,7 +36,7 @@ const LAYOUT_NAMES: [&str; 10] = [
 
 /// The probes that keep the touched-page bitmaps: without all of them
 /// (the page-fault tracepoints are x86-only) every page is tried.
-const TRACK_NAMES: [&str; 9] = [
+const TRACK_NAMES: [&str; 16] = [
     "fault_user",
     "fault_kernel",
     "madvise_enter",
@@ -46,6 +46,13 @@ const TRACK_NAMES: [&str; 9] = [
     "mlockall_enter",
     "mmap_enter",
     "mremap_enter",
+    "gup_vm_writev",
+    "gup_ptrace",
+    "gup_openat2",
+    "gup_fcntl",
+    "gup_io_uring_setup",
+    "gup_io_setup",
+    "gup_userfaultfd",
 ];
 
 /// A field of the probes' `State`, read and written through its mapping.
@@ -61,6 +68,20 @@ pub enum StateField {
     Notified,
     /// Requests the ring buffer refused.
     Lost,
+    /// Entries written to `DIRTY` since user space emptied it.
+    NDirty,
+    /// `since` bits were set without a `DIRTY` entry.
+    DirtySpans,
+    /// Bumped by a write into the target that may bypass its faults.
+    Gup,
+    /// The target can have its memory written without faults from now on.
+    GupSticky,
+    /// `Gup` as of user space's last scan for such writes.
+    GupAcked,
+    /// Such writes begun and not yet returned.
+    GupInflight,
+    /// Requests take everything until a quiet re-arm.
+    Rescan,
 }
 
 impl StateField {
@@ -72,6 +93,13 @@ impl StateField {
             StateField::Untracked => offset_of!(abi::State, untracked),
             StateField::Notified => offset_of!(abi::State, notified),
             StateField::Lost => offset_of!(abi::State, lost),
+            StateField::NDirty => offset_of!(abi::State, ndirty),
+            StateField::DirtySpans => offset_of!(abi::State, dirty_spans),
+            StateField::Gup => offset_of!(abi::State, gup),
+            StateField::GupSticky => offset_of!(abi::State, gup_sticky),
+            StateField::GupAcked => offset_of!(abi::State, gup_acked),
+            StateField::GupInflight => offset_of!(abi::State, gup_inflight),
+            StateField::Rescan => offset_of!(abi::State, rescan),
         }
     }
 }
@@ -87,6 +115,8 @@ pub struct Probes {
     regions: Table,
     zero_ranges: Table,
     zero_todo: ArrayMmap,
+    dirty: ArrayMmap,
+    free: ArrayMmap,
     pages_outer: Map,
     addrs_outer: Map,
     bitmaps: Bitmaps,
@@ -125,6 +155,8 @@ impl Probes {
             regions: Table::new(own("REGIONS_OUTER")?)?,
             zero_ranges: Table::new(own("ZERO_OUTER")?)?,
             zero_todo: loaded.map("ZERO_TODO")?.mmap()?,
+            dirty: loaded.map("DIRTY")?.mmap()?,
+            free: loaded.map("FREE")?.mmap()?,
             pages_outer: own("PAGES_OUTER")?,
             addrs_outer: own("ADDRS_OUTER")?,
             bitmaps: Bitmaps::new(own("TOUCHED")?),
@@ -187,6 +219,29 @@ impl Probes {
         let n = n.min(u64::from(abi::ZERO_TODO_MAX)) as usize;
         let todo = self.zero_todo.as_slice();
         (0..n).map(move |i| wire::u64_at(todo, i * 8))
+    }
+
+    /// The first `n` pages of the `DIRTY` list (capped at its capacity).
+    pub fn dirty_list(&self, n: u64) -> Vec<u64> {
+        let n = n.min(u64::from(abi::DIRTY_MAX)) as usize;
+        let d = self.dirty.as_slice();
+        (0..n).map(|i| wire::u64_at(d, i * 8)).collect()
+    }
+
+    /// `FREE[i]` for each `(i, slot)`.
+    pub fn set_free(&mut self, entries: impl Iterator<Item = (usize, u64)>) -> Result<()> {
+        let f = self.free.as_mut_slice()?;
+        for (i, slot) in entries {
+            if let Some(e) = f.get_mut(i * 8..i * 8 + 8) {
+                e.copy_from_slice(&slot.to_ne_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    /// `FREE[i]`.
+    pub fn free_slot(&self, i: usize) -> u64 {
+        wire::u64_at(self.free.as_slice(), i * 8)
     }
 
     /// Drops the probes' reference to the page store.

@@ -495,6 +495,11 @@ fn push_run(out: &mut Vec<Run>, start: u64, end: u64, flags: u8) {
     }
 }
 
+/// How many threads `pid` has (`/proc/PID/task`); `None` once it is gone.
+pub fn thread_count(pid: i32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.count())
+}
+
 /// Whether every thread of `pid` is stopped (group stop after SIGSTOP, or
 /// traced); `None` once the process is gone.
 pub fn all_threads_stopped(pid: i32) -> Option<bool> {

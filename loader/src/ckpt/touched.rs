@@ -73,6 +73,39 @@ impl Bitmaps {
         Ok(())
     }
 
+    /// Clears the `since` bits of `pages` (ascending): they are clean again.
+    pub fn clear_since(&self, pid: i32, image: u32, pages: &[u64]) -> Result<()> {
+        let mut val = [0u8; size_of::<abi::Touched>()];
+        for chunk in pages.chunk_by(|a, b| a >> abi::CHUNK_SHIFT == b >> abi::CHUNK_SHIFT) {
+            let key = wire::chunk_key(pid as u32, image, chunk[0] >> abi::CHUNK_SHIFT);
+            if !self.map.lookup(&key, &mut val)? {
+                continue;
+            }
+            for &a in chunk {
+                let (_, w, m) = bit_of(a);
+                let at = SINCE + w * 8;
+                let old = wire::u64_at(&val, at);
+                val[at..at + 8].copy_from_slice(&(old & !m).to_ne_bytes());
+            }
+            self.map.update(&key, &val, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Clears every `since` bit of `pid`'s image `image`.
+    pub fn clear_since_all(&self, pid: i32, image: u32) -> Result<()> {
+        let mut val = [0u8; size_of::<abi::Touched>()];
+        let keys: Vec<Vec<u8>> = self.map.keys().filter_map(|k| k.ok()).collect();
+        for key in keys {
+            if key_owner(&key) != Some((pid as u32, image)) || !self.map.lookup(&key, &mut val)? {
+                continue;
+            }
+            val[SINCE..SINCE + 64].fill(0);
+            self.map.update(&key, &val, 0)?;
+        }
+        Ok(())
+    }
+
     /// Forgets the bitmaps of `pid` except those of program image `keep`.
     pub fn forget(&self, pid: i32, keep: Option<u32>) -> Result<()> {
         let stale: Vec<Vec<u8>> = self
@@ -87,6 +120,9 @@ impl Bitmaps {
         Ok(())
     }
 }
+
+/// Where the `since` words start in a `Touched` value.
+const SINCE: usize = std::mem::offset_of!(abi::Touched, since);
 
 /// `(tgid, image)` of a `TOUCHED` key.
 fn key_owner(k: &[u8]) -> Option<(u32, u32)> {

@@ -17,7 +17,9 @@ const _: () = {
     assert!(offset_of!(Config, watch_comm) == 72);
     assert!(offset_of!(Config, ckpt_path) == 88);
     assert!(offset_of!(Config, restore_path) == 216);
-    assert!(size_of::<Config>() == 344);
+    assert!(offset_of!(Config, self_tgid) == 344);
+    assert!(offset_of!(Config, nfree) == 352);
+    assert!(size_of::<Config>() == 360);
     assert!(size_of::<Region>() == 32);
     assert!(offset_of!(State, exec_gen) == 16);
     assert!(offset_of!(State, untracked) == 24);
@@ -49,6 +51,9 @@ pub fn config_bytes(c: &Config) -> Vec<u8> {
     b.extend_from_slice(&c.watch_comm);
     b.extend_from_slice(&c.ckpt_path);
     b.extend_from_slice(&c.restore_path);
+    b.extend_from_slice(&c.self_tgid.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    b.extend_from_slice(&c.nfree.to_ne_bytes());
     debug_assert_eq!(b.len(), size_of::<Config>());
     b
 }

@@ -34,8 +34,6 @@ struct Saved {
 
 impl Engine {
     pub(super) fn on_checkpoint(&mut self, t: &mut Target, c: &Checkpoint) -> Result<()> {
-        // The probe has overwritten the store: the old image is gone.
-        t.image = None;
         t.stats.checkpoints += 1;
         t.stats.ckpt_kernel_ns += c.ns;
         t.stats.ckpt_kernel_ns_max = t.stats.ckpt_kernel_ns_max.max(c.ns);
@@ -51,14 +49,60 @@ impl Engine {
     }
 
     fn checkpoint(&mut self, t: &mut Target, c: &Checkpoint, held: &mut bool) -> Result<()> {
-        let saved = self.gather(t, c, held)?;
+        if c.incremental {
+            wait_stopped(t.pid)?;
+            if c.stale == Stale::No && self.armed(t) {
+                let m = self.checkpoint_dirty(t, c)?;
+                t.stats.pages_saved_bpf += m.bpf;
+                t.stats.pages_saved_user += m.user;
+                self.report_incremental(t, c, &m);
+                return self.triggers.create(markers::CHECKPOINT_DONE);
+            }
+            // The copy could not finish (too few free slots, the config
+            // rewritten), or the image is no longer tracked: take the whole
+            // image again, as if walked.
+        }
+        // The probe has overwritten the store: the old image is gone.
+        t.image = None;
+        let saved = if c.incremental {
+            self.redo(t)?
+        } else {
+            self.gather(t, c, held)?
+        };
         t.stats.pages_skipped_untouched += c.skipped;
         t.stats.pages_saved_bpf += saved.bpf;
         t.stats.pages_saved_user += saved.user;
         t.stats.pages_unmarked_data += saved.unmarked;
         self.publish_image(t, &saved)?;
+        if *held && self.cfg.flags & abi::F_INCREMENTAL != 0 {
+            self.armed_after_full(t, c)?;
+        }
         self.report_checkpoint(t, c, &saved, *held);
         self.triggers.create(markers::CHECKPOINT_DONE)
+    }
+
+    fn report_incremental(&self, t: &Target, c: &Checkpoint, m: &super::incremental::Merged) {
+        self.report().detail(
+            "checkpoint",
+            &format!(
+                "checkpoint of pid {}: {} dirty pages ({} by BPF in {:?}, {} from user space), {} now blank",
+                t.pid,
+                m.bpf + m.user,
+                m.bpf,
+                Duration::from_nanos(c.ns),
+                m.user,
+                m.blanked
+            ),
+            &[
+                ("pid", J::N(t.pid as u64)),
+                ("incremental", J::B(true)),
+                ("pages_bpf", J::N(m.bpf)),
+                ("pages_user", J::N(m.user)),
+                ("pages_blanked", J::N(m.blanked)),
+                ("kernel_ns", J::N(c.ns)),
+                ("held", J::B(true)),
+            ],
+        );
     }
 
     /// What the image holds: BPF's copy, completed from user space when the
@@ -128,6 +172,7 @@ impl Engine {
             slots,
             blank: s.blank.clone(),
             regions: s.regions.clone(),
+            index: None,
         });
         Ok(())
     }

@@ -17,6 +17,7 @@
 
 mod checkpoint;
 mod hold;
+mod incremental;
 mod layout;
 mod restore;
 mod serve;
@@ -58,6 +59,8 @@ pub struct Options {
     /// Try every page at each checkpoint instead of only pages written
     /// since the program started (the touched-page bitmaps).
     pub exhaustive: bool,
+    /// How pages dirtied since a request are told apart (re-arming).
+    pub dirty: crate::ckpt::dirty::Choice,
     pub report: Reporter,
 }
 
@@ -85,6 +88,8 @@ pub struct Engine {
     /// Config flags that hold for every target (exhaustive, THP).
     base_flags: u32,
     bpf_write: bool,
+    /// The kernel keeps soft-dirty bits.
+    soft_dirty: bool,
     /// Frame of the shared zero page, if pagemap shows frames.
     zero_pfn: Option<u64>,
     opts: Options,
@@ -105,12 +110,19 @@ impl Engine {
         // After the mask: the watchdog inherits SIGINT/SIGTERM blocked.
         let watchdog = Watchdog::spawn()?;
         let probes = Probes::load(bpf_write, opts.report, opts.exhaustive)?;
-        let base_flags = base_flags(opts.exhaustive || !probes.tracking());
+        let tracked = !opts.exhaustive && probes.tracking();
+        let mut base_flags = base_flags(!tracked);
+        // Every checkpoint is held while a re-arming tracker may be set up:
+        // re-arming needs the target still.
+        if tracked && opts.dirty != crate::ckpt::dirty::Choice::Off {
+            base_flags |= abi::F_INCREMENTAL;
+        }
         let mut e = Self {
             cfg: initial_config(&triggers),
             probes,
             base_flags,
             bpf_write,
+            soft_dirty: crate::ckpt::dirty::soft_dirty_available(),
             zero_pfn: super::procfs::zero_pfn(),
             opts,
             triggers,
@@ -264,6 +276,9 @@ fn initial_config(triggers: &Triggers) -> Config {
         watch_comm: [0; abi::COMM_LEN],
         ckpt_path: path(markers::CHECKPOINT_REQUEST),
         restore_path: path(markers::RESTORE_REQUEST),
+        self_tgid: std::process::id(),
+        _pad: 0,
+        nfree: 0,
     }
 }
 

@@ -157,6 +157,19 @@ impl Engine {
         image: &Image,
         r: &Restore,
     ) -> Result<UserWrites> {
+        // Held with tracking armed: the counts of writes from elsewhere
+        // before anything is written, and the dirty set if it is a list.
+        let tracked = t.tracker.is_some() && image.index.is_some();
+        let pre = if tracked {
+            Some(self.window_now()?)
+        } else {
+            None
+        };
+        let dirty = if tracked && !self.bpf_write {
+            self.restore_dirty(t, image, r.partial)?
+        } else {
+            None
+        };
         // The mappings as last read, unless they changed since.
         let fresh;
         let maps = if self.probes.state(StateField::LayoutSeq)? == t.applied_seq {
@@ -174,39 +187,55 @@ impl Engine {
         // opened on, and the target may have exec'd since.
         let mem = Mem::open(t.pid)?;
         let res = Residency::open(t.pid, self.zero_pfn)?;
-        let all = r.partial || !self.bpf_write;
-        let mut done = self.write_saved(t.pid, &mut t.store, &now, &mem, &res, all)?;
+        if let Some(d) = dirty {
+            // Only what changed since the checkpoint, then clean again.
+            let mut done =
+                self.write_slots(t.pid, &mut t.store, &now, &mem, &res, d.saved.clone())?;
+            let blank = present_blanks(&res, &d.blank)?;
+            self.rewrite_blanks(t.pid, &now, &mem, &res, &blank, &mut done)?;
+            self.rearm_after_restore(t, &d)?;
+            return Ok(done);
+        }
+        // Everything: every saved page, every blank page that holds data.
+        let all = r.partial || !self.bpf_write || tracked;
+        let slots = t
+            .store
+            .as_ref()
+            .map_or(Vec::new(), |s| saved_slots(s, image.slots, all));
+        let mut done = self.write_slots(t.pid, &mut t.store, &now, &mem, &res, slots)?;
         let blank = match r.zero_todo {
-            ZeroTodo::Listed(n) if !self.bpf_write && !r.partial => {
+            ZeroTodo::Listed(n) if !self.bpf_write && !r.partial && !tracked => {
                 let listed: Vec<u64> = self.probes.zero_todo(n).collect();
                 listed_blanks(&res, &image.blank, &listed)?
             }
-            ZeroTodo::Listed(_) if self.bpf_write && !r.partial && r.zero_failed == 0 => Vec::new(),
+            ZeroTodo::Listed(_)
+                if self.bpf_write && !r.partial && r.zero_failed == 0 && !tracked =>
+            {
+                Vec::new()
+            }
             _ => scan_blanks(&res, &image.blank)?,
         };
         self.rewrite_blanks(t.pid, &now, &mem, &res, &blank, &mut done)?;
+        if let Some(pre) = pre {
+            self.rearm_after_full_restore(t, image, pre)?;
+        }
         Ok(done)
     }
 
-    /// Writes the saved pages (every one, or those BPF marked failed).
-    fn write_saved(
+    /// Writes the saved pages `candidates` (`(slot, address)`) back.
+    fn write_slots(
         &self,
         pid: i32,
         store: &mut Option<crate::ckpt::storage::Storage>,
         now: &Now<'_>,
         mem: &Mem,
         res: &Residency,
-        all: bool,
+        candidates: Vec<(u64, u64)>,
     ) -> Result<UserWrites> {
         let store = store.as_mut().ok_or_else(|| Error::new("no page store"))?;
         let mut done = UserWrites::default();
-        let mut slots = Vec::new();
-        for s in 0..now.image.slots {
-            let a = store.addr(s);
-            if !all && a & abi::ADDR_FAILED == 0 {
-                continue;
-            }
-            let a = a & !abi::ADDR_FAILED;
+        let mut slots = Vec::with_capacity(candidates.len());
+        for (s, a) in candidates {
             match now.mapping(a) {
                 Ok(_) => slots.push((s, a)),
                 Err(why) => done.skip(why),
@@ -296,6 +325,38 @@ impl Engine {
             ],
         );
     }
+}
+
+/// The saved pages of slots `0..slots` as `(slot, address)`: every one, or
+/// (`all` false) those BPF marked failed; free slots (address 0) aside.
+fn saved_slots(store: &crate::ckpt::storage::Storage, slots: u64, all: bool) -> Vec<(u64, u64)> {
+    (0..slots)
+        .filter_map(|s| {
+            let a = store.addr(s);
+            let wanted = all || a & abi::ADDR_FAILED != 0;
+            let a = a & !abi::ADDR_FAILED;
+            (wanted && a != 0).then_some((s, a))
+        })
+        .collect()
+}
+
+/// Of blank pages written since (`(address, file)`), those that hold
+/// something now (not dropped again, not the zero page).
+fn present_blanks(res: &Residency, pages: &[(u64, bool)]) -> Result<Vec<(u64, bool)>> {
+    let mut out = Vec::new();
+    for chunk in pages.chunk_by(|a, b| a.0 >> abi::CHUNK_SHIFT == b.0 >> abi::CHUNK_SHIFT) {
+        let runs = res.runs(chunk[0].0, chunk[chunk.len() - 1].0 + PAGE)?;
+        for &(a, file) in chunk {
+            let kind = if file { Kind::File } else { Kind::Anon };
+            if runs
+                .iter()
+                .any(|r| r.start <= a && a < r.end && r.may_hold_data(kind))
+            {
+                out.push((a, file));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Pages that could not be written: guard pages installed since are left

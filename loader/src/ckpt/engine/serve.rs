@@ -73,6 +73,7 @@ impl Engine {
             lost_seen: self.probes.state(StateField::Lost)?,
             store: None,
             image: None,
+            tracker: None,
             stats: Stats::default(),
         };
         self.start_serving(pid)?;
@@ -232,6 +233,8 @@ impl Engine {
 
     fn on_exec(&mut self, t: &mut Target) {
         t.layout_dirty = true;
+        // A new address space: the old tracker's protections are gone.
+        t.tracker = None;
         // A checkpoint of the old program must never be written into the
         // new one.
         if t.image.take().is_some() {
@@ -260,7 +263,7 @@ impl Engine {
     }
 
     /// The program-image number the probes key the bitmaps with.
-    fn image_gen(&self) -> Result<u32> {
+    pub(super) fn image_gen(&self) -> Result<u32> {
         Ok(self.probes.state(StateField::ExecGen)? as u32)
     }
 }

@@ -2,9 +2,11 @@
 //! they were published under), its thread stacks, its page store and the
 //! image of its last checkpoint.
 
+use crate::ckpt::dirty::Tracker;
 use crate::ckpt::procfs::{Mapping, PAGE, Region};
 use crate::ckpt::report::Stats;
 use crate::ckpt::storage::Storage;
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
@@ -35,6 +37,8 @@ pub(crate) struct Target {
     pub lost_seen: u64,
     pub store: Option<Storage>,
     pub image: Option<Image>,
+    /// Re-arming dirty tracking, once set up for the current program image.
+    pub tracker: Option<Tracker>,
     pub stats: Stats,
 }
 
@@ -76,7 +80,142 @@ impl Blank {
 /// The image of the last checkpoint: slots `0..slots` of the store, the
 /// blank ranges, and the regions they were taken from.
 pub(crate) struct Image {
+    /// Slots `0..slots` may hold pages of the image (a freed one's address
+    /// is 0).
     pub slots: u64,
     pub blank: Vec<Blank>,
     pub regions: Rc<Vec<Region>>,
+    /// Where each page is, for images updated in place (dirty tracking).
+    pub index: Option<Index>,
+}
+
+/// The slot of each saved page, and the slots free for the next pages.
+#[derive(Default)]
+pub(crate) struct Index {
+    pub by_addr: HashMap<u64, u64>,
+    /// The probes' `FREE` list as it is (they take from the top).
+    pub free: Vec<u64>,
+    /// Free slots `FREE` has no room for.
+    pub spare: Vec<u64>,
+    /// The first slot never used; `Image::slots` follows it.
+    pub fresh: u64,
+}
+
+/// Blank ranges as a sorted set of pages, updated page by page.
+pub(crate) fn blank_contains(blank: &[Blank], addr: u64) -> Option<bool> {
+    let i = blank.partition_point(|b| b.end() <= addr);
+    blank.get(i).filter(|b| b.start <= addr).map(|b| b.file)
+}
+
+/// Removes page `addr` from the blank ranges (it holds data now).
+pub(crate) fn blank_remove(blank: &mut Vec<Blank>, addr: u64) {
+    let i = blank.partition_point(|b| b.end() <= addr);
+    let Some(b) = blank.get(i).copied().filter(|b| b.start <= addr) else {
+        return;
+    };
+    let before = (addr - b.start) / PAGE;
+    let after = b.pages - before - 1;
+    let mut pieces = Vec::with_capacity(2);
+    if before > 0 {
+        pieces.push(Blank {
+            start: b.start,
+            pages: before,
+            file: b.file,
+        });
+    }
+    if after > 0 {
+        pieces.push(Blank {
+            start: addr + PAGE,
+            pages: after,
+            file: b.file,
+        });
+    }
+    blank.splice(i..=i, pieces);
+}
+
+/// Adds page `addr` to the blank ranges (it holds nothing now).
+pub(crate) fn blank_insert(blank: &mut Vec<Blank>, addr: u64, file: bool) {
+    let i = blank.partition_point(|b| b.end() <= addr);
+    if blank.get(i).is_some_and(|b| b.start <= addr) {
+        return;
+    }
+    blank.insert(
+        i,
+        Blank {
+            start: addr,
+            pages: 1,
+            file,
+        },
+    );
+    // Merge with the neighbours where they touch and are alike.
+    if i + 1 < blank.len() && blank[i + 1].start == addr + PAGE && blank[i + 1].file == file {
+        blank[i].pages += blank[i + 1].pages;
+        blank.remove(i + 1);
+    }
+    if i > 0 && blank[i - 1].end() == addr && blank[i - 1].file == file {
+        blank[i - 1].pages += blank[i].pages;
+        blank.remove(i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blank_pages_come_and_go() {
+        let p = PAGE;
+        let mut b = vec![Blank {
+            start: 0,
+            pages: 4,
+            file: false,
+        }];
+        blank_remove(&mut b, 2 * p);
+        assert_eq!(
+            b,
+            vec![
+                Blank {
+                    start: 0,
+                    pages: 2,
+                    file: false
+                },
+                Blank {
+                    start: 3 * p,
+                    pages: 1,
+                    file: false
+                }
+            ]
+        );
+        assert_eq!(blank_contains(&b, 2 * p), None);
+        assert_eq!(blank_contains(&b, 3 * p), Some(false));
+        blank_insert(&mut b, 2 * p, false);
+        assert_eq!(
+            b,
+            vec![Blank {
+                start: 0,
+                pages: 4,
+                file: false
+            }]
+        );
+        blank_insert(&mut b, 9 * p, true);
+        blank_remove(&mut b, 0);
+        blank_remove(&mut b, 3 * p);
+        assert_eq!(
+            b,
+            vec![
+                Blank {
+                    start: p,
+                    pages: 2,
+                    file: false
+                },
+                Blank {
+                    start: 9 * p,
+                    pages: 1,
+                    file: true
+                }
+            ]
+        );
+        blank_remove(&mut b, 9 * p);
+        assert_eq!(b.len(), 1);
+    }
 }

@@ -1,0 +1,305 @@
+//! Dirty tracking with re-arming: after a checkpoint or restore, the pages
+//! of the tracked regions count as clean again, so that the next request
+//! learns exactly which pages changed since, not which were ever written.
+//!
+//! - **userfaultfd** (`UFFD_FEATURE_WP_ASYNC`): a userfaultfd created in the
+//!   target (it cannot be made from outside) and fetched into bpfckpt;
+//!   registered for write protection over the tracked regions. A write to a
+//!   protected page unprotects it with a write fault the probes see;
+//!   `PAGEMAP_SCAN` lists (and protects again) every page written since,
+//!   also those written without a fault in the target's context.
+//! - **soft-dirty** (`CONFIG_MEM_SOFT_DIRTY`): `/proc/PID/clear_refs` `4`
+//!   clears the whole process's soft-dirty bits and write-protects its pages;
+//!   pagemap bit 55 says which were written since.
+//!
+//! Without either, the written-page bitmaps only say "written at least
+//! once", and every checkpoint copies all of that.
+
+use super::procfs::{PAGE, Region};
+use crate::{Error, Result};
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+
+/// Which mechanism to use (`--dirty-tracking`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// soft-dirty where the kernel has it, else userfaultfd, else none.
+    Auto,
+    SoftDirty,
+    Uffd,
+    /// No re-arming: the written-page bitmaps alone.
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    Uffd,
+    SoftDirty,
+}
+
+impl Mechanism {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Uffd => "userfaultfd write-protect",
+            Mechanism::SoftDirty => "soft-dirty",
+        }
+    }
+
+    /// The name in JSON output and on the command line.
+    pub fn key(self) -> &'static str {
+        match self {
+            Mechanism::Uffd => "uffd",
+            Mechanism::SoftDirty => "soft-dirty",
+        }
+    }
+}
+
+/// Pagemap bit 55: the page was written since soft-dirty was cleared.
+const PM_SOFT_DIRTY: u64 = 1 << 55;
+/// `PAGEMAP_SCAN` category `PAGE_IS_WRITTEN`.
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+
+/// Whether this kernel keeps soft-dirty bits. Asked by trying them on a
+/// page of our own: `clear_refs` accepts `4` even without
+/// `CONFIG_MEM_SOFT_DIRTY` (and then does nothing), so the write being
+/// accepted proves nothing.
+pub fn soft_dirty_available() -> bool {
+    soft_dirty_works().unwrap_or(false)
+}
+
+fn soft_dirty_works() -> Result<bool> {
+    // Two pages' worth, so that one whole page lies inside.
+    let mut buf = vec![0u8; 2 * PAGE as usize];
+    let at = (buf.as_ptr() as u64).next_multiple_of(PAGE);
+    let i = (at - buf.as_ptr() as u64) as usize;
+    let pagemap = File::open("/proc/self/pagemap")?;
+    let entry = |buf: &[u8]| -> Result<u64> {
+        std::hint::black_box(buf);
+        let mut e = [0u8; 8];
+        pagemap.read_exact_at(&mut e, at / PAGE * 8)?;
+        Ok(u64::from_le_bytes(e))
+    };
+    std::hint::black_box(&mut buf)[i] = 1;
+    if std::fs::write("/proc/self/clear_refs", b"4").is_err() {
+        return Ok(false);
+    }
+    let clean = entry(&buf)? & PM_SOFT_DIRTY == 0;
+    std::hint::black_box(&mut buf)[i] = 2;
+    let dirty = entry(&buf)? & PM_SOFT_DIRTY != 0;
+    Ok(clean && dirty)
+}
+
+/// A re-arming tracker for one target (one program image).
+pub struct Tracker {
+    pid: i32,
+    mechanism: Mechanism,
+    /// The target's userfaultfd (fetched into bpfckpt), for `Uffd`.
+    uffd: Option<OwnedFd>,
+    /// Ranges registered with the userfaultfd.
+    registered: Vec<(u64, u64)>,
+}
+
+impl Tracker {
+    pub fn soft_dirty(pid: i32) -> Self {
+        Self {
+            pid,
+            mechanism: Mechanism::SoftDirty,
+            uffd: None,
+            registered: Vec::new(),
+        }
+    }
+
+    /// A tracker over `uffd`, a userfaultfd created in the target.
+    pub fn uffd(pid: i32, uffd: OwnedFd) -> Result<Self> {
+        crate::os::uffd_api(
+            uffd.as_fd(),
+            crate::os::UFFD_FEATURE_WP_ASYNC | crate::os::UFFD_FEATURE_WP_UNPOPULATED,
+        )
+        .map_err(|e| e.context("asynchronous write protection on the target's userfaultfd"))?;
+        Ok(Self {
+            pid,
+            mechanism: Mechanism::Uffd,
+            uffd: Some(uffd),
+            registered: Vec::new(),
+        })
+    }
+
+    pub fn mechanism(&self) -> Mechanism {
+        self.mechanism
+    }
+
+    /// Every page of `regions` is clean from now on (after a checkpoint that
+    /// copied them all, or a restore that wrote them all). Regions not yet
+    /// registered are registered first.
+    pub fn arm_all(&mut self, regions: &[Region]) -> Result<()> {
+        match self.mechanism {
+            Mechanism::SoftDirty => self.clear_refs(),
+            Mechanism::Uffd => {
+                let fd = self.uffd_fd()?;
+                let mut registered = Vec::with_capacity(regions.len());
+                for r in regions.iter().filter(|r| r.tracked) {
+                    if !self.registered.contains(&(r.start, r.end)) {
+                        crate::os::uffd_register_wp(fd, r.start, r.end - r.start).map_err(|e| {
+                            e.context(format!(
+                                "register {:#x}-{:#x} for write protection",
+                                r.start, r.end
+                            ))
+                        })?;
+                    }
+                    registered.push((r.start, r.end));
+                    crate::os::uffd_writeprotect(fd, r.start, r.end - r.start).map_err(|e| {
+                        e.context(format!("write-protect {:#x}-{:#x}", r.start, r.end))
+                    })?;
+                }
+                self.registered = registered;
+                Ok(())
+            }
+        }
+    }
+
+    /// `pages` (ascending) are clean again: they hold what the image holds.
+    pub fn rearm(&mut self, pages: &[u64]) -> Result<()> {
+        match self.mechanism {
+            Mechanism::SoftDirty => self.clear_refs(),
+            Mechanism::Uffd => {
+                let fd = self.uffd_fd()?;
+                for (start, n) in page_runs(pages) {
+                    crate::os::uffd_writeprotect(fd, start, n * PAGE)
+                        .map_err(|e| e.context(format!("write-protect {start:#x}+{n} pages")))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The pages of the tracked `regions` written since they were armed,
+    /// whoever wrote them (a write without a fault in the target's context
+    /// too), ascending. Userfaultfd protects them again in the same pass.
+    pub fn written(&mut self, regions: &[Region]) -> Result<Vec<u64>> {
+        let pagemap = File::open(format!("/proc/{}/pagemap", self.pid))
+            .map_err(|e| Error::from(e).context(format!("open /proc/{}/pagemap", self.pid)))?;
+        let mut out = Vec::new();
+        for r in regions.iter().filter(|r| r.tracked) {
+            match self.mechanism {
+                Mechanism::Uffd => scan_written(&pagemap, r.start, r.end, &mut out)?,
+                Mechanism::SoftDirty => read_soft_dirty(&pagemap, r.start, r.end, &mut out)?,
+            }
+        }
+        Ok(out)
+    }
+
+    fn uffd_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
+        self.uffd
+            .as_ref()
+            .map(|f| f.as_fd())
+            .ok_or_else(|| Error::new("no userfaultfd"))
+    }
+
+    fn clear_refs(&self) -> Result<()> {
+        let p = format!("/proc/{}/clear_refs", self.pid);
+        std::fs::write(&p, b"4").map_err(|e| Error::from(e).context(format!("write 4 to {p}")))
+    }
+}
+
+/// `PAGEMAP_SCAN` for written pages in `[start, end)`, protecting them again.
+fn scan_written(pagemap: &File, start: u64, end: u64, out: &mut Vec<u64>) -> Result<()> {
+    use crate::os::{PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING, pagemap_scan_with};
+    let mut at = start;
+    while at < end {
+        let got = pagemap_scan_with(
+            pagemap,
+            at,
+            end,
+            PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+            PAGE_IS_WRITTEN,
+            0,
+            PAGE_IS_WRITTEN,
+        )
+        .map_err(|e| e.context(format!("scan {at:#x}-{end:#x} for written pages")))?;
+        for &(s, e, _) in &got.regions {
+            out.extend((s..e).step_by(PAGE as usize));
+        }
+        if got.walk_end <= at {
+            break;
+        }
+        at = got.walk_end;
+    }
+    Ok(())
+}
+
+/// Pages of `[start, end)` whose pagemap entry has the soft-dirty bit.
+fn read_soft_dirty(pagemap: &File, start: u64, end: u64, out: &mut Vec<u64>) -> Result<()> {
+    let mut buf = vec![0u8; 8 * 4096];
+    let mut at = start;
+    while at < end {
+        let n = ((end - at) / PAGE).min(4096);
+        let bytes = &mut buf[..(n * 8) as usize];
+        pagemap
+            .read_exact_at(bytes, at / PAGE * 8)
+            .map_err(|e| Error::from(e).context(format!("read pagemap at {at:#x}")))?;
+        for (i, c) in bytes.chunks_exact(8).enumerate() {
+            let e = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            if e & PM_SOFT_DIRTY != 0 {
+                out.push(at + i as u64 * PAGE);
+            }
+        }
+        at += n * PAGE;
+    }
+    Ok(())
+}
+
+/// Runs of consecutive pages of an ascending list, as `(start, pages)`.
+pub fn page_runs(pages: &[u64]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let start = *pages.get(i)?;
+        let mut n = 1;
+        while pages.get(i + n as usize) == Some(&(start + n * PAGE)) {
+            n += 1;
+        }
+        i += n as usize;
+        Some((start, n))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's build configuration, from /proc/config.gz or /boot.
+    fn kernel_config() -> String {
+        if let Ok(out) = std::process::Command::new("zcat")
+            .arg("/proc/config.gz")
+            .output()
+            && out.status.success()
+        {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let p = format!("/boot/config-{}", release.trim());
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("no kernel config to compare with ({p}: {e})"))
+    }
+
+    #[test]
+    fn soft_dirty_is_detected_by_trying_it() {
+        // Without CONFIG_MEM_SOFT_DIRTY clear_refs still accepts "4": the
+        // answer must come from the bits themselves.
+        let built = kernel_config()
+            .lines()
+            .any(|l| l == "CONFIG_MEM_SOFT_DIRTY=y");
+        assert_eq!(soft_dirty_available(), built);
+    }
+
+    #[test]
+    fn runs_of_pages() {
+        let p = PAGE;
+        let v = [p, 2 * p, 3 * p, 7 * p, 9 * p, 10 * p];
+        assert_eq!(
+            page_runs(&v).collect::<Vec<_>>(),
+            vec![(p, 3), (7 * p, 1), (9 * p, 2)]
+        );
+        assert_eq!(page_runs(&[]).count(), 0);
+    }
+}

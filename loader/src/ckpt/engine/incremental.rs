@@ -1,0 +1,640 @@
+//! Cost that follows the pages dirtied since the last request: with a
+//! re-arming tracker (`ckpt/dirty.rs`) the image is updated in place. A
+//! checkpoint copies only the pages the probes listed as dirtied (BPF puts
+//! them into free store slots inside the trigger when nothing else can
+//! write them meanwhile) and user space re-arms them while the target is
+//! held; a restore writes back only those pages.
+//!
+//! Writes that bypass the target's faults (another process's
+//! `process_vm_writev` or `PTRACE_POKE*`) are counted by the probes when
+//! they begin and return: the next request scans for written pages too.
+//! One that overlaps the re-arming of a request could be re-armed away
+//! unseen, so every re-arm is bracketed by two readings of the counts: if
+//! they differ, what was copied is read again after the re-arm, the scan is
+//! not acknowledged (the next request scans again) and, where the re-arm
+//! may have wiped a page outside the dirty set, the probes' `rescan` makes
+//! requests take everything until one re-arms in a quiet window. Writes
+//! that may come at any time without a system call (`io_uring`, AIO,
+//! `O_DIRECT`, `/proc/PID/mem` open for writing) turn the tracking off for
+//! the program image.
+
+use super::Engine;
+use super::target::{Image, Index, Target, blank_contains, blank_insert, blank_remove};
+use crate::ckpt::abi;
+use crate::ckpt::dirty::{Mechanism, Tracker};
+use crate::ckpt::events::{Checkpoint, Stale};
+use crate::ckpt::memio::Mem;
+use crate::ckpt::probes::StateField;
+use crate::ckpt::procfs;
+use crate::ckpt::procfs::{Kind, P_GUARD, PAGE, Residency};
+use crate::ckpt::report::J;
+use crate::{Error, Result};
+use std::collections::BTreeSet;
+
+/// What one incremental checkpoint did.
+#[derive(Default)]
+pub(super) struct Merged {
+    pub bpf: u64,
+    pub user: u64,
+    pub blanked: u64,
+}
+
+/// Writes into the target that bypass its faults, as counted by the probes
+/// when a held request began.
+#[derive(Clone, Copy)]
+pub(super) struct Window {
+    gup: u64,
+    inflight: u64,
+    /// The last count user space scanned for.
+    acked: u64,
+}
+
+impl Window {
+    /// Someone may have written without a fault since the last scan.
+    fn scan(&self) -> bool {
+        self.gup != self.acked || self.inflight != 0
+    }
+}
+
+impl Engine {
+    /// Whether this target's requests go through the tracker.
+    pub(super) fn armed(&self, t: &Target) -> bool {
+        t.tracker.is_some() && t.image.as_ref().is_some_and(|i| i.index.is_some())
+    }
+
+    /// Sets up the tracker for the current program image if none is (the
+    /// target is held, `tid` the thread that asked).
+    pub(super) fn ensure_tracker(&mut self, t: &mut Target, tid: u32) -> Result<()> {
+        if t.tracker.is_some() || self.cfg.flags & abi::F_INCREMENTAL == 0 {
+            return Ok(());
+        }
+        let got = match bypassing_fds(t.pid) {
+            Some(why) => Err(why),
+            None => self.acquire_tracker(t, tid),
+        };
+        match got {
+            Ok(tr) => {
+                self.report().detail(
+                    "tracking",
+                    &format!(
+                        "pid {}: dirty tracking by {} (re-armed at every request)",
+                        t.pid,
+                        tr.mechanism().name()
+                    ),
+                    &[
+                        ("pid", J::N(t.pid as u64)),
+                        ("mechanism", J::S(tr.mechanism().key())),
+                    ],
+                );
+                t.tracker = Some(tr);
+            }
+            Err(why) => self.tracking_off(t, &why)?,
+        }
+        Ok(())
+    }
+
+    /// No re-arming for this program image: the bitmaps alone, as without
+    /// tracking (the next program image tries again).
+    pub(super) fn tracking_off(&mut self, t: &mut Target, why: &str) -> Result<()> {
+        self.report().warn(&format!(
+            "pid {}: no re-arming dirty tracking ({why}); every checkpoint copies every page ever written",
+            t.pid
+        ));
+        self.report().detail(
+            "tracking",
+            "",
+            &[
+                ("pid", J::N(t.pid as u64)),
+                ("mechanism", J::S("none")),
+                ("reason", J::S(why)),
+            ],
+        );
+        t.tracker = None;
+        if let Some(image) = t.image.as_mut() {
+            image.index = None;
+        }
+        self.cfg.flags &= !abi::F_INCREMENTAL;
+        self.push_config()
+    }
+
+    fn acquire_tracker(&mut self, t: &Target, tid: u32) -> std::result::Result<Tracker, String> {
+        use crate::ckpt::dirty::Choice;
+        let soft = matches!(self.opts.dirty, Choice::Auto | Choice::SoftDirty) && self.soft_dirty;
+        if soft {
+            return Ok(Tracker::soft_dirty(t.pid));
+        }
+        if self.opts.dirty == Choice::SoftDirty {
+            return Err("this kernel has no soft-dirty bits (CONFIG_MEM_SOFT_DIRTY)".into());
+        }
+        // The injected userfaultfd() runs in the target: not its own.
+        let sticky = self
+            .probes
+            .state(StateField::GupSticky)
+            .map_err(|e| e.to_string())?;
+        let fd = fetch_userfaultfd(t.pid, tid);
+        self.probes
+            .set_state(StateField::GupSticky, sticky)
+            .map_err(|e| e.to_string())?;
+        Tracker::uffd(t.pid, fd?).map_err(|e| e.to_string())
+    }
+
+    /// What the probes counted of writes bypassing faults (target held).
+    fn window(&self) -> Result<Window> {
+        Ok(Window {
+            gup: self.probes.state(StateField::Gup)?,
+            inflight: self.probes.state(StateField::GupInflight)?,
+            acked: self.probes.state(StateField::GupAcked)?,
+        })
+    }
+
+    /// Whether no write bypassing faults began, or was under way, from
+    /// `pre` (read before a re-arm) until now (after it).
+    fn quiet(&self, pre: Window) -> Result<bool> {
+        let now = self.window()?;
+        Ok(pre.inflight == 0 && now.inflight == 0 && now.gup == pre.gup)
+    }
+
+    /// After a request re-armed `dirty` (all, if `dirty` is `None`): the
+    /// dirty set starts empty again. In a quiet window the scan counted in
+    /// `pre` is acknowledged; otherwise the next request scans again, and if
+    /// `wiped` (the re-arm may have cleared a page written outside the
+    /// dirty set) takes everything.
+    fn settle(
+        &mut self,
+        t: &Target,
+        pre: Window,
+        quiet: bool,
+        dirty: Option<&[u64]>,
+        wiped: bool,
+    ) -> Result<()> {
+        let (pid, image) = (t.pid, self.image_gen()?);
+        match dirty {
+            Some(pages) => self.probes.bitmaps().clear_since(pid, image, pages)?,
+            None => self.probes.bitmaps().clear_since_all(pid, image)?,
+        }
+        self.probes.set_state(StateField::NDirty, 0)?;
+        self.probes.set_state(StateField::DirtySpans, 0)?;
+        if quiet {
+            self.probes.set_state(StateField::GupAcked, pre.gup)?;
+            self.probes.set_state(StateField::Rescan, 0)?;
+            return Ok(());
+        }
+        self.report().detail(
+            "tracking",
+            &format!("pid {pid}: another process wrote into it during the request; the next request scans"),
+            &[("pid", J::N(pid as u64)), ("rescan", J::B(wiped))],
+        );
+        if wiped {
+            self.probes.set_state(StateField::Rescan, 1)?;
+        }
+        Ok(())
+    }
+
+    /// The dirty set can be trusted as a list (not a walk of the bitmaps).
+    fn listed(&self) -> Result<Option<Vec<u64>>> {
+        let p = &self.probes;
+        let n = p.state(StateField::NDirty)?;
+        if p.state(StateField::DirtySpans)? != 0
+            || p.state(StateField::GupSticky)? != 0
+            || p.state(StateField::Rescan)? != 0
+            || p.state(StateField::Untracked)? != 0
+            || n > u64::from(abi::DIRTY_MAX)
+        {
+            return Ok(None);
+        }
+        Ok(Some(p.dirty_list(n)))
+    }
+
+    /// After a checkpoint that took every page (the BPF walk or a user-space
+    /// redo), held: everything tracked is armed, the image indexed.
+    pub(super) fn armed_after_full(&mut self, t: &mut Target, c: &Checkpoint) -> Result<()> {
+        if self.probes.state(StateField::GupSticky)? != 0 {
+            return self.tracking_off(
+                t,
+                "writes into its memory may bypass page faults (io_uring, AIO, O_DIRECT or /proc/PID/mem)",
+            );
+        }
+        if self.probes.state(StateField::Untracked)? != 0 {
+            return self.tracking_off(t, "its writes can no longer be tracked page by page");
+        }
+        self.ensure_tracker(t, c.tid)?;
+        let regions = match (&t.tracker, t.image.as_ref()) {
+            (Some(_), Some(i)) => i.regions.clone(),
+            _ => return Ok(()),
+        };
+        let pre = self.window()?;
+        if let Some(tr) = t.tracker.as_mut() {
+            tr.arm_all(&regions)?;
+        }
+        let quiet = self.quiet(pre)?;
+        // What BPF copied before the target stopped may predate a write by
+        // another of its threads or another process: once armed, read again
+        // (later writes fault, or show in the next scan).
+        let bpf_copied = c.saved > 0 && !c.incremental;
+        if bpf_copied && !(quiet && c.gup == pre.gup && self.single_threaded_at(c)) {
+            self.reread_image(t)?;
+        }
+        let (Some(image), Some(store)) = (t.image.as_mut(), t.store.as_ref()) else {
+            return Ok(());
+        };
+        let mut index = Index {
+            fresh: image.slots,
+            ..Default::default()
+        };
+        for s in 0..image.slots {
+            let a = store.addr(s) & !abi::ADDR_FAILED;
+            if a != 0 {
+                index.by_addr.insert(a, s);
+            }
+        }
+        image.index = Some(index);
+        self.settle(t, pre, quiet, None, true)?;
+        self.top_up_free(t)?;
+        self.publish_incremental(t)
+    }
+
+    /// Whether the config the probe ran under said the target had one thread.
+    fn single_threaded_at(&self, c: &Checkpoint) -> bool {
+        c.version == self.probes.version() && self.cfg.flags & abi::F_SINGLE_THREAD != 0
+    }
+
+    /// Reads every saved page of the image again (the target held).
+    fn reread_image(&mut self, t: &mut Target) -> Result<()> {
+        let mem = Mem::open(t.pid)?;
+        let (Some(image), Some(store)) = (t.image.as_ref(), t.store.as_mut()) else {
+            return Ok(());
+        };
+        for s in 0..image.slots {
+            let a = store.addr(s);
+            if a == 0 || a & abi::ADDR_FAILED != 0 {
+                continue;
+            }
+            mem.read(a, store.pages_mut(s, 1)?)?;
+        }
+        Ok(())
+    }
+
+    /// An incremental checkpoint (target held): the listed dirty pages, and
+    /// those a scan finds written without a fault, re-armed and merged
+    /// into the image. BPF copied the list into the top `c.saved` free
+    /// slots if it could; the rest is read here, after re-arming.
+    pub(super) fn checkpoint_dirty(&mut self, t: &mut Target, c: &Checkpoint) -> Result<Merged> {
+        if c.stale != Stale::No || !self.armed(t) {
+            return Err(Error::new("incremental checkpoint out of step"));
+        }
+        let pre = self.window()?;
+        let n = self.probes.state(StateField::NDirty)?;
+        let listed = self.probes.dirty_list(n);
+        let taken = self.take_free_top(t, c.saved as usize)?;
+        let mut dirty = listed.clone();
+        let regions = t.regions.clone();
+        let tr = t.tracker.as_mut().ok_or_else(|| Error::new("no tracker"))?;
+        let uffd = tr.mechanism() == Mechanism::Uffd;
+        if pre.scan() {
+            dirty.extend(tr.written(&regions)?);
+        }
+        dirty.sort_unstable();
+        dirty.dedup();
+        // A userfaultfd scan protected what it found already (the listed
+        // pages among it).
+        if !(pre.scan() && uffd) {
+            tr.rearm(&dirty)?;
+        }
+        let quiet = self.quiet(pre)?;
+        // BPF's copies stand if nothing could write them before the re-arm.
+        let trusted = quiet && c.gup == pre.gup;
+        let res = Residency::open(t.pid, self.zero_pfn)?;
+        let mem = Mem::open(t.pid)?;
+        let mut m = Merged::default();
+        let mut copied = BTreeSet::new();
+        for (slot, &addr) in taken.into_iter().zip(&listed) {
+            let a = t.store.as_ref().map_or(0, |s| s.addr(slot));
+            if trusted && a == addr {
+                m.bpf += 1;
+                self.place(t, addr, slot)?;
+                copied.insert(addr);
+            } else {
+                self.release_slot(t, slot)?;
+            }
+        }
+        for &addr in dirty.iter().filter(|a| !copied.contains(a)) {
+            self.complete_page(t, &res, &mem, addr, &mut m)?;
+        }
+        // Soft-dirty re-arms the whole process: a page written meanwhile
+        // outside the set may be wiped. A userfaultfd re-arms only the set,
+        // all of which was read after.
+        self.settle(t, pre, quiet, Some(&dirty), !uffd)?;
+        self.top_up_free(t)?;
+        self.publish_incremental(t)?;
+        Ok(m)
+    }
+
+    /// Page `addr` was dirtied and BPF did not copy it: residency decides
+    /// whether it holds data (read it) or is blank now.
+    fn complete_page(
+        &mut self,
+        t: &mut Target,
+        res: &Residency,
+        mem: &Mem,
+        addr: u64,
+        m: &mut Merged,
+    ) -> Result<()> {
+        let Some(kind) = region_kind(t, addr) else {
+            // Not in the image's regions (a scan of a newer table): nothing
+            // of the image is there.
+            return Ok(());
+        };
+        let run = res.runs(addr, addr + PAGE)?.first().copied();
+        let holds_data = run.is_some_and(|r| r.may_hold_data(kind));
+        let guard = run.is_some_and(|r| r.flags & P_GUARD != 0);
+        if guard || !holds_data {
+            self.unplace(t, addr, (!guard).then_some(kind == Kind::File))?;
+            m.blanked += 1;
+            return Ok(());
+        }
+        let slot = self.take_slot(t)?;
+        let store = t
+            .store
+            .as_mut()
+            .ok_or_else(|| Error::new("no page store"))?;
+        match mem.read(addr, store.pages_mut(slot, 1)?) {
+            Ok(()) => {}
+            Err(e) => {
+                self.release_slot(t, slot)?;
+                return Err(e.context(format!("read dirtied page {addr:#x}")));
+            }
+        }
+        store.set_addr(slot, addr)?;
+        m.user += 1;
+        self.place(t, addr, slot)
+    }
+
+    /// The image holds page `addr` in `slot` now (its old slot, if any, is free).
+    fn place(&mut self, t: &mut Target, addr: u64, slot: u64) -> Result<()> {
+        let image = t.image.as_mut().ok_or_else(|| Error::new("no image"))?;
+        let index = image
+            .index
+            .as_mut()
+            .ok_or_else(|| Error::new("no image index"))?;
+        let old = index.by_addr.insert(addr, slot);
+        blank_remove(&mut image.blank, addr);
+        if let Some(old) = old.filter(|&o| o != slot) {
+            self.release_slot(t, old)?;
+        }
+        Ok(())
+    }
+
+    /// The image holds nothing at `addr` now: blank (zero, or the file's
+    /// bytes if `file`) or, `None`, a guard page.
+    fn unplace(&mut self, t: &mut Target, addr: u64, blank: Option<bool>) -> Result<()> {
+        let image = t.image.as_mut().ok_or_else(|| Error::new("no image"))?;
+        let index = image
+            .index
+            .as_mut()
+            .ok_or_else(|| Error::new("no image index"))?;
+        let old = index.by_addr.remove(&addr);
+        if let Some(file) = blank {
+            blank_insert(&mut image.blank, addr, file);
+        }
+        if let Some(old) = old {
+            self.release_slot(t, old)?;
+        }
+        Ok(())
+    }
+
+    /// `slot` holds no page of the image any more: it goes on top of `FREE`.
+    fn release_slot(&mut self, t: &mut Target, slot: u64) -> Result<()> {
+        if let Some(store) = t.store.as_mut() {
+            store.set_addr(slot, 0)?;
+        }
+        let Some(index) = t.image.as_mut().and_then(|i| i.index.as_mut()) else {
+            return Ok(());
+        };
+        if index.free.len() < abi::DIRTY_MAX as usize {
+            index.free.push(slot);
+            let i = index.free.len() - 1;
+            self.probes.set_free(std::iter::once((i, slot)))?;
+        } else {
+            index.spare.push(slot);
+        }
+        Ok(())
+    }
+
+    /// The `n` slots BPF took from the top of `FREE`, in the order it took them.
+    fn take_free_top(&mut self, t: &mut Target, n: usize) -> Result<Vec<u64>> {
+        let index = t
+            .image
+            .as_mut()
+            .and_then(|i| i.index.as_mut())
+            .ok_or_else(|| Error::new("no image index"))?;
+        let keep = index.free.len().saturating_sub(n);
+        let mut taken = index.free.split_off(keep);
+        taken.reverse();
+        Ok(taken)
+    }
+
+    /// A free slot for a page user space reads itself.
+    fn take_slot(&mut self, t: &mut Target) -> Result<u64> {
+        let index = t
+            .image
+            .as_mut()
+            .and_then(|i| i.index.as_mut())
+            .ok_or_else(|| Error::new("no image index"))?;
+        if let Some(s) = index.spare.pop() {
+            return Ok(s);
+        }
+        if let Some(s) = index.free.pop() {
+            return Ok(s);
+        }
+        let fresh = index.fresh;
+        self.ensure_capacity(t, fresh + 1, fresh)?;
+        let index = t
+            .image
+            .as_mut()
+            .and_then(|i| i.index.as_mut())
+            .ok_or_else(|| Error::new("no image index"))?;
+        index.fresh += 1;
+        Ok(fresh)
+    }
+
+    /// Tops `FREE` up with slots never used so far (their stale addresses
+    /// cleared), as far as the store holds them; and tells the probes.
+    fn top_up_free(&mut self, t: &mut Target) -> Result<()> {
+        let (Some(image), Some(store)) = (t.image.as_mut(), t.store.as_mut()) else {
+            return Ok(());
+        };
+        let Some(index) = image.index.as_mut() else {
+            return Ok(());
+        };
+        let mut writes = Vec::new();
+        while index.free.len() < abi::DIRTY_MAX as usize {
+            let slot = match index.spare.pop() {
+                Some(s) => s,
+                None if index.fresh < store.capacity() => {
+                    index.fresh += 1;
+                    store.set_addr(index.fresh - 1, 0)?;
+                    index.fresh - 1
+                }
+                None => break,
+            };
+            index.free.push(slot);
+            writes.push((index.free.len() - 1, slot));
+        }
+        image.slots = index.fresh;
+        self.cfg.nfree = index.free.len() as u64;
+        self.probes.set_free(writes.into_iter())
+    }
+
+    /// Publishes an image updated in place: its extent, its blank ranges,
+    /// and the free slots the probes may fill next.
+    fn publish_incremental(&mut self, t: &mut Target) -> Result<()> {
+        let Some(image) = t.image.as_ref() else {
+            return Ok(());
+        };
+        let rows: Vec<(u64, u64, u64)> = image
+            .blank
+            .iter()
+            .map(|b| (b.start, b.pages, if b.file { abi::R_FILE } else { 0 }))
+            .collect();
+        self.cfg.image_slots = image.slots;
+        self.cfg.nzero =
+            u32::try_from(rows.len()).map_err(|_| Error::new("too many blank ranges"))?;
+        self.cfg.zero_pages = image.blank.iter().map(|b| b.pages).sum();
+        self.set_thread_flag(t.pid);
+        let version = self
+            .probes
+            .publish(&mut self.cfg, |tb| tb.zero_ranges(&rows))?;
+        t.published(version);
+        Ok(())
+    }
+
+    /// `F_SINGLE_THREAD` as the target is now (held, or about to be served).
+    pub(super) fn set_thread_flag(&mut self, pid: i32) {
+        if procfs::thread_count(pid) == Some(1) {
+            self.cfg.flags |= abi::F_SINGLE_THREAD;
+        } else {
+            self.cfg.flags &= !abi::F_SINGLE_THREAD;
+        }
+    }
+
+    /// An incremental restore from user space (the target held): the pages
+    /// dirtied since the checkpoint, saved ones `(slot, addr)` to write back
+    /// and blank ones to blank. `None` when the dirty set is not known as a
+    /// list: then everything is restored.
+    pub(super) fn restore_dirty(
+        &mut self,
+        t: &mut Target,
+        image: &Image,
+        partial: bool,
+    ) -> Result<Option<RestoredDirty>> {
+        let Some(index) = image.index.as_ref() else {
+            return Ok(None);
+        };
+        if partial || t.tracker.is_none() {
+            return Ok(None);
+        }
+        let Some(mut dirty) = self.listed()? else {
+            return Ok(None);
+        };
+        let pre = self.window()?;
+        if pre.scan()
+            && let Some(tr) = t.tracker.as_mut()
+        {
+            dirty.extend(tr.written(&t.regions.clone())?);
+        }
+        dirty.sort_unstable();
+        dirty.dedup();
+        let mut saved: Vec<(u64, u64)> = Vec::new();
+        let mut blank: Vec<(u64, bool)> = Vec::new();
+        for &a in &dirty {
+            if let Some(&slot) = index.by_addr.get(&a) {
+                saved.push((slot, a));
+            } else if let Some(file) = blank_contains(&image.blank, a) {
+                blank.push((a, file));
+            }
+        }
+        Ok(Some(RestoredDirty {
+            dirty,
+            saved,
+            blank,
+            pre,
+        }))
+    }
+
+    /// After an incremental restore wrote `d.dirty`: clean again. A write
+    /// from elsewhere overlapping it may have landed after ours and been
+    /// re-armed away: then everything, next time.
+    pub(super) fn rearm_after_restore(&mut self, t: &mut Target, d: &RestoredDirty) -> Result<()> {
+        if let Some(tr) = t.tracker.as_mut() {
+            tr.rearm(&d.dirty)?;
+        }
+        let quiet = self.quiet(d.pre)?;
+        self.settle(t, d.pre, quiet, Some(&d.dirty), true)
+    }
+
+    /// After a restore that wrote every saved page and blanked every blank
+    /// page that held data (the target held; `pre` read before it began):
+    /// all clean again.
+    pub(super) fn rearm_after_full_restore(
+        &mut self,
+        t: &mut Target,
+        image: &Image,
+        pre: Window,
+    ) -> Result<()> {
+        let Some(tr) = t.tracker.as_mut() else {
+            return Ok(());
+        };
+        tr.arm_all(&image.regions)?;
+        let quiet = self.quiet(pre)?;
+        self.settle(t, pre, quiet, None, true)
+    }
+
+    /// The counts at the start of a held request, for `rearm_after_full_restore`.
+    pub(super) fn window_now(&self) -> Result<Window> {
+        self.window()
+    }
+}
+
+/// The pages an incremental restore writes: saved ones `(slot, addr)`, and
+/// blank ones `(addr, file)` to zero or read back.
+pub(super) struct RestoredDirty {
+    pub dirty: Vec<u64>,
+    pub saved: Vec<(u64, u64)>,
+    pub blank: Vec<(u64, bool)>,
+    pre: Window,
+}
+
+fn region_kind(t: &Target, addr: u64) -> Option<Kind> {
+    let i = t.regions.partition_point(|r| r.end <= addr);
+    t.regions
+        .get(i)
+        .filter(|r| r.contains(addr))
+        .map(|r| r.kind)
+}
+
+/// Why the target's memory may already be written without faults, from its
+/// open descriptors (set up before the probes could see it).
+fn bypassing_fds(pid: i32) -> Option<String> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    for e in dir.flatten() {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy();
+        let why = match &*link {
+            "anon_inode:[io_uring]" => "it has an io_uring",
+            "anon_inode:[aio]" | "[aio]" => "it has an AIO context",
+            "anon_inode:[userfaultfd]" => "it has a userfaultfd of its own",
+            _ => continue,
+        };
+        return Some(format!(
+            "{why}: writes into its memory may bypass page faults"
+        ));
+    }
+    None
+}
+
+/// A userfaultfd created in the target, fetched into bpfckpt.
+fn fetch_userfaultfd(_pid: i32, _tid: u32) -> std::result::Result<std::os::fd::OwnedFd, String> {
+    Err("creating a userfaultfd in the target needs system call injection".into())
+}
