@@ -7,6 +7,7 @@ pub mod demo;
 pub mod engine;
 pub mod events;
 pub mod gate;
+pub mod inject;
 pub mod markers;
 pub mod memio;
 pub mod probes;
