@@ -72,6 +72,34 @@ enum Cmd {
     },
     #[command(hide = true, name = "__watchdog")]
     Watchdog,
+    /// Hidden, for tests: inject a system call into a process and print
+    /// each step; `--pause-after STEP` waits there for ever (to be killed).
+    #[command(hide = true, name = "__inject-selftest")]
+    InjectSelftest {
+        #[arg(long)]
+        pid: i32,
+        #[arg(long)]
+        tid: Option<i32>,
+        /// getpid, or uffd (a userfaultfd fetched into bpfckpt).
+        #[arg(long, default_value = "getpid")]
+        call: String,
+        /// uffd: register ADDR:LEN (hex) of the target for write-protect.
+        #[arg(long, value_parser = parse_range)]
+        register: Option<(u64, u64)>,
+        /// stopped, seized, saved, changed, stepped or restored.
+        #[arg(long, value_parser = parse_step)]
+        pause_after: Option<bpfckpt::ckpt::inject::Step>,
+        /// Write the syscall instruction into the text even where one
+        /// could be borrowed.
+        #[arg(long)]
+        force_poke: bool,
+        /// Without the watchdog that undoes the injection if this dies.
+        #[arg(long)]
+        no_watchdog: bool,
+        /// uffd: keep the userfaultfd until standard input ends.
+        #[arg(long)]
+        hold: bool,
+    },
     #[command(hide = true, name = "__demo-target")]
     DemoTarget {
         #[arg(long)]
@@ -210,6 +238,27 @@ fn run(cli: Cli) -> bpfckpt::Result<ExitCode> {
             &fifo, parent, &command,
         ))),
         Cmd::Watchdog => Ok(ExitCode::from(bpfckpt::ckpt::watchdog::watchdog_main())),
+        Cmd::InjectSelftest {
+            pid,
+            tid,
+            call,
+            register,
+            pause_after,
+            force_poke,
+            no_watchdog,
+            hold,
+        } => Ok(ExitCode::from(bpfckpt::ckpt::inject::selftest_main(
+            &bpfckpt::ckpt::inject::SelftestArgs {
+                pid,
+                tid,
+                call,
+                register,
+                pause_after,
+                force_poke,
+                watchdog: !no_watchdog,
+                hold,
+            },
+        ))),
         Cmd::DemoTarget { cycles, dir } => Ok(ExitCode::from(demo::target(cycles, &dir))),
         Cmd::Run { common, command } => {
             let mut engine = Engine::new(common.options())?;
@@ -284,6 +333,17 @@ fn run(cli: Cli) -> bpfckpt::Result<ExitCode> {
             }
         }
     }
+}
+
+fn parse_step(s: &str) -> Result<bpfckpt::ckpt::inject::Step, String> {
+    bpfckpt::ckpt::inject::Step::parse(s).ok_or_else(|| format!("no step `{s}`"))
+}
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let hex =
+        |v: &str| u64::from_str_radix(v.trim_start_matches("0x"), 16).map_err(|e| e.to_string());
+    let (a, l) = s.split_once(':').ok_or("expected ADDR:LEN")?;
+    Ok((hex(a)?, hex(l)?))
 }
 
 fn serve_command(engine: &mut Engine, command: &[String]) -> bpfckpt::Result<Outcome> {

@@ -112,7 +112,7 @@ impl Tracker {
 
     /// A tracker over `uffd`, a userfaultfd created in the target.
     pub fn uffd(pid: i32, uffd: OwnedFd) -> Result<Self> {
-        crate::os::uffd_api(
+        crate::os::uffdio_api(
             uffd.as_fd(),
             crate::os::UFFD_FEATURE_WP_ASYNC | crate::os::UFFD_FEATURE_WP_UNPOPULATED,
         )
@@ -140,7 +140,7 @@ impl Tracker {
                 let mut registered = Vec::with_capacity(regions.len());
                 for r in regions.iter().filter(|r| r.tracked) {
                     if !self.registered.contains(&(r.start, r.end)) {
-                        crate::os::uffd_register_wp(fd, r.start, r.end - r.start).map_err(|e| {
+                        crate::os::uffdio_register(fd, r.start, r.end - r.start, crate::os::UFFDIO_REGISTER_MODE_WP).map_err(|e| {
                             e.context(format!(
                                 "register {:#x}-{:#x} for write protection",
                                 r.start, r.end

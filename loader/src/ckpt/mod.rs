@@ -8,6 +8,7 @@ pub mod dirty;
 pub mod engine;
 pub mod events;
 pub mod gate;
+pub mod inject;
 pub mod markers;
 pub mod memio;
 pub mod probes;

@@ -18,8 +18,28 @@
 //!                bpfckpt has learnt their pid (`watch` waiting)
 //! ```
 //!
+//! and, around a system call injected into a target (`ckpt/inject.rs`),
+//! the lines of `inject::Note`:
+//!
+//! ```text
+//! hold PID                 PID was stopped for an injection (continue it)
+//! inject PID TID ...       TID's registers, signal mask and text word
+//!                          before the injection (sent before any changes)
+//! call TID NR FD           system call NR is about to run in TID (FD 1: it
+//!                          makes a descriptor the target must not keep)
+//! owns TID FD              the target holds FD from the injection (-1: none)
+//! injected TID             TID is back as it was and detached
+//! release PID              PID runs again
+//! ```
+//!
 //! When the pipe reaches end-of-file, bpfckpt has exited, however it died.
-//! The watchdog then sends SIGCONT to the process it was serving whenever
+//! First it undoes every injection still open: the kernel detached the
+//! thread from the dead tracer and, the process being group-stopped, the
+//! thread went back into the group stop without running; the watchdog
+//! seizes it, closes a descriptor the injection left, puts registers, mask
+//! and text back and detaches (`inject::recover`), then continues each
+//! process held for an injection. Only then, since a SIGCONT before would
+//! let a thread run with the injection's registers, the watchdog sends SIGCONT to the process it was serving whenever
 //! that process is stopped during a grace period of a few seconds (through a
 //! pidfd taken when the `serve` line arrived, so a reused pid is never
 //! signalled): the kernel detaches bpfckpt's probes only as it closes its
@@ -34,6 +54,7 @@
 //! The helper holds no BPF object: the descriptors bpfckpt owns are all
 //! close-on-exec, and the pipe's write end too, so no target inherits it.
 
+use super::inject::{self, Note, Pending};
 use super::procfs;
 use crate::{Error, Result};
 use nix::sys::signal::Signal;
@@ -84,7 +105,7 @@ impl Watchdog {
         self.stdin.is_some()
     }
 
-    fn send(&mut self, line: &str) {
+    fn send(&mut self, line: &str) -> bool {
         let ok = self.stdin.as_mut().is_some_and(|s| {
             s.write_all(line.as_bytes())
                 .and_then(|()| s.flush())
@@ -94,6 +115,20 @@ impl Watchdog {
             eprintln!(
                 "bpfckpt: warning: the watchdog is gone; a held target would stay stopped if bpfckpt died"
             );
+        }
+        ok
+    }
+
+    /// One line about an injection (`inject::Note::to_line`). An error when
+    /// the watchdog is gone: then the injection must not change anything
+    /// only the watchdog could undo.
+    pub fn note(&mut self, line: &str) -> Result<()> {
+        if self.send(line) {
+            Ok(())
+        } else {
+            Err(Error::new(
+                "the watchdog is gone: an injection could not be undone if bpfckpt died",
+            ))
         }
     }
 
@@ -138,10 +173,50 @@ struct State {
     /// The target being served and a handle on it (None if it was gone).
     serving: Option<(i32, Option<OwnedFd>)>,
     watch_comm: Option<String>,
+    /// Processes stopped for an injection, with a handle on each.
+    held: Vec<(i32, Option<OwnedFd>)>,
+    /// Injections not over yet.
+    injections: Vec<Pending>,
 }
 
 impl State {
+    fn injection(&mut self, tid: i32) -> Option<&mut Pending> {
+        self.injections.iter_mut().find(|p| p.saved.tid == tid)
+    }
+
+    fn note(&mut self, n: Note) {
+        match n {
+            Note::Hold(pid) => {
+                self.held.retain(|h| h.0 != pid);
+                self.held.push((pid, crate::os::pidfd_open(pid).ok()));
+            }
+            Note::Release(pid) => self.held.retain(|h| h.0 != pid),
+            Note::Inject(saved) => {
+                self.injections.retain(|p| p.saved.tid != saved.tid);
+                self.injections.push(Pending {
+                    saved: *saved,
+                    call: None,
+                    owned_fd: None,
+                });
+            }
+            Note::Call { tid, nr, makes_fd } => {
+                if let Some(p) = self.injection(tid) {
+                    p.call = Some((nr, makes_fd));
+                }
+            }
+            Note::Owns { tid, fd } => {
+                if let Some(p) = self.injection(tid) {
+                    p.owned_fd = fd;
+                }
+            }
+            Note::Injected(tid) => self.injections.retain(|p| p.saved.tid != tid),
+        }
+    }
+
     fn line(&mut self, line: &str) {
+        if let Some(n) = Note::parse(line) {
+            return self.note(n);
+        }
         let mut words = line.trim_end_matches(['\n', '\r']).splitn(2, ' ');
         match (words.next(), words.next()) {
             (Some("serve"), Some(pid)) => {
@@ -162,6 +237,20 @@ impl State {
 
 fn stopped(pid: i32) -> bool {
     procfs::process_state(pid) == Some('T')
+}
+
+/// The largest `TracerPid` of `pid`'s threads (0: none traced); `None` once
+/// it is gone.
+fn tracer(pid: i32) -> Option<i32> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut max = None;
+    for t in dir.flatten() {
+        let Some(st) = inject::read_status(pid, t.file_name().to_str()?.parse().ok()?) else {
+            continue;
+        };
+        max = max.max(Some(st.tracer));
+    }
+    max
 }
 
 /// Field 22 of `/proc/PID/stat`: start time in clock ticks after boot.
@@ -217,7 +306,41 @@ pub fn watchdog_main() -> u8 {
             Ok(_) => st.line(&buf),
         }
     }
-    // bpfckpt is gone. Its probes may still be attached for a moment (the
+    // bpfckpt is gone. Injections first: a SIGCONT before their registers
+    // are back would run the target with the injection's.
+    for p in &st.injections {
+        match inject::recover(p) {
+            Ok(what) => eprintln!("bpfckpt: watchdog: bpfckpt exited mid-injection; {what}"),
+            Err(e) => eprintln!(
+                "bpfckpt: watchdog: bpfckpt exited mid-injection into thread {} of pid {}; \
+                 putting it back failed: {e}",
+                p.saved.tid, p.saved.pid
+            ),
+        }
+    }
+    for (pid, fd) in &st.held {
+        let Some(fd) = fd else { continue };
+        // A thread bpfckpt had seized shows as traced until the kernel has
+        // detached it, then runs for a moment on its way back into the
+        // group stop: continue the process once it is there.
+        let deadline = Instant::now() + GRACE;
+        while tracer(*pid).is_some_and(|t| t != 0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < deadline {
+            if stopped(*pid) {
+                if crate::os::pidfd_send_signal(fd.as_fd(), Signal::SIGCONT as i32).is_ok() {
+                    eprintln!(
+                        "bpfckpt: watchdog: bpfckpt exited while pid {pid} was stopped for an injection; sent SIGCONT"
+                    );
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    // Its probes may still be attached for a moment (the
     // kernel detaches them as it closes bpfckpt's descriptors, which takes a
     // while), and a probe already running in the target (a long checkpoint
     // copy) may stop it after this point: keep watching for a grace period.
@@ -283,8 +406,51 @@ mod tests {
     }
 
     #[test]
+    fn injection_lines_are_followed() {
+        let mut st = State::default();
+        let me = std::process::id() as i32;
+        st.line(&format!("hold {me}\n"));
+        assert_eq!(st.held.len(), 1);
+        assert!(st.held[0].1.is_some(), "a handle on the held process");
+        let saved = inject::Saved {
+            pid: me,
+            tid: me + 1,
+            regs: crate::os::Regs {
+                rip: 0x1000,
+                ..Default::default()
+            },
+            sigmask: 0,
+            insn: 0x2000,
+            poke: None,
+        };
+        st.line(&Note::Inject(Box::new(saved.clone())).to_line());
+        st.line(&format!("call {} 323 1\n", me + 1));
+        st.line(&format!("owns {} 7\n", me + 1));
+        st.line("call 99999 3 0\n"); // no such injection: ignored
+        assert_eq!(
+            st.injections,
+            vec![Pending {
+                saved: saved.clone(),
+                call: Some((323, true)),
+                owned_fd: Some(7),
+            }]
+        );
+        st.line(&format!("owns {} -1\n", me + 1));
+        assert_eq!(st.injections[0].owned_fd, None);
+        // A new injection into the same thread replaces the old one.
+        st.line(&Note::Inject(Box::new(saved)).to_line());
+        assert_eq!((st.injections.len(), st.injections[0].call), (1, None));
+        st.line(&format!("injected {}\n", me + 1));
+        assert!(st.injections.is_empty());
+        st.line(&format!("release {me}\n"));
+        assert!(st.held.is_empty());
+        assert!(st.serving.is_none(), "injection lines are not `serve`");
+    }
+
+    #[test]
     fn stat_fields() {
         let me = std::process::id() as i32;
+        assert_eq!(tracer(me), Some(0));
         assert!(start_time(me).is_some());
         assert!(comm(me).is_some());
         assert!(procfs::process_state(me).is_some_and(|s| s != 'T'));
