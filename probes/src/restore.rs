@@ -223,6 +223,9 @@ pub unsafe fn restore<const W: bool>(cfg: *mut Config) {
             Done { held: 1, partial: 1, todo: u64::MAX }
         } else if W && flags & F_BPF_WRITE != 0 {
             write_back(cfg, &mut pages, &mut zeros)
+        } else if incremental {
+            // User space restores the dirty set, or everything.
+            Done { held: 1, partial: 0, todo: u64::MAX }
         } else {
             Done { held: 1, partial: 0, todo: list_zero_todo(cfg, &mut zeros) }
         };

@@ -23,6 +23,7 @@ use super::target::{Image, Index, Target, blank_contains, blank_insert, blank_re
 use crate::ckpt::abi;
 use crate::ckpt::dirty::{Mechanism, Tracker};
 use crate::ckpt::events::{Checkpoint, Stale};
+use crate::ckpt::inject;
 use crate::ckpt::memio::Mem;
 use crate::ckpt::probes::StateField;
 use crate::ckpt::procfs;
@@ -30,6 +31,7 @@ use crate::ckpt::procfs::{Kind, P_GUARD, PAGE, Residency};
 use crate::ckpt::report::J;
 use crate::{Error, Result};
 use std::collections::BTreeSet;
+use std::os::fd::OwnedFd;
 
 /// What one incremental checkpoint did.
 #[derive(Default)]
@@ -131,11 +133,24 @@ impl Engine {
             .probes
             .state(StateField::GupSticky)
             .map_err(|e| e.to_string())?;
-        let fd = fetch_userfaultfd(t.pid, tid);
+        let fd = self.fetch_userfaultfd(t.pid, tid);
         self.probes
             .set_state(StateField::GupSticky, sticky)
             .map_err(|e| e.to_string())?;
         Tracker::uffd(t.pid, fd?).map_err(|e| e.to_string())
+    }
+
+    /// A userfaultfd created in the target by injecting
+    /// `userfaultfd(O_CLOEXEC | UFFD_USER_MODE_ONLY)` into thread `tid`
+    /// (held), fetched into bpfckpt; the target's copy is closed again.
+    fn fetch_userfaultfd(&mut self, pid: i32, tid: u32) -> std::result::Result<OwnedFd, String> {
+        let opts = inject::Options {
+            watchdog: Some(&mut self.watchdog),
+            ..Default::default()
+        };
+        let flags = libc::O_CLOEXEC as u64 | inject::UFFD_USER_MODE_ONLY;
+        inject::fetch_new_fd(pid, tid as i32, inject::nr::USERFAULTFD, &[flags], opts)
+            .map_err(|e| e.to_string())
     }
 
     /// What the probes counted of writes bypassing faults (target held).
@@ -634,7 +649,3 @@ fn bypassing_fds(pid: i32) -> Option<String> {
     None
 }
 
-/// A userfaultfd created in the target, fetched into bpfckpt.
-fn fetch_userfaultfd(_pid: i32, _tid: u32) -> std::result::Result<std::os::fd::OwnedFd, String> {
-    Err("creating a userfaultfd in the target needs system call injection".into())
-}
