@@ -176,6 +176,21 @@ pub fn read_status(pid: i32, tid: i32) -> Option<ProcStatus> {
     Some(parse_status(&text))
 }
 
+/// The process thread `tid` belongs to (`tid` itself if that cannot be told).
+fn tgid_of(tid: i32) -> i32 {
+    if tid <= 0 {
+        return tid;
+    }
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
+}
+
 /// Yama's `kernel.yama.ptrace_scope`, `None` without Yama.
 fn yama_scope() -> Option<u32> {
     std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
@@ -814,11 +829,13 @@ impl<'a> Injection<'a> {
         opts: Options<'a>,
     ) -> std::result::Result<Injection<'a>, Refusal> {
         let refuse = |reason| Refusal { pid, tid, reason };
-        let st = match read_status(pid, tid) {
+        let mut st = match read_status(pid, tid) {
             Some(st) => st,
             None if procfs::process_state(pid).is_some() => return Err(refuse(Reason::NotAThread)),
             None => return Err(refuse(Reason::Gone)),
         };
+        // TracerPid names the tracer's thread: name its process.
+        st.tracer = tgid_of(st.tracer);
         let cap = os::effective_caps().is_ok_and(|c| c & CAP_SYS_PTRACE != 0);
         let yama = yama_scope();
         if let Some(r) = precheck(&st, yama, cap) {
@@ -849,7 +866,7 @@ impl<'a> Injection<'a> {
         match os::ptrace_seize(tid, os::PTRACE_O_TRACESYSGOOD) {
             Ok(()) => inj.attached = true,
             Err(e) if e.errno == Some(libc::EPERM) => {
-                let now = read_status(pid, tid).map_or(0, |s| s.tracer);
+                let now = read_status(pid, tid).map_or(0, |s| tgid_of(s.tracer));
                 return Err(refuse(explain_eperm(now, yama, cap)));
             }
             Err(e) if e.errno == Some(libc::ESRCH) => return Err(refuse(Reason::Gone)),
@@ -1357,6 +1374,12 @@ Seccomp_filters:\t1
         assert_eq!(st.tracer, 0);
         assert!(matches!(st.state, 'R' | 'S'), "{st:?}");
         assert!(read_status(me, 1).is_none(), "pid 1 is not our thread");
+        let tid: i32 = std::fs::read_link("/proc/thread-self")
+            .expect("thread-self")
+            .file_name()
+            .and_then(|n| n.to_str()?.parse().ok())
+            .expect("tid");
+        assert_eq!((tgid_of(tid), tgid_of(me), tgid_of(0)), (me, me, 0));
     }
 
     #[test]
