@@ -801,6 +801,20 @@ pub struct Injection<'a> {
     _not_send: PhantomData<*const ()>,
 }
 
+/// Whether some thread of `pid` is in a group stop.
+fn any_thread_stopped(pid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    dir.flatten().any(|t| {
+        t.file_name()
+            .to_str()
+            .and_then(|n| n.parse().ok())
+            .and_then(|tid| read_status(pid, tid))
+            .is_some_and(|st| st.state == 'T')
+    })
+}
+
 fn wait_group_stop(pid: i32, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
@@ -905,11 +919,11 @@ impl<'a> Injection<'a> {
         {
             return Ok(());
         }
-        // Someone's SIGSTOP is on its way: wait for it rather than add ours
-        // (one SIGCONT of ours would undo both).
-        if (st.sig_pnd | st.shd_pnd) & bit(libc::SIGSTOP) != 0
-            && wait_group_stop(pid, Duration::from_secs(1)).is_ok()
-        {
+        // Someone's stop is on its way (a SIGSTOP pending, or some threads
+        // stopped already): wait for it rather than add ours, which our
+        // SIGCONT would undo together with theirs.
+        let coming = (st.sig_pnd | st.shd_pnd) & bit(libc::SIGSTOP) != 0 || any_thread_stopped(pid);
+        if coming && wait_group_stop(pid, Duration::from_secs(1)).is_ok() {
             return Ok(());
         }
         self.note(Note::Hold(pid))?;
