@@ -660,6 +660,36 @@ fn a_traced_target_is_refused_in_one_line() {
     t.wait_ok(2, Duration::from_secs(10));
 }
 
+#[test]
+fn without_cap_sys_ptrace_it_is_refused_before_anything_is_done() {
+    let mut t = Target::start(false);
+    t.wait_ok(1, Duration::from_secs(10));
+    let out = Command::new("setpriv")
+        .args(["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"])
+        .arg(bpfckpt())
+        .args([
+            "__inject-selftest",
+            "--pid",
+            &t.pid.to_string(),
+            "--no-watchdog",
+        ])
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "bpfckpt: cannot inject into pid {}: ptrace refused: bpfckpt lacks CAP_SYS_PTRACE, \
+             which tracing this process needs",
+            t.pid
+        )
+    );
+    assert!(out.stdout.is_empty(), "not even stopped: {:?}", out.stdout);
+    assert_ne!(state(t.pid), 'T');
+    t.wait_ok(2, Duration::from_secs(10));
+}
+
 /// The registers this test writes reach the target, and its self-check
 /// sees them: what makes the other tests' `OK` lines mean something.
 #[test]

@@ -207,7 +207,8 @@ pub enum Reason {
     Traced(i32),
     /// Yama's `ptrace_scope` forbids the attach.
     Yama(u32),
-    /// No CAP_SYS_PTRACE, and the target is not ours to trace.
+    /// No CAP_SYS_PTRACE, and the target is not ours to trace (another
+    /// user, not dumpable, or capabilities we lack).
     NoCapability,
     /// EPERM with CAP_SYS_PTRACE and no Yama to blame.
     Denied,
@@ -239,7 +240,7 @@ impl fmt::Display for Reason {
                 "kernel.yama.ptrace_scope = {s} refuses the attach without CAP_SYS_PTRACE"
             ),
             Reason::NoCapability => f.write_str(
-                "ptrace refused: bpfckpt lacks CAP_SYS_PTRACE and the process is not its own",
+                "ptrace refused: bpfckpt lacks CAP_SYS_PTRACE, which tracing this process needs",
             ),
             Reason::Denied => f.write_str(
                 "ptrace refused (EPERM) although bpfckpt has CAP_SYS_PTRACE (a security module?)",
@@ -856,6 +857,17 @@ impl<'a> Injection<'a> {
             return Err(refuse(r));
         }
         let pidfd = os::pidfd_open(pid).map_err(|_| refuse(Reason::Gone))?;
+        // Before anything is done to the target: pidfd_getfd makes the very
+        // access check of a ptrace attach (credentials, capabilities,
+        // dumpable, Yama, security modules) before it looks the descriptor
+        // up, so a number no process has tells EPERM from access.
+        match os::pidfd_getfd(pidfd.as_fd(), i32::MAX) {
+            Err(e) if e.errno == Some(libc::EPERM) => {
+                return Err(refuse(explain_eperm(st.tracer, yama, cap)));
+            }
+            Err(e) if e.errno == Some(libc::ESRCH) => return Err(refuse(Reason::Gone)),
+            _ => {}
+        }
         let mut inj = Injection {
             t: Tracee {
                 pid,
