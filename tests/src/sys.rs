@@ -230,3 +230,198 @@ pub fn wait_child(pid: i32) -> i32 {
         128 + libc::WTERMSIG(status)
     }
 }
+
+/// The sentinels `reg_kernel` keeps in r15, r14 and ymm15 (xmm15 without
+/// AVX2) for its whole run and returns at `[12..18]`.
+pub const SENTINELS: [u64; 6] = [
+    0x5ea7_1e15_c0de_f00d,
+    0x0123_4567_89ab_cdef,
+    0x1111_2222_3333_4444,
+    0x5555_6666_7777_8888,
+    0x9999_aaaa_bbbb_cccc,
+    0xdddd_eeee_ffff_0001,
+];
+
+/// `iters` rounds of integer, floating-point (SSE2 scalar double) and
+/// vector (AVX2, else SSE2) arithmetic from `seed`, every value in a
+/// register for the whole loop (inline assembly, so in debug builds too):
+/// what a process stopped anywhere in the loop must find again. Returns
+/// the results (`[0..12]`) and the sentinel registers (`[12..18]`).
+pub fn reg_kernel(seed: u64, iters: u64) -> [u64; 18] {
+    let mut out = [0u64; 18];
+    let sentinels = [SENTINELS[2], SENTINELS[3], SENTINELS[4], SENTINELS[5]];
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, just checked.
+        unsafe { reg_kernel_avx2(seed, iters.max(1), &mut out, &sentinels) };
+    } else {
+        reg_kernel_sse2(seed, iters.max(1), &mut out, &sentinels);
+    }
+    out
+}
+
+#[target_feature(enable = "avx2")]
+fn reg_kernel_avx2(seed: u64, iters: u64, out: &mut [u64; 18], sentinels: &[u64; 4]) {
+    // SAFETY: reads 32 bytes of `sentinels` through rsi and writes the 144
+    // bytes of `out` through rdi, both live for the block; every register
+    // it changes is an output or clobbered (clobber_abi covers all vector
+    // registers in full); it needs AVX2, which this function requires.
+    unsafe {
+        std::arch::asm!(
+            "mov r8, rdx",
+            "mov r9, 0x5851f42d4c957f2d",
+            "mov r10, 0x14057b7ef767814f",
+            "xor r11d, r11d",
+            "xor r12d, r12d",
+            "mov r15, 0x5ea71e15c0def00d",
+            "mov r14, 0x0123456789abcdef",
+            "vmovdqu ymm15, [rsi]",
+            "vxorpd xmm0, xmm0, xmm0",
+            "mov rax, 0x3c00000000000000",
+            "vmovq xmm4, rax",
+            "vpxor ymm5, ymm5, ymm5",
+            "vpxor ymm6, ymm6, ymm6",
+            "2:",
+            "imul r8, r9",
+            "add r8, r10",
+            "xor r11, r8",
+            "mov rax, r11",
+            "shr rax, 7",
+            "add r12, rax",
+            "vcvtsi2sd xmm3, xmm3, r8",
+            "vmulsd xmm3, xmm3, xmm4",
+            "vaddsd xmm0, xmm0, xmm3",
+            "vmovq xmm7, r8",
+            "vpbroadcastq ymm7, xmm7",
+            "vpaddq ymm5, ymm5, ymm7",
+            "vpxor ymm6, ymm6, ymm5",
+            "vpermq ymm6, ymm6, 0x39",
+            "dec rcx",
+            "jnz 2b",
+            "mov [rdi], r8",
+            "mov [rdi + 8], r11",
+            "mov [rdi + 16], r12",
+            "vmovq [rdi + 24], xmm0",
+            "vmovdqu [rdi + 32], ymm5",
+            "vmovdqu [rdi + 64], ymm6",
+            "mov [rdi + 96], r15",
+            "mov [rdi + 104], r14",
+            "vmovdqu [rdi + 112], ymm15",
+            "vzeroupper",
+            in("rdx") seed,
+            inout("rcx") iters => _,
+            in("rdi") out.as_mut_ptr(),
+            in("rsi") sentinels.as_ptr(),
+            out("r12") _,
+            out("r14") _,
+            out("r15") _,
+            clobber_abi("C"),
+        );
+    }
+}
+
+fn reg_kernel_sse2(seed: u64, iters: u64, out: &mut [u64; 18], sentinels: &[u64; 4]) {
+    // SAFETY: as for the AVX2 version, with 16 bytes of `sentinels` read
+    // and 128 bytes of `out` written; SSE2 is part of x86-64.
+    unsafe {
+        std::arch::asm!(
+            "mov r8, rdx",
+            "mov r9, 0x5851f42d4c957f2d",
+            "mov r10, 0x14057b7ef767814f",
+            "xor r11d, r11d",
+            "xor r12d, r12d",
+            "mov r15, 0x5ea71e15c0def00d",
+            "mov r14, 0x0123456789abcdef",
+            "movdqu xmm15, [rsi]",
+            "xorpd xmm0, xmm0",
+            "mov rax, 0x3c00000000000000",
+            "movq xmm4, rax",
+            "pxor xmm5, xmm5",
+            "pxor xmm6, xmm6",
+            "2:",
+            "imul r8, r9",
+            "add r8, r10",
+            "xor r11, r8",
+            "mov rax, r11",
+            "shr rax, 7",
+            "add r12, rax",
+            "cvtsi2sd xmm3, r8",
+            "mulsd xmm3, xmm4",
+            "addsd xmm0, xmm3",
+            "movq xmm7, r8",
+            "punpcklqdq xmm7, xmm7",
+            "paddq xmm5, xmm7",
+            "pxor xmm6, xmm5",
+            "pshufd xmm6, xmm6, 0x4e",
+            "dec rcx",
+            "jnz 2b",
+            "mov [rdi], r8",
+            "mov [rdi + 8], r11",
+            "mov [rdi + 16], r12",
+            "movq [rdi + 24], xmm0",
+            "movdqu [rdi + 32], xmm5",
+            "movdqu [rdi + 64], xmm6",
+            "mov [rdi + 96], r15",
+            "mov [rdi + 104], r14",
+            "movdqu [rdi + 112], xmm15",
+            in("rdx") seed,
+            inout("rcx") iters => _,
+            in("rdi") out.as_mut_ptr(),
+            in("rsi") sentinels.as_ptr(),
+            out("r12") _,
+            out("r14") _,
+            out("r15") _,
+            clobber_abi("C"),
+        );
+    }
+}
+
+/// One `nanosleep`: `Err(errno)` if it returned early (a stop and continue
+/// must not make it: the kernel restarts it).
+pub fn nanosleep(d: std::time::Duration) -> Result<(), i32> {
+    let ts = libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `ts` is a valid timespec that outlives the call; no remainder
+    // is asked for (null).
+    let rc = unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
+static SIGNALS_SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn count_signal(_sig: libc::c_int) {
+    SIGNALS_SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Counts deliveries of `sig` from now on (see `signals_seen`).
+pub fn count_signals(sig: i32) {
+    let handler: extern "C" fn(libc::c_int) = count_signal;
+    // SAFETY: the handler only does an atomic add (async-signal-safe).
+    let old = unsafe { libc::signal(sig, handler as libc::sighandler_t) };
+    assert_ne!(old, libc::SIG_ERR, "signal({sig})");
+}
+
+/// How many signals `count_signals` has seen.
+pub fn signals_seen() -> u64 {
+    SIGNALS_SEEN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Blocks `sig` in the calling thread (and threads it starts later).
+pub fn block_signal(sig: i32) {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use;
+    // both calls only read and write the local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        assert_eq!(
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()),
+            0
+        );
+    }
+}

@@ -176,6 +176,21 @@ pub fn read_status(pid: i32, tid: i32) -> Option<ProcStatus> {
     Some(parse_status(&text))
 }
 
+/// The process thread `tid` belongs to (`tid` itself if that cannot be told).
+fn tgid_of(tid: i32) -> i32 {
+    if tid <= 0 {
+        return tid;
+    }
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
+}
+
 /// Yama's `kernel.yama.ptrace_scope`, `None` without Yama.
 fn yama_scope() -> Option<u32> {
     std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
@@ -192,7 +207,8 @@ pub enum Reason {
     Traced(i32),
     /// Yama's `ptrace_scope` forbids the attach.
     Yama(u32),
-    /// No CAP_SYS_PTRACE, and the target is not ours to trace.
+    /// No CAP_SYS_PTRACE, and the target is not ours to trace (another
+    /// user, not dumpable, or capabilities we lack).
     NoCapability,
     /// EPERM with CAP_SYS_PTRACE and no Yama to blame.
     Denied,
@@ -224,7 +240,7 @@ impl fmt::Display for Reason {
                 "kernel.yama.ptrace_scope = {s} refuses the attach without CAP_SYS_PTRACE"
             ),
             Reason::NoCapability => f.write_str(
-                "ptrace refused: bpfckpt lacks CAP_SYS_PTRACE and the process is not its own",
+                "ptrace refused: bpfckpt lacks CAP_SYS_PTRACE, which tracing this process needs",
             ),
             Reason::Denied => f.write_str(
                 "ptrace refused (EPERM) although bpfckpt has CAP_SYS_PTRACE (a security module?)",
@@ -786,6 +802,20 @@ pub struct Injection<'a> {
     _not_send: PhantomData<*const ()>,
 }
 
+/// Whether some thread of `pid` is in a group stop.
+fn any_thread_stopped(pid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    dir.flatten().any(|t| {
+        t.file_name()
+            .to_str()
+            .and_then(|n| n.parse().ok())
+            .and_then(|tid| read_status(pid, tid))
+            .is_some_and(|st| st.state == 'T')
+    })
+}
+
 fn wait_group_stop(pid: i32, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
     loop {
@@ -814,17 +844,30 @@ impl<'a> Injection<'a> {
         opts: Options<'a>,
     ) -> std::result::Result<Injection<'a>, Refusal> {
         let refuse = |reason| Refusal { pid, tid, reason };
-        let st = match read_status(pid, tid) {
+        let mut st = match read_status(pid, tid) {
             Some(st) => st,
             None if procfs::process_state(pid).is_some() => return Err(refuse(Reason::NotAThread)),
             None => return Err(refuse(Reason::Gone)),
         };
+        // TracerPid names the tracer's thread: name its process.
+        st.tracer = tgid_of(st.tracer);
         let cap = os::effective_caps().is_ok_and(|c| c & CAP_SYS_PTRACE != 0);
         let yama = yama_scope();
         if let Some(r) = precheck(&st, yama, cap) {
             return Err(refuse(r));
         }
         let pidfd = os::pidfd_open(pid).map_err(|_| refuse(Reason::Gone))?;
+        // Before anything is done to the target: pidfd_getfd makes the very
+        // access check of a ptrace attach (credentials, capabilities,
+        // dumpable, Yama, security modules) before it looks the descriptor
+        // up, so a number no process has tells EPERM from access.
+        match os::pidfd_getfd(pidfd.as_fd(), i32::MAX) {
+            Err(e) if e.errno == Some(libc::EPERM) => {
+                return Err(refuse(explain_eperm(st.tracer, yama, cap)));
+            }
+            Err(e) if e.errno == Some(libc::ESRCH) => return Err(refuse(Reason::Gone)),
+            _ => {}
+        }
         let mut inj = Injection {
             t: Tracee {
                 pid,
@@ -849,7 +892,7 @@ impl<'a> Injection<'a> {
         match os::ptrace_seize(tid, os::PTRACE_O_TRACESYSGOOD) {
             Ok(()) => inj.attached = true,
             Err(e) if e.errno == Some(libc::EPERM) => {
-                let now = read_status(pid, tid).map_or(0, |s| s.tracer);
+                let now = read_status(pid, tid).map_or(0, |s| tgid_of(s.tracer));
                 return Err(refuse(explain_eperm(now, yama, cap)));
             }
             Err(e) if e.errno == Some(libc::ESRCH) => return Err(refuse(Reason::Gone)),
@@ -888,11 +931,11 @@ impl<'a> Injection<'a> {
         {
             return Ok(());
         }
-        // Someone's SIGSTOP is on its way: wait for it rather than add ours
-        // (one SIGCONT of ours would undo both).
-        if (st.sig_pnd | st.shd_pnd) & bit(libc::SIGSTOP) != 0
-            && wait_group_stop(pid, Duration::from_secs(1)).is_ok()
-        {
+        // Someone's stop is on its way (a SIGSTOP pending, or some threads
+        // stopped already): wait for it rather than add ours, which our
+        // SIGCONT would undo together with theirs.
+        let coming = (st.sig_pnd | st.shd_pnd) & bit(libc::SIGSTOP) != 0 || any_thread_stopped(pid);
+        if coming && wait_group_stop(pid, Duration::from_secs(1)).is_ok() {
             return Ok(());
         }
         self.note(Note::Hold(pid))?;
@@ -1357,6 +1400,12 @@ Seccomp_filters:\t1
         assert_eq!(st.tracer, 0);
         assert!(matches!(st.state, 'R' | 'S'), "{st:?}");
         assert!(read_status(me, 1).is_none(), "pid 1 is not our thread");
+        let tid: i32 = std::fs::read_link("/proc/thread-self")
+            .expect("thread-self")
+            .file_name()
+            .and_then(|n| n.to_str()?.parse().ok())
+            .expect("tid");
+        assert_eq!((tgid_of(tid), tgid_of(me), tgid_of(0)), (me, me, 0));
     }
 
     #[test]
