@@ -15,7 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-#[allow(dead_code)]
 mod support;
 use support::{bpfckpt, need_root};
 

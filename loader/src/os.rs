@@ -161,14 +161,16 @@ pub fn pagemap_scan_with(
     anyof: u64,
     ret: u64,
 ) -> Result<Scanned> {
-    let mut vec = vec![[0u64; 3]; SCAN_VEC];
+    // No more runs than pages: a small range needs a small buffer.
+    let cap = (end.saturating_sub(start) / 4096).clamp(1, SCAN_VEC as u64) as usize;
+    let mut vec = vec![[0u64; 3]; cap];
     let mut a = PmScanArg {
         size: size_of::<PmScanArg>() as u64,
         flags,
         start,
         end,
         vec: vec.as_mut_ptr() as u64,
-        vec_len: SCAN_VEC as u64,
+        vec_len: cap as u64,
         category_mask: mask,
         category_anyof_mask: anyof,
         return_mask: ret,
@@ -181,7 +183,7 @@ pub fn pagemap_scan_with(
     if r < 0 {
         return Err(Error::sys("PAGEMAP_SCAN", last_errno()));
     }
-    let n = (r as usize).min(SCAN_VEC);
+    let n = (r as usize).min(cap);
     Ok(Scanned {
         regions: vec[..n].iter().map(|e| (e[0], e[1], e[2])).collect(),
         walk_end: a.walk_end,

@@ -140,7 +140,13 @@ impl Tracker {
                 let mut registered = Vec::with_capacity(regions.len());
                 for r in regions.iter().filter(|r| r.tracked) {
                     if !self.registered.contains(&(r.start, r.end)) {
-                        crate::os::uffdio_register(fd, r.start, r.end - r.start, crate::os::UFFDIO_REGISTER_MODE_WP).map_err(|e| {
+                        crate::os::uffdio_register(
+                            fd,
+                            r.start,
+                            r.end - r.start,
+                            crate::os::UFFDIO_REGISTER_MODE_WP,
+                        )
+                        .map_err(|e| {
                             e.context(format!(
                                 "register {:#x}-{:#x} for write protection",
                                 r.start, r.end

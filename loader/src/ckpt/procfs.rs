@@ -284,6 +284,11 @@ pub fn stack_pointers(pid: i32) -> Vec<u64> {
         .collect()
 }
 
+/// The stack pointer of the main thread if it is blocked in the kernel.
+pub fn main_stack_pointer(pid: i32) -> Option<u64> {
+    parse_syscall_sp(&std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?)
+}
+
 /// `nr a1 a2 a3 a4 a5 a6 sp pc`, or `-1 sp pc`, or `running`.
 pub fn parse_syscall_sp(s: &str) -> Option<u64> {
     let f: Vec<&str> = s.split_ascii_whitespace().collect();
@@ -301,6 +306,39 @@ pub fn process_state(pid: i32) -> Option<char> {
     // The command name may contain spaces and parentheses: skip past the last ')'.
     let rest = &s[s.rfind(')')? + 1..];
     rest.trim_start().chars().next()
+}
+
+/// `/proc/PID/stat` kept open and read again at offset 0 (each read
+/// regenerates it): the state letter and thread count of a process held
+/// or about to be, several times per request.
+pub struct StatFile {
+    file: File,
+}
+
+impl StatFile {
+    pub fn open(pid: i32) -> Option<Self> {
+        File::open(format!("/proc/{pid}/stat"))
+            .ok()
+            .map(|file| Self { file })
+    }
+
+    /// `(state, num_threads)`; `None` once the process is gone.
+    pub fn read(&self) -> Option<(char, u64)> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 1024];
+        let n = self.file.read_at(&mut buf, 0).ok()?;
+        parse_stat_state_threads(std::str::from_utf8(&buf[..n]).ok()?)
+    }
+}
+
+/// State letter (field 3) and `num_threads` (field 20) of a stat line.
+pub fn parse_stat_state_threads(s: &str) -> Option<(char, u64)> {
+    // The command name may contain spaces and parentheses: skip past the last ')'.
+    let mut f = s[s.rfind(')')? + 1..].split_ascii_whitespace();
+    let state = f.next()?.chars().next()?;
+    // Fields 4..19 lie between.
+    let threads = f.nth(16)?.parse().ok()?;
+    Some((state, threads))
 }
 
 pub const PM_PRESENT: u64 = 1 << 63;
@@ -369,10 +407,16 @@ impl Run {
     }
 }
 
+/// `/proc/PID/pagemap`, opened.
+pub fn open_pagemap(pid: i32) -> Result<File> {
+    File::open(format!("/proc/{pid}/pagemap"))
+        .map_err(|e| Error::from(e).context(format!("open /proc/{pid}/pagemap")))
+}
+
 /// Which pages of another process exist: `PAGEMAP_SCAN` (Linux 6.7+),
 /// which walks only populated page tables, else `/proc/PID/pagemap`.
 pub struct Residency {
-    pagemap: File,
+    pagemap: std::rc::Rc<File>,
     scan: bool,
     zero_pfn: Option<u64>,
 }
@@ -386,14 +430,20 @@ const SCAN_GUARD: u64 = 1 << 8;
 
 impl Residency {
     pub fn open(pid: i32, zero_pfn: Option<u64>) -> Result<Self> {
-        let pagemap = File::open(format!("/proc/{pid}/pagemap"))
-            .map_err(|e| Error::from(e).context(format!("open /proc/{pid}/pagemap")))?;
-        let scan = crate::os::pagemap_scan_supported(&pagemap);
-        Ok(Self {
+        Ok(Self::over(std::rc::Rc::new(open_pagemap(pid)?), zero_pfn))
+    }
+
+    /// Over an open `/proc/PID/pagemap` (it stays bound to the address
+    /// space it was opened on).
+    pub fn over(pagemap: std::rc::Rc<File>, zero_pfn: Option<u64>) -> Self {
+        // A property of the kernel: asked once.
+        static SCAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let scan = *SCAN.get_or_init(|| crate::os::pagemap_scan_supported(&pagemap));
+        Self {
             pagemap,
             scan,
             zero_pfn,
-        })
+        }
     }
 
     /// The runs of pages in `[start, end)` that exist (present, swapped
@@ -682,6 +732,25 @@ mod tests {
             !f.may_hold_data(Kind::File),
             "an unmodified file page is the file"
         );
+    }
+
+    #[test]
+    fn stat_state_and_threads() {
+        let line = "3657 (bench (x) y) T 3626 3621 1086 0 -1 4194304 14764 0 1 0 3 34 0 0 20 0 7 0 772346 403001344";
+        assert_eq!(parse_stat_state_threads(line), Some(('T', 7)));
+        assert_eq!(parse_stat_state_threads("1 (x) R 0"), None);
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let stat = StatFile::open(child.id() as i32).unwrap();
+        let (state, threads) = stat.read().unwrap();
+        assert!(matches!(state, 'S' | 'R'), "{state}");
+        assert_eq!(threads, 1);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The same open file, read again: the process is gone.
+        assert_eq!(stat.read(), None);
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl Engine {
 
     fn checkpoint(&mut self, t: &mut Target, c: &Checkpoint, held: &mut bool) -> Result<()> {
         if c.incremental {
-            wait_stopped(t.pid)?;
+            wait_stopped(t.pid, t.files.stat.as_ref())?;
             if c.stale == Stale::No && self.armed(t) {
                 let m = self.checkpoint_dirty(t, c)?;
                 t.stats.pages_saved_bpf += m.bpf;
@@ -130,10 +130,10 @@ impl Engine {
             // waits for its marker, so hold it and take the image again.
             let _ = kill(Pid::from_raw(t.pid), Signal::SIGSTOP);
             *held = true;
-            wait_stopped(t.pid)?;
+            wait_stopped(t.pid, t.files.stat.as_ref())?;
             return self.redo(t);
         }
-        wait_stopped(t.pid)?;
+        wait_stopped(t.pid, t.files.stat.as_ref())?;
         if c.stale == Stale::Layout || c.version != self.probes.version() {
             // The table was stale, torn, or replaced since: redo it all
             // from user space, at the same instant (the target is held).

@@ -1,7 +1,7 @@
 //! Holding the target: waiting until a stop the probe sent has taken hold
 //! of every thread, and letting it run on.
 
-use crate::ckpt::procfs;
+use crate::ckpt::procfs::{self, StatFile};
 use crate::{Error, Result};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -15,17 +15,23 @@ pub fn cont(pid: i32) {
 /// The target stops on its way out of the trigger syscall: every thread
 /// (the group stop reaches them one by one), so that none runs while user
 /// space reads or writes its memory.
-pub(crate) fn wait_stopped(pid: i32) -> Result<()> {
+pub(crate) fn wait_stopped(pid: i32, stat: Option<&StatFile>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut spin = 0u32;
     loop {
-        match procfs::process_state(pid) {
-            None | Some('Z') | Some('X') => {
+        let now = match stat {
+            Some(f) => f.read(),
+            None => procfs::process_state(pid).map(|s| (s, 0)),
+        };
+        match now {
+            None | Some(('Z', _)) | Some(('X', _)) => {
                 return Err(Error::new(format!(
                     "pid {pid} exited while held for a request"
                 )));
             }
-            Some('T') | Some('t') if procfs::all_threads_stopped(pid) == Some(true) => {
+            // One thread, stopped: nothing more to ask.
+            Some(('T' | 't', 1)) => return Ok(()),
+            Some(('T' | 't', _)) if procfs::all_threads_stopped(pid) == Some(true) => {
                 return Ok(());
             }
             _ => {}

@@ -26,7 +26,6 @@ use crate::ckpt::events::{Checkpoint, Stale};
 use crate::ckpt::inject;
 use crate::ckpt::memio::Mem;
 use crate::ckpt::probes::StateField;
-use crate::ckpt::procfs;
 use crate::ckpt::procfs::{Kind, P_GUARD, PAGE, Residency};
 use crate::ckpt::report::J;
 use crate::{Error, Result};
@@ -275,7 +274,7 @@ impl Engine {
 
     /// Reads every saved page of the image again (the target held).
     fn reread_image(&mut self, t: &mut Target) -> Result<()> {
-        let mem = Mem::open(t.pid)?;
+        let mem = t.mem()?;
         let (Some(image), Some(store)) = (t.image.as_ref(), t.store.as_mut()) else {
             return Ok(());
         };
@@ -318,8 +317,8 @@ impl Engine {
         let quiet = self.quiet(pre)?;
         // BPF's copies stand if nothing could write them before the re-arm.
         let trusted = quiet && c.gup == pre.gup;
-        let res = Residency::open(t.pid, self.zero_pfn)?;
-        let mem = Mem::open(t.pid)?;
+        let res = t.residency(self.zero_pfn)?;
+        let mem = t.mem()?;
         let mut m = Merged::default();
         let mut copied = BTreeSet::new();
         for (slot, &addr) in taken.into_iter().zip(&listed) {
@@ -334,6 +333,12 @@ impl Engine {
         }
         for &addr in dirty.iter().filter(|a| !copied.contains(a)) {
             self.complete_page(t, &res, &mem, addr, &mut m)?;
+        }
+        // Written without a fault the probes saw: recorded as written, as
+        // every page of the image must be (see write_slots).
+        if dirty.len() > listed.len() {
+            let seen: BTreeSet<u64> = listed.iter().copied().collect();
+            self.mark_written(t.pid, dirty.iter().copied().filter(|a| !seen.contains(a)))?;
         }
         // Soft-dirty re-arms the whole process: a page written meanwhile
         // outside the set may be wiped. A userfaultfd re-arms only the set,
@@ -515,7 +520,7 @@ impl Engine {
         self.cfg.nzero =
             u32::try_from(rows.len()).map_err(|_| Error::new("too many blank ranges"))?;
         self.cfg.zero_pages = image.blank.iter().map(|b| b.pages).sum();
-        self.set_thread_flag(t.pid);
+        self.set_thread_flag(t);
         let version = self
             .probes
             .publish(&mut self.cfg, |tb| tb.zero_ranges(&rows))?;
@@ -524,8 +529,8 @@ impl Engine {
     }
 
     /// `F_SINGLE_THREAD` as the target is now (held, or about to be served).
-    pub(super) fn set_thread_flag(&mut self, pid: i32) {
-        if procfs::thread_count(pid) == Some(1) {
+    pub(super) fn set_thread_flag(&mut self, t: &Target) {
+        if t.threads() == Some(1) {
             self.cfg.flags |= abi::F_SINGLE_THREAD;
         } else {
             self.cfg.flags &= !abi::F_SINGLE_THREAD;
@@ -648,4 +653,3 @@ fn bypassing_fds(pid: i32) -> Option<String> {
     }
     None
 }
-

@@ -99,7 +99,7 @@ impl Engine {
 
     fn restore(&mut self, t: &mut Target, r: &Restore) -> Result<()> {
         if r.held {
-            wait_stopped(t.pid)?;
+            wait_stopped(t.pid, t.files.stat.as_ref())?;
         }
         let Some(image) = t.image.take() else {
             self.report().warn(&format!(
@@ -170,6 +170,9 @@ impl Engine {
         } else {
             None
         };
+        // Kept open for the program image (an exec drops them).
+        let mem = t.mem()?;
+        let res = t.residency(self.zero_pfn)?;
         // The mappings as last read, unless they changed since.
         let fresh;
         let maps = if self.probes.state(StateField::LayoutSeq)? == t.applied_seq {
@@ -183,10 +186,6 @@ impl Engine {
             stacks: self.live_stacks(t),
             image,
         };
-        // Opened per request: /proc/PID/mem stays bound to the mm it was
-        // opened on, and the target may have exec'd since.
-        let mem = Mem::open(t.pid)?;
-        let res = Residency::open(t.pid, self.zero_pfn)?;
         if let Some(d) = dirty {
             // Only what changed since the checkpoint, then clean again.
             let mut done =
@@ -260,8 +259,11 @@ impl Engine {
         }
         done.written = slots.len() as u64 - done.guarded;
         // Writes from user space fault nothing: record them, or the next
-        // checkpoint would take these pages for never written.
-        self.mark_written(pid, slots.iter().map(|&(_, a)| a))?;
+        // checkpoint would take these pages for never written. (An image
+        // kept by dirty tracking has every page recorded when it came in.)
+        if now.image.index.is_none() {
+            self.mark_written(pid, slots.iter().map(|&(_, a)| a))?;
+        }
         Ok(done)
     }
 

@@ -74,6 +74,7 @@ impl Engine {
             store: None,
             image: None,
             tracker: None,
+            files: super::target::ProcFiles::new(pid),
             stats: Stats::default(),
         };
         self.start_serving(pid)?;
@@ -233,8 +234,10 @@ impl Engine {
 
     fn on_exec(&mut self, t: &mut Target) {
         t.layout_dirty = true;
-        // A new address space: the old tracker's protections are gone.
+        // A new address space: the old tracker's protections are gone, and
+        // the files bound to the old one are of no use.
         t.tracker = None;
+        t.files.exec();
         // A checkpoint of the old program must never be written into the
         // new one.
         if t.image.take().is_some() {

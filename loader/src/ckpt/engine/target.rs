@@ -2,12 +2,15 @@
 //! they were published under), its thread stacks, its page store and the
 //! image of its last checkpoint.
 
+use crate::Result;
 use crate::ckpt::dirty::Tracker;
-use crate::ckpt::procfs::{Mapping, PAGE, Region};
+use crate::ckpt::memio::Mem;
+use crate::ckpt::procfs::{self, Mapping, PAGE, Region, Residency, StatFile};
 use crate::ckpt::report::Stats;
 use crate::ckpt::storage::Storage;
 use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::fs::File;
 use std::rc::Rc;
 
 /// Region tables kept for checkpoints that report an older config version.
@@ -39,10 +42,61 @@ pub(crate) struct Target {
     pub image: Option<Image>,
     /// Re-arming dirty tracking, once set up for the current program image.
     pub tracker: Option<Tracker>,
+    /// `/proc/PID` files kept open (see [`ProcFiles`]).
+    pub files: ProcFiles,
     pub stats: Stats,
 }
 
+/// Files of `/proc/PID` kept open while a target is served, instead of
+/// opened at each request: `stat` for good, `mem` and `pagemap` for the
+/// current program image (they stay bound to the address space they were
+/// opened on; an exec drops them).
+pub(crate) struct ProcFiles {
+    pub stat: Option<StatFile>,
+    mem: Option<Rc<Mem>>,
+    pagemap: Option<Rc<File>>,
+}
+
+impl ProcFiles {
+    pub fn new(pid: i32) -> Self {
+        Self {
+            stat: StatFile::open(pid),
+            mem: None,
+            pagemap: None,
+        }
+    }
+
+    /// The program image changed.
+    pub fn exec(&mut self) {
+        self.mem = None;
+        self.pagemap = None;
+    }
+}
+
 impl Target {
+    pub fn mem(&mut self) -> Result<Rc<Mem>> {
+        if self.files.mem.is_none() {
+            self.files.mem = Some(Rc::new(Mem::open(self.pid)?));
+        }
+        Ok(self.files.mem.clone().expect("just opened"))
+    }
+
+    pub fn residency(&mut self, zero_pfn: Option<u64>) -> Result<Residency> {
+        if self.files.pagemap.is_none() {
+            self.files.pagemap = Some(Rc::new(procfs::open_pagemap(self.pid)?));
+        }
+        let pagemap = self.files.pagemap.clone().expect("just opened");
+        Ok(Residency::over(pagemap, zero_pfn))
+    }
+
+    /// Threads of the target now (`None` if unknown).
+    pub fn threads(&self) -> Option<u64> {
+        match &self.files.stat {
+            Some(s) => s.read().map(|(_, n)| n),
+            None => procfs::thread_count(self.pid).map(|n| n as u64),
+        }
+    }
+
     /// Notes that `version` was published with the current region table.
     pub fn published(&mut self, version: u64) {
         if self.history.len() == HISTORY {
