@@ -68,8 +68,9 @@ const PAGE: u64 = 4096;
 const HELP: &str = "\
 usage: cargo xtask bench [--smoke] [--bpfckpt PATH]
 
-Measures bpfckpt (throughput, cycle rate, overhead, startup, size) and
-writes target/bench/latest.json and a dated copy; --smoke runs a quick
+Measures bpfckpt (throughput, cycle rate, cycle rate with few pages
+dirtied against a fork server, overhead, startup, size) and writes
+target/bench/latest.json and a dated copy; --smoke runs a quick
 version that writes target/bench/smoke.json and asserts no timings.
 --bpfckpt measures that engine binary instead of the one just built
 (e.g. another commit's, for an A/B comparison; size and static startup
