@@ -29,7 +29,7 @@ pub struct CycleRun {
 }
 
 impl CycleRun {
-    fn from(line: &Flat) -> Result<Self> {
+    pub fn from(line: &Flat) -> Result<Self> {
         Ok(Self {
             cycles: line.need_u("cycles")?,
             ns: line.need_u("ns")?,
@@ -44,6 +44,11 @@ impl CycleRun {
 
     pub fn avg_us(&self, total: u64) -> Option<f64> {
         (self.cycles > 0).then(|| total as f64 / self.cycles as f64 / 1e3)
+    }
+
+    /// The average cycle's time.
+    pub fn ns_per_cycle(&self) -> Option<f64> {
+        (self.cycles > 0).then(|| self.ns as f64 / self.cycles as f64)
     }
 }
 
@@ -142,7 +147,7 @@ fn create_marker(p: &Path) -> Result<()> {
 /// the target removing the markers requests-first after each restore
 /// (bench_common.rs), so a request still on disk is never answered twice.
 /// Returns the cycles served once the target has exited.
-fn handshake_serve(p: &mut Proc, dir: &Path, until: Instant) -> Result<u64> {
+pub fn handshake_serve(p: &mut Proc, dir: &Path, until: Instant) -> Result<u64> {
     /// What the server waits for next.
     enum St {
         CheckpointRequest,

@@ -32,6 +32,26 @@
 //!                          restore_latency_us_avg},
 //!              bpfckpt: {the same, checkpoint_kernel_us_avg, checkpoints_held,
 //!                        pages_saved, pages_absent, engine_user_us_per_cycle} },
+//!   "dirty": { millis, warmup_cycles, written: ["64MiB", "1GiB"],
+//!              dirtied: ["4KiB", "1MiB"],
+//!              process_vm_writev_page_ns, process_vm_writev_page_ns_median,
+//!              process_vm_writev_reps,
+//!              cost_per_dirty_page_ns: {written: ns},
+//!              cost_per_dirty_page_vs_process_vm_writev: {written: ratio},
+//!              cells: { "64MiB_4KiB": { written_bytes, dirtied_bytes,
+//!                         dirtied_pages, rate, forkserver_rate,
+//!                         handshake_rate, vs_forkserver, vs_handshake,
+//!                         bpfckpt: {cycles, seconds, rate,
+//!                                   checkpoint_latency_us_avg,
+//!                                   restore_latency_us_avg,
+//!                                   pages_saved_median, pages_restored_median,
+//!                                   checkpoints_held, restores_held},
+//!                         forkserver: {cycles, seconds, rate, fork_us_avg,
+//!                                      wait_us_avg},
+//!                         handshake: {cycles, seconds, rate,
+//!                                     checkpoint_latency_us_avg,
+//!                                     restore_latency_us_avg} },
+//!                       "64MiB_1MiB": .., "1GiB_4KiB": .., "1GiB_1MiB": .. } },
 //!   "unrelated_openat_overhead": .., "unrelated_openat_overhead_median": ..,
 //!   "openat": {ops, rounds, alone_ns_per_op, traced_ns_per_op,
 //!              getppid_alone_ns, getppid_traced_ns, getppid_ops,
@@ -57,6 +77,7 @@
 
 use super::Outcome;
 use super::cycle::{CycleResult, CycleRun};
+use super::dirty::{Cell, DirtyResult};
 use super::kmem::MapMem;
 use super::machine::Machine;
 use super::memory::SizeResult;
@@ -144,6 +165,7 @@ struct Report<'a> {
     handshake_rate: Num,
     cycle_rate_vs_handshake: Num,
     cycle: CycleJson,
+    dirty: DirtyJson,
     unrelated_openat_overhead: Num,
     unrelated_openat_overhead_median: Num,
     openat: OpenatJson,
@@ -185,6 +207,7 @@ impl<'a> Report<'a> {
             handshake_rate: Num(out.cycle.handshake.rate()),
             cycle_rate_vs_handshake: Num(out.cycle.ratio()),
             cycle: CycleJson::new(&out.cycle, out.plan.cycle_millis),
+            dirty: DirtyJson::from(&out.dirty),
             unrelated_openat_overhead: Num(out.openat.overhead().best),
             unrelated_openat_overhead_median: Num(out.openat.overhead().median),
             openat: OpenatJson::from(&out.openat),
@@ -356,6 +379,119 @@ impl CycleJson {
     }
 }
 
+/// The dirty-page matrix: per written size, then per cell.
+#[derive(Serialize)]
+struct DirtyJson {
+    millis: u64,
+    warmup_cycles: u32,
+    written: Vec<&'static str>,
+    dirtied: Vec<&'static str>,
+    process_vm_writev_page_ns: Num,
+    process_vm_writev_page_ns_median: Num,
+    process_vm_writev_reps: u32,
+    cost_per_dirty_page_ns: Keyed<Num>,
+    cost_per_dirty_page_vs_process_vm_writev: Keyed<Num>,
+    cells: Keyed<DirtyCellJson>,
+}
+
+#[derive(Serialize)]
+struct DirtyCellJson {
+    written_bytes: u64,
+    dirtied_bytes: u64,
+    dirtied_pages: u64,
+    rate: Num,
+    forkserver_rate: Num,
+    handshake_rate: Num,
+    vs_forkserver: Num,
+    vs_handshake: Num,
+    bpfckpt: DirtyEngineJson,
+    forkserver: ForkServerJson,
+    handshake: CycleRunJson,
+}
+
+#[derive(Serialize)]
+struct DirtyEngineJson {
+    #[serde(flatten)]
+    run: CycleRunJson,
+    pages_saved_median: Num,
+    pages_restored_median: Num,
+    checkpoints_held: u64,
+    restores_held: u64,
+}
+
+/// The fork server's cycle: the parent's `fork()` and `waitpid()`.
+#[derive(Serialize)]
+struct ForkServerJson {
+    cycles: u64,
+    seconds: Num,
+    rate: Num,
+    fork_us_avg: Num,
+    wait_us_avg: Num,
+}
+
+impl From<&DirtyResult> for DirtyJson {
+    fn from(d: &DirtyResult) -> Self {
+        let per_written = |f: fn(&DirtyResult, &str) -> Option<f64>| {
+            Keyed(
+                d.written()
+                    .into_iter()
+                    .map(|w| (w.to_string(), Num(f(d, w))))
+                    .collect(),
+            )
+        };
+        Self {
+            millis: d.millis,
+            warmup_cycles: d.warmup,
+            written: d.written(),
+            dirtied: d.dirtied(),
+            process_vm_writev_page_ns: Num(d.pvw_page_ns.best),
+            process_vm_writev_page_ns_median: Num(d.pvw_page_ns.median),
+            process_vm_writev_reps: d.pvw_reps,
+            cost_per_dirty_page_ns: per_written(DirtyResult::cost_per_dirty_page_ns),
+            cost_per_dirty_page_vs_process_vm_writev: per_written(
+                DirtyResult::cost_vs_process_vm_writev,
+            ),
+            cells: Keyed(
+                d.cells
+                    .iter()
+                    .map(|c| (c.label(), DirtyCellJson::from(c)))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl From<&Cell> for DirtyCellJson {
+    fn from(c: &Cell) -> Self {
+        let f = &c.forkserver;
+        Self {
+            written_bytes: c.written_bytes,
+            dirtied_bytes: c.dirtied_bytes,
+            dirtied_pages: c.pages(),
+            rate: Num(c.bpfckpt.rate()),
+            forkserver_rate: Num(f.rate()),
+            handshake_rate: Num(c.handshake.rate()),
+            vs_forkserver: Num(c.vs_forkserver()),
+            vs_handshake: Num(c.vs_handshake()),
+            bpfckpt: DirtyEngineJson {
+                run: CycleRunJson::from(&c.bpfckpt),
+                pages_saved_median: Num(c.pages_saved),
+                pages_restored_median: Num(c.pages_restored),
+                checkpoints_held: c.checkpoints_held,
+                restores_held: c.restores_held,
+            },
+            forkserver: ForkServerJson {
+                cycles: f.cycles,
+                seconds: num(f.ns as f64 / 1e9),
+                rate: Num(f.rate()),
+                fork_us_avg: Num(f.avg_us(f.ckpt_ns)),
+                wait_us_avg: Num(f.avg_us(f.restore_ns)),
+            },
+            handshake: CycleRunJson::from(&c.handshake),
+        }
+    }
+}
+
 /// ns per operation alone and while bpfckpt serves, for openat and the two
 /// controls (whose counts are multiples of `ops`): the best (lowest) of the
 /// rounds and their median.
@@ -507,6 +643,23 @@ mod tests {
                 ..Default::default()
             }],
             cycle: CycleResult::default(),
+            dirty: DirtyResult {
+                millis: 250,
+                cells: vec![Cell {
+                    written: "16MiB",
+                    written_bytes: 16 << 20,
+                    dirtied: "4KiB",
+                    dirtied_bytes: 4096,
+                    bpfckpt: CycleRun {
+                        cycles: 4,
+                        ns: 2_000_000,
+                        ckpt_ns: 400_000,
+                        restore_ns: 800_000,
+                    },
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
             openat: OpenatResult {
                 ops: 10,
                 ..Default::default()
@@ -540,6 +693,7 @@ mod tests {
             "handshake_rate",
             "cycle_rate_vs_handshake",
             "cycle",
+            "dirty",
             "unrelated_openat_overhead",
             "unrelated_openat_overhead_median",
             "openat",
@@ -563,6 +717,41 @@ mod tests {
         assert_eq!(v["cycle"]["bpfckpt"]["rate"], serde_json::Value::Null);
         assert_eq!(v["cycle"]["bpfckpt"]["cycles"], 0);
         assert_eq!(v["openat"]["getppid_ops"], 50);
+        let d = &v["dirty"];
+        // serde_json's Value sorts keys: read the order from the text.
+        let dirty = serde_json::to_string_pretty(&DirtyJson::from(&out.dirty)).unwrap();
+        let keys: Vec<&str> = dirty
+            .lines()
+            .filter_map(|l| l.strip_prefix("  \"")?.split_once('"').map(|(k, _)| k))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "millis",
+                "warmup_cycles",
+                "written",
+                "dirtied",
+                "process_vm_writev_page_ns",
+                "process_vm_writev_page_ns_median",
+                "process_vm_writev_reps",
+                "cost_per_dirty_page_ns",
+                "cost_per_dirty_page_vs_process_vm_writev",
+                "cells",
+            ]
+        );
+        let cell = &d["cells"]["16MiB_4KiB"];
+        assert_eq!(cell["rate"], 2000);
+        assert_eq!(cell["bpfckpt"]["checkpoint_latency_us_avg"], 100);
+        assert_eq!(cell["bpfckpt"]["restore_latency_us_avg"], 200);
+        assert_eq!(cell["dirtied_pages"], 1);
+        assert_eq!(cell["vs_forkserver"], serde_json::Value::Null);
+        assert_eq!(cell["forkserver"]["cycles"], 0);
+        assert_eq!(d["written"][0], "16MiB");
+        // One dirtied size: no cost per page to tell.
+        assert_eq!(
+            d["cost_per_dirty_page_ns"]["16MiB"],
+            serde_json::Value::Null
+        );
         assert_eq!(v["machine"]["loadavg_end"], "");
         assert_eq!(v["step_seconds"].as_object().unwrap().len(), 1);
         assert_eq!(v["targets"][0]["metric"], "16MiB.checkpoint_e2e_vs_memcpy");

@@ -9,8 +9,10 @@
 //! measures another engine binary (A/B comparisons).
 //!
 //! The run is a sequence of named steps, each timed (see [`steps`]): build,
-//! [`memory`] throughput per size, [`cycle`] rate, [`openat`] overhead and
-//! [`startup`]; each module says what it measures and how. From the results
+//! [`memory`] throughput per size, [`cycle`] rate, the cycle rate with a
+//! few pages [`dirty`] per cycle of a large written area (against a fork
+//! server and the handshake ceiling), [`openat`] overhead and [`startup`];
+//! each module says what it measures and how. From the results
 //! come the [`targets`] (the performance bar), the [`json`] report and the
 //! printed [`table`]. Checkpoint and restore throughputs are headlined as
 //! the target sees them (its trigger `openat` until it sees the completion
@@ -30,6 +32,7 @@
 //! restore, unparsable output, timeout) does.
 
 mod cycle;
+mod dirty;
 mod events;
 mod json;
 mod kmem;
@@ -47,6 +50,7 @@ mod time;
 use crate::toolchain::MUSL;
 use crate::util::{self, Ctx, Result};
 use cycle::CycleResult;
+use dirty::{DirtyPlan, DirtyResult};
 use machine::Machine;
 use memory::SizeResult;
 use openat::OpenatResult;
@@ -64,8 +68,9 @@ const PAGE: u64 = 4096;
 const HELP: &str = "\
 usage: cargo xtask bench [--smoke] [--bpfckpt PATH]
 
-Measures bpfckpt (throughput, cycle rate, overhead, startup, size) and
-writes target/bench/latest.json and a dated copy; --smoke runs a quick
+Measures bpfckpt (throughput, cycle rate, cycle rate with few pages
+dirtied against a fork server, overhead, startup, size) and writes
+target/bench/latest.json and a dated copy; --smoke runs a quick
 version that writes target/bench/smoke.json and asserts no timings.
 --bpfckpt measures that engine binary instead of the one just built
 (e.g. another commit's, for an A/B comparison; size and static startup
@@ -89,6 +94,7 @@ struct Plan {
     cycle_warmup: u32,
     cycle_millis: u64,
     cycle_min: u64,
+    dirty: DirtyPlan,
     openat_ops: u64,
     openat_rounds: u32,
     startup_tries: u32,
@@ -117,6 +123,7 @@ impl Plan {
             cycle_warmup: 2,
             cycle_millis: 3000,
             cycle_min: 5,
+            dirty: DirtyPlan::full(),
             openat_ops: 200_000,
             openat_rounds: 3,
             startup_tries: 5,
@@ -137,6 +144,7 @@ impl Plan {
             cycle_warmup: 1,
             cycle_millis: 300,
             cycle_min: 2,
+            dirty: DirtyPlan::smoke(),
             openat_ops: 20_000,
             openat_rounds: 1,
             startup_tries: 2,
@@ -173,6 +181,7 @@ struct Outcome {
     machine: Machine,
     sizes: Vec<SizeResult>,
     cycle: CycleResult,
+    dirty: DirtyResult,
     openat: OpenatResult,
     startup: Fig,
     startup_static: Fig,
@@ -328,6 +337,7 @@ fn measure(
     let cycle = step(&mut steps, "bench: cycle rate", "cycle rate", || {
         cycle::cycle_bench(&bins, &plan).map_err(|e| format!("bench (cycle rate): {e}"))
     })?;
+    let dirty = dirty::dirty_bench(&bins, &plan.dirty, &mut steps)?;
     let openat = step(
         &mut steps,
         "bench: unrelated openat overhead",
@@ -361,6 +371,7 @@ fn measure(
         steps,
         sizes,
         cycle,
+        dirty,
         openat,
         startup,
         startup_static,

@@ -4,6 +4,7 @@
 //! repetition under `value` (what a target judges) and the median of the
 //! same repetitions under `median`; a figure measured once has no median.
 
+use super::dirty::DirtyResult;
 use super::kmem;
 use super::openat::{CALLS, OPENAT};
 use super::stats::{Fig, median};
@@ -155,6 +156,7 @@ fn other_rows(t: &mut Rows<'_>, out: &Outcome) {
     t.row("cycle_rate", c.bpfckpt.rate(), "cycles/s");
     t.row("handshake_rate", c.handshake.rate(), "cycles/s");
     t.row("cycle_rate_vs_handshake", c.ratio(), "ratio");
+    dirty_rows(t, &out.dirty);
     t.fig("openat alone", o.alone[OPENAT], "ns/op");
     t.fig("openat while bpfckpt serves", o.traced[OPENAT], "ns/op");
     t.fig("unrelated_openat_overhead", o.overhead(), "fraction");
@@ -173,6 +175,75 @@ fn other_rows(t: &mut Rows<'_>, out: &Outcome) {
         out.kernel_bytes_per_saved_byte(),
         "ratio",
     );
+}
+
+/// Per cell: bpfckpt's rate, its baselines' and the ratios judged; per
+/// written size: the cost of a dirty page; then `process_vm_writev`'s.
+fn dirty_rows(t: &mut Rows<'_>, d: &DirtyResult) {
+    for c in &d.cells {
+        let l = c.label();
+        t.row(&format!("dirty.{l}.rate"), c.bpfckpt.rate(), "cycles/s");
+        t.row(
+            &format!("  dirty.{l}.forkserver_rate"),
+            c.forkserver.rate(),
+            "cycles/s",
+        );
+        t.row(
+            &format!("  dirty.{l}.handshake_rate"),
+            c.handshake.rate(),
+            "cycles/s",
+        );
+        t.row(
+            &format!("dirty.{l}.vs_forkserver"),
+            c.vs_forkserver(),
+            "ratio",
+        );
+        t.row(
+            &format!("dirty.{l}.vs_handshake"),
+            c.vs_handshake(),
+            "ratio",
+        );
+    }
+    for w in d.written() {
+        t.row(
+            &format!("dirty.{w}.cost_per_dirty_page_ns"),
+            d.cost_per_dirty_page_ns(w),
+            "ns",
+        );
+        t.row(
+            &format!("  dirty.{w}.cost_vs_process_vm_writev"),
+            d.cost_vs_process_vm_writev(w),
+            "ratio",
+        );
+    }
+    if !d.cells.is_empty() {
+        t.fig("process_vm_writev_page_ns", d.pvw_page_ns, "ns");
+    }
+}
+
+/// One line per cell: the latencies and pages behind its rates.
+fn dirty_details(s: &mut String, d: &DirtyResult) {
+    for c in &d.cells {
+        let (b, f, h) = (&c.bpfckpt, &c.forkserver, &c.handshake);
+        let _ = writeln!(
+            s,
+            "dirty {}: bpfckpt {} cycles: checkpoint {} us avg, restore {} us avg seen by the target, \
+             medians {} pages saved / {} restored, {} checkpoints and {} restores held; \
+             fork server {} cycles: fork {} us, wait {} us; handshake {} cycles",
+            c.label(),
+            b.cycles,
+            fmt_num(b.avg_us(b.ckpt_ns)),
+            fmt_num(b.avg_us(b.restore_ns)),
+            fmt_num(c.pages_saved),
+            fmt_num(c.pages_restored),
+            c.checkpoints_held,
+            c.restores_held,
+            f.cycles,
+            fmt_num(f.avg_us(f.ckpt_ns)),
+            fmt_num(f.avg_us(f.restore_ns)),
+            h.cycles,
+        );
+    }
 }
 
 /// The kernel memory of bpfckpt's maps in the run that gives
@@ -244,6 +315,7 @@ fn details(s: &mut String, out: &Outcome) {
         fmt_num(c.handshake.avg_us(c.handshake.ckpt_ns)),
         fmt_num(c.handshake.avg_us(c.handshake.restore_ns)),
     );
+    dirty_details(s, &out.dirty);
     let steps: Vec<String> = out
         .steps
         .iter()

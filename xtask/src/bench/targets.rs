@@ -1,9 +1,37 @@
 //! The performance bar: each target metric, its bar, and whether the run
 //! met it. A timing is judged by its best repetition (its median is
 //! reported beside it); the checkpoint by its throughput as the target
-//! sees it (`checkpoint_e2e_vs_memcpy`), not by the BPF copy alone.
+//! sees it (`checkpoint_e2e_vs_memcpy`), not by the BPF copy alone. The
+//! dirty-page goals apply to the cells the run measured (the full run's;
+//! the smoke's sizes have none).
 
 use super::Outcome;
+use super::dirty::DirtyResult;
+
+/// The dirty-page goals: (written, dirtied, ratio, bar). A cycle with
+/// 4 KiB dirtied must beat a fork server by far, and stay near the bare
+/// protocol, whatever was written before.
+const DIRTY_GOALS: [(&str, &str, &str, f64); 3] = [
+    ("64MiB", "4KiB", "vs_forkserver", 10.0),
+    ("64MiB", "4KiB", "vs_handshake", 0.5),
+    ("1GiB", "4KiB", "vs_forkserver", 100.0),
+];
+
+/// `dirty.<written>_<dirtied>.<ratio>` of each goal whose cell was measured.
+fn dirty_targets(d: &DirtyResult) -> Vec<Target> {
+    DIRTY_GOALS
+        .iter()
+        .filter_map(|&(w, dirtied, ratio, bar)| {
+            let c = d.cell(w, dirtied)?;
+            let v = if ratio == "vs_forkserver" {
+                c.vs_forkserver()
+            } else {
+                c.vs_handshake()
+            };
+            Some(Target::ge(format!("dirty.{}.{ratio}", c.label()), v, bar))
+        })
+        .collect()
+}
 
 /// The targets, their values from `out`, and which were timed on a busy
 /// machine (sizes and memory are not timings).
@@ -26,6 +54,7 @@ pub fn evaluate(out: &Outcome) -> Vec<Target> {
         out.cycle.ratio(),
         0.8,
     ));
+    targets.extend(dirty_targets(&out.dirty));
     targets.push(Target::le(
         "unrelated_openat_overhead".into(),
         out.openat.overhead().best,
@@ -47,6 +76,11 @@ pub fn evaluate(out: &Outcome) -> Vec<Target> {
 
 /// The step that times a target's metric; empty for sizes and memory.
 fn timed_in(metric: &str) -> String {
+    if let Some(cell) = metric.strip_prefix("dirty.") {
+        // `<written>_<dirtied>.<ratio>`: one step per written size.
+        let written = cell.split(['_', '.']).next().unwrap_or_default();
+        return format!("dirty pages {written}");
+    }
     match metric.split_once('.') {
         Some((label, _)) => format!("throughput {label}"),
         None => match metric {
@@ -118,5 +152,45 @@ mod tests {
         assert_eq!(timed_in("64MiB.restore_vs_memcpy"), "throughput 64MiB");
         assert_eq!(timed_in("startup_ms"), "startup");
         assert_eq!(timed_in("static_binary_mib"), "");
+        assert_eq!(
+            timed_in("dirty.1GiB_4KiB.vs_forkserver"),
+            "dirty pages 1GiB"
+        );
+    }
+
+    #[test]
+    fn dirty_goals_for_the_cells_measured() {
+        use super::super::cycle::CycleRun;
+        use super::super::dirty::Cell;
+        let run = |cycles| CycleRun {
+            cycles,
+            ns: 1_000_000_000,
+            ..Default::default()
+        };
+        let d = DirtyResult {
+            cells: vec![Cell {
+                written: "64MiB",
+                dirtied: "4KiB",
+                bpfckpt: run(600),
+                forkserver: run(50),
+                handshake: run(1000),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let t = dirty_targets(&d);
+        // The 1 GiB goal has no cell here, so it is not judged.
+        let got: Vec<(&str, Option<f64>, Option<bool>)> = t
+            .iter()
+            .map(|t| (t.metric.as_str(), t.value, t.met()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("dirty.64MiB_4KiB.vs_forkserver", Some(12.0), Some(true)),
+                ("dirty.64MiB_4KiB.vs_handshake", Some(0.6), Some(true)),
+            ]
+        );
+        assert!(dirty_targets(&DirtyResult::default()).is_empty());
     }
 }

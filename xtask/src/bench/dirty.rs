@@ -1,0 +1,360 @@
+//! Dirty pages: what a cycle costs when the target wrote a large area once
+//! and dirties a few pages of it per cycle, the way a fuzzer resets a
+//! process. `bench-dirty` writes W MiB once (64 MiB and 1 GiB; smoke:
+//! 16 MiB), then dirties D KiB per cycle (4 KiB and 1 MiB; smoke: 4 KiB and
+//! 256 KiB): the first word of D/4 pages spread over the area, other pages
+//! every cycle. Each cell (W, D) runs three ways, each for 2.5 s (smoke:
+//! 0.2 s) after 2 warm-up cycles (smoke: 1), at least 3 measured cycles:
+//! - `bpfckpt`: `bpfckpt run` serving the target in a private trigger
+//!   directory; each cycle checkpoints, dirties, restores, then checks that
+//!   the dirtied pages hold the checkpoint's bytes again (a wrong restore
+//!   fails the bench);
+//! - `forkserver`: the same target without bpfckpt: a `fork` per cycle, the
+//!   child dirties the same pages and exits, the parent waits and makes the
+//!   same check of its own pages;
+//! - `handshake`: the protocol answered by the handshake-only server of
+//!   [`super::cycle`], which copies nothing (`--verify 0`): the ceiling.
+//!
+//! Each rate is one run's cycles over its time (not a best of runs, so it
+//! has no median); `vs_forkserver` and `vs_handshake` divide bpfckpt's rate
+//! by theirs in the same cell of the same run. For bpfckpt also: the
+//! target-observed checkpoint and restore latencies (averages over the
+//! measured cycles), and the medians over the measured checkpoints and
+//! restores of the pages its events say were saved and restored.
+//!
+//! `cost_per_dirty_page_ns`, per written size: bpfckpt's average cycle time
+//! with the most pages dirtied minus that with the fewest, over their
+//! difference in pages (1 MiB vs 4 KiB: 255 pages). Beside it,
+//! `process_vm_writev_page_ns`: `bench-base --bytes 1MiB` repeated 51 times
+//! (smoke: 5), its `process_vm_writev` into a child in 4 KiB iovecs (as the
+//! engine's user-space restore issues it) per page, the lowest and the
+//! median of the repetitions; the ratio between them uses the median.
+
+use super::cycle::{CycleRun, handshake_serve};
+use super::events::{Events, Flat, bench_line, bench_lines};
+use super::proc::{Proc, TriggerDir, bpfckpt_run, deadline, tail};
+use super::stats::{Fig, median};
+use super::steps::Step;
+use super::{Bins, MIB, PAGE, step};
+use crate::util::Result;
+use std::process::Command;
+
+/// The matrix a run measures.
+pub struct DirtyPlan {
+    /// Written once: (label, bytes).
+    pub written: Vec<(&'static str, u64)>,
+    /// Dirtied per cycle: (label, bytes).
+    pub dirtied: Vec<(&'static str, u64)>,
+    pub millis: u64,
+    pub warmup: u32,
+    pub min_cycles: u64,
+    /// Repetitions of the `process_vm_writev` per-page baseline.
+    pub pvw_reps: u32,
+}
+
+impl DirtyPlan {
+    pub fn full() -> Self {
+        Self {
+            written: vec![("64MiB", 64 * MIB), ("1GiB", 1024 * MIB)],
+            dirtied: vec![("4KiB", 4096), ("1MiB", MIB)],
+            millis: 2500,
+            warmup: 2,
+            min_cycles: 3,
+            pvw_reps: 51,
+        }
+    }
+
+    pub fn smoke() -> Self {
+        Self {
+            written: vec![("16MiB", 16 * MIB)],
+            dirtied: vec![("4KiB", 4096), ("256KiB", 256 * 1024)],
+            millis: 200,
+            warmup: 1,
+            min_cycles: 3,
+            pvw_reps: 5,
+        }
+    }
+}
+
+/// One (written, dirtied) cell measured three ways.
+#[cfg_attr(test, derive(Default))]
+pub struct Cell {
+    pub written: &'static str,
+    pub written_bytes: u64,
+    pub dirtied: &'static str,
+    pub dirtied_bytes: u64,
+    pub bpfckpt: CycleRun,
+    /// `checkpoint_ns` is the parent's `fork()`, `restore_ns` its `waitpid()`.
+    pub forkserver: CycleRun,
+    pub handshake: CycleRun,
+    /// Medians over bpfckpt's measured checkpoints and restores.
+    pub pages_saved: Option<f64>,
+    pub pages_restored: Option<f64>,
+    pub checkpoints_held: u64,
+    pub restores_held: u64,
+}
+
+impl Cell {
+    /// `64MiB_4KiB`: the cell's key in the JSON and its targets' metrics.
+    pub fn label(&self) -> String {
+        format!("{}_{}", self.written, self.dirtied)
+    }
+
+    pub fn pages(&self) -> u64 {
+        self.dirtied_bytes / PAGE
+    }
+
+    pub fn vs_forkserver(&self) -> Option<f64> {
+        Some(self.bpfckpt.rate()? / self.forkserver.rate()?)
+    }
+
+    pub fn vs_handshake(&self) -> Option<f64> {
+        Some(self.bpfckpt.rate()? / self.handshake.rate()?)
+    }
+}
+
+#[cfg_attr(test, derive(Default))]
+pub struct DirtyResult {
+    pub millis: u64,
+    pub warmup: u32,
+    pub cells: Vec<Cell>,
+    /// `process_vm_writev` per 4 KiB page in ns: lowest and median.
+    pub pvw_page_ns: Fig,
+    pub pvw_reps: u32,
+}
+
+impl DirtyResult {
+    /// The written sizes, in the run's order.
+    pub fn written(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = Vec::new();
+        for c in &self.cells {
+            if !v.contains(&c.written) {
+                v.push(c.written);
+            }
+        }
+        v
+    }
+
+    pub fn dirtied(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = Vec::new();
+        for c in &self.cells {
+            if !v.contains(&c.dirtied) {
+                v.push(c.dirtied);
+            }
+        }
+        v
+    }
+
+    pub fn cell(&self, written: &str, dirtied: &str) -> Option<&Cell> {
+        self.cells
+            .iter()
+            .find(|c| c.written == written && c.dirtied == dirtied)
+    }
+
+    /// bpfckpt's extra cycle time per extra dirtied page at `written`: from
+    /// the cell with the fewest pages dirtied to the one with the most.
+    pub fn cost_per_dirty_page_ns(&self, written: &str) -> Option<f64> {
+        let row = || self.cells.iter().filter(|c| c.written == written);
+        let lo = row().min_by_key(|c| c.dirtied_bytes)?;
+        let hi = row().max_by_key(|c| c.dirtied_bytes)?;
+        let pages = hi.pages().checked_sub(lo.pages()).filter(|&p| p > 0)?;
+        Some((hi.bpfckpt.ns_per_cycle()? - lo.bpfckpt.ns_per_cycle()?) / pages as f64)
+    }
+
+    /// `cost_per_dirty_page_ns` over the median `process_vm_writev` page.
+    pub fn cost_vs_process_vm_writev(&self, written: &str) -> Option<f64> {
+        Some(self.cost_per_dirty_page_ns(written)? / self.pvw_page_ns.median?)
+    }
+}
+
+/// The `process_vm_writev` baseline, then one step per written size.
+pub fn dirty_bench(bins: &Bins, plan: &DirtyPlan, steps: &mut Vec<Step>) -> Result<DirtyResult> {
+    let pvw_page_ns = step(
+        steps,
+        "bench: process_vm_writev per page",
+        "process_vm_writev per page",
+        || pvw_page(bins, plan.pvw_reps).map_err(|e| format!("bench (process_vm_writev): {e}")),
+    )?;
+    let mut cells = Vec::new();
+    for &(written, written_bytes) in &plan.written {
+        let name = format!("dirty pages {written}");
+        let banner = format!("bench: {written} written once, pages dirtied per cycle");
+        step(steps, &banner, &name, || {
+            for &(dirtied, dirtied_bytes) in &plan.dirtied {
+                let mut c = Cell {
+                    written,
+                    written_bytes,
+                    dirtied,
+                    dirtied_bytes,
+                    bpfckpt: CycleRun::default(),
+                    forkserver: CycleRun::default(),
+                    handshake: CycleRun::default(),
+                    pages_saved: None,
+                    pages_restored: None,
+                    checkpoints_held: 0,
+                    restores_held: 0,
+                };
+                run_cell(bins, plan, &mut c)
+                    .map_err(|e| format!("bench (dirty pages {}): {e}", c.label()))?;
+                cells.push(c);
+            }
+            Ok(())
+        })?;
+    }
+    Ok(DirtyResult {
+        millis: plan.millis,
+        warmup: plan.warmup,
+        cells,
+        pvw_page_ns,
+        pvw_reps: plan.pvw_reps,
+    })
+}
+
+/// `bench-base --bytes 1MiB`: its 4 KiB-iovec `process_vm_writev` per page.
+fn pvw_page(bins: &Bins, reps: u32) -> Result<Fig> {
+    let mut cmd = Command::new(bins.bench("bench-base"));
+    cmd.args(["--bytes", &MIB.to_string(), "--reps", &reps.to_string()]);
+    let out = Proc::start("bench-base", &mut cmd, false)?.finish(deadline(60))?;
+    let v = bench_lines(&out, "base_rep")
+        .iter()
+        .map(|r| Ok(r.need_u("vm_write_4k_ns")? as f64 / (MIB / PAGE) as f64))
+        .collect::<Result<Vec<f64>>>()?;
+    if v.len() != reps as usize {
+        return Err(format!(
+            "bench-base reported {} repetitions, expected {reps}\n{}",
+            v.len(),
+            tail(&out)
+        ));
+    }
+    Ok(Fig::lowest(&v))
+}
+
+fn dirty_args(cmd: &mut Command, plan: &DirtyPlan, c: &Cell, mode: &str) {
+    cmd.args(["--written-mib", &(c.written_bytes / MIB).to_string()])
+        .args(["--dirty-kib", &(c.dirtied_bytes / 1024).to_string()])
+        .args(["--mode", mode])
+        .args(["--warmup", &plan.warmup.to_string()])
+        .args(["--millis", &plan.millis.to_string()])
+        .args(["--min-cycles", &plan.min_cycles.to_string()]);
+}
+
+/// The target's result line, checked against what was asked of it.
+fn result(out: &[String], c: &Cell, fork: bool) -> Result<CycleRun> {
+    let l: Flat = bench_line(out, "dirty")?;
+    let (mode, written, pages) = (
+        l.need_u("mode")?,
+        l.need_u("written_bytes")?,
+        l.need_u("pages")?,
+    );
+    if mode != u64::from(fork) || written != c.written_bytes || pages != c.pages() {
+        return Err(format!(
+            "bench-dirty ran mode {mode}, {written} bytes written, {pages} pages dirtied: \
+             not what was asked\n{}",
+            tail(out)
+        ));
+    }
+    CycleRun::from(&l)
+}
+
+/// The handshake ceiling, the fork server, then bpfckpt, for one cell.
+fn run_cell(bins: &Bins, plan: &DirtyPlan, c: &mut Cell) -> Result<()> {
+    let gib = c.written_bytes.div_ceil(1024 * MIB);
+    let limit = 60 + plan.millis / 1000 * 4 + 20 * gib;
+    let target = bins.bench("bench-dirty");
+
+    let dir = TriggerDir::new(&format!("dirty-handshake-{}", c.label()))?;
+    let mut cmd = Command::new(&target);
+    cmd.arg("--dir").arg(&dir.0).args(["--verify", "0"]);
+    dirty_args(&mut cmd, plan, c, "protocol");
+    let mut p = Proc::start("bench-dirty (handshake server)", &mut cmd, false)?;
+    handshake_serve(&mut p, &dir.0, deadline(limit))?;
+    c.handshake = result(&p.finish(deadline(10))?, c, false)?;
+    drop(dir);
+
+    let mut cmd = Command::new(&target);
+    dirty_args(&mut cmd, plan, c, "forkserver");
+    let out = Proc::start("bench-dirty (fork server)", &mut cmd, false)?.finish(deadline(limit))?;
+    c.forkserver = result(&out, c, true)?;
+
+    // Today's engine copies all W bytes both ways every cycle: allow for it.
+    let dir = TriggerDir::new(&format!("dirty-{}", c.label()))?;
+    let mut cmd = bpfckpt_run(&bins.bpfckpt, &dir, &target);
+    cmd.arg("--dir").arg(&dir.0);
+    dirty_args(&mut cmd, plan, c, "protocol");
+    let out = Proc::start("bpfckpt run -- bench-dirty", &mut cmd, false)?
+        .finish(deadline(limit + 60 * gib))?;
+    c.bpfckpt = result(&out, c, false)?;
+    let ev = Events::parse(&out)?;
+    let w = plan.warmup as usize;
+    let n = w as u64 + c.bpfckpt.cycles;
+    if ev.checkpoints.len() as u64 != n || ev.restores.len() as u64 != n {
+        return Err(format!(
+            "bpfckpt reported {} checkpoints and {} restores, expected {w} warm-up + {} measured of each",
+            ev.checkpoints.len(),
+            ev.restores.len(),
+            c.bpfckpt.cycles
+        ));
+    }
+    let pages = |e: &Flat| (e.u("pages_bpf").unwrap_or(0) + e.u("pages_user").unwrap_or(0)) as f64;
+    let ck = &ev.checkpoints[w..];
+    let rs = &ev.restores[w..];
+    c.pages_saved = median(&ck.iter().map(pages).collect::<Vec<_>>());
+    c.pages_restored = median(&rs.iter().map(pages).collect::<Vec<_>>());
+    let held = |v: &[Flat]| v.iter().filter(|e| e.b("held") == Some(true)).count() as u64;
+    c.checkpoints_held = held(ck);
+    c.restores_held = held(rs);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(cycles: u64, ns: u64) -> CycleRun {
+        CycleRun {
+            cycles,
+            ns,
+            ..Default::default()
+        }
+    }
+
+    fn cell(written: &'static str, dirtied: &'static str, bytes: u64, ckpt: CycleRun) -> Cell {
+        Cell {
+            written,
+            dirtied,
+            dirtied_bytes: bytes,
+            bpfckpt: ckpt,
+            forkserver: run(10, 1_000_000_000),
+            handshake: run(1000, 1_000_000_000),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ratios_and_cost_per_dirty_page() {
+        let r = DirtyResult {
+            cells: vec![
+                // 100 cycles/s: 10 ms a cycle; 50/s: 20 ms.
+                cell("64MiB", "4KiB", 4096, run(100, 1_000_000_000)),
+                cell("64MiB", "1MiB", MIB, run(50, 1_000_000_000)),
+                cell("1GiB", "4KiB", 4096, run(0, 0)),
+            ],
+            pvw_page_ns: Fig::lowest(&[500.0, 1000.0, 2000.0]),
+            ..Default::default()
+        };
+        assert_eq!(r.written(), ["64MiB", "1GiB"]);
+        assert_eq!(r.dirtied(), ["4KiB", "1MiB"]);
+        let c = r.cell("64MiB", "4KiB").unwrap();
+        assert_eq!(c.label(), "64MiB_4KiB");
+        assert_eq!(c.vs_forkserver(), Some(10.0));
+        assert_eq!(c.vs_handshake(), Some(0.1));
+        // (20 ms - 10 ms) / 255 pages.
+        let cost = r.cost_per_dirty_page_ns("64MiB").unwrap();
+        assert!((cost - 1e7 / 255.0).abs() < 1e-6);
+        assert!((r.cost_vs_process_vm_writev("64MiB").unwrap() - cost / 1000.0).abs() < 1e-9);
+        // One cell, and no measured cycles: nothing to tell.
+        assert_eq!(r.cost_per_dirty_page_ns("1GiB"), None);
+        assert_eq!(r.cell("1GiB", "4KiB").unwrap().vs_forkserver(), None);
+        assert!(r.cell("1GiB", "1MiB").is_none());
+    }
+}
