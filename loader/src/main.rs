@@ -4,7 +4,7 @@ use bpfckpt::ckpt::Outcome;
 use bpfckpt::ckpt::dirty::Choice;
 use bpfckpt::ckpt::report::{J, Reporter};
 use bpfckpt::ckpt::storage::parse_size;
-use bpfckpt::ckpt::{Engine, Options, RestorePath, Waiter, demo, gate};
+use bpfckpt::ckpt::{Engine, HoldChoice, Options, RestorePath, Waiter, demo, gate};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -131,6 +131,17 @@ enum DirtyArg {
     Off,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum HoldArg {
+    /// In its open if the trigger directory is private, else SIGSTOP.
+    Auto,
+    /// SIGSTOP (and SIGCONT) at every request that needs the target held.
+    Signal,
+    /// In its trigger open (fanotify permission events); an error if the
+    /// kernel cannot.
+    Open,
+}
+
 #[derive(Args)]
 struct Common {
     /// Directory of the protocol's marker files (absolute).
@@ -161,6 +172,14 @@ struct Common {
     /// there again); `off` copies every page ever written at each checkpoint.
     #[arg(long, value_enum, default_value = "auto", value_name = "HOW")]
     dirty_tracking: DirtyArg,
+    /// How a target is held while bpfckpt works on a request: `auto` holds
+    /// a one-thread target inside its trigger open (a fanotify permission
+    /// event on the trigger directory: no signal, a short wait) when
+    /// --trigger-dir is private (not writable by group or others, since
+    /// every open there waits for bpfckpt), and stops it with SIGSTOP
+    /// otherwise (and always a multi-threaded one).
+    #[arg(long, value_enum, default_value = "auto", value_name = "HOW")]
+    hold: HoldArg,
     /// One JSON object per event on stdout.
     #[arg(long)]
     json: bool,
@@ -186,6 +205,11 @@ impl Common {
                 DirtyArg::SoftDirty => Choice::SoftDirty,
                 DirtyArg::Uffd => Choice::Uffd,
                 DirtyArg::Off => Choice::Off,
+            },
+            hold: match self.hold {
+                HoldArg::Auto => HoldChoice::Auto,
+                HoldArg::Signal => HoldChoice::Signal,
+                HoldArg::Open => HoldChoice::Open,
             },
             report: Reporter {
                 json: self.json,

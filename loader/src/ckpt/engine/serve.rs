@@ -27,7 +27,14 @@ impl Engine {
             if let Some(sig) = self.pending_signal() {
                 return Ok(Err(sig));
             }
-            for ev in self.probes.poll(Duration::from_millis(100))? {
+            if let Some(h) = &self.open_hold {
+                // Nobody is served yet: every open in the directory goes on.
+                for o in h.opens_of(0)? {
+                    h.allow(o)?;
+                }
+            }
+            let wait = if self.open_hold.is_some() { 5 } else { 100 };
+            for ev in self.probes.poll(Duration::from_millis(wait))? {
                 let Event::Exec { tgid, held: true } = ev else {
                     continue;
                 };
@@ -75,6 +82,9 @@ impl Engine {
             image: None,
             tracker: None,
             files: super::target::ProcFiles::new(pid),
+            opens: VecDeque::new(),
+            open_held: None,
+            late_hold: false,
             stats: Stats::default(),
         };
         self.start_serving(pid)?;
@@ -83,7 +93,7 @@ impl Engine {
             .and_then(|()| self.seed_written(&t))
             .and_then(|()| release())
             .and_then(|()| self.serve_loop(&mut t, &mut waiter));
-        self.stop_serving(&t);
+        self.stop_serving(&mut t);
         self.total.add(&t.stats);
         self.report().summary(&format!("pid {pid}"), &t.stats);
         if let (Err(_), Waiter::Child(c)) = (&result, &mut waiter) {
@@ -112,8 +122,39 @@ impl Engine {
         Ok(())
     }
 
+    /// The events of the probes, waiting up to `timeout` for one; with
+    /// opens held, their permission events too, read first: an open's
+    /// request (recorded at the open's start) is then among the events.
+    fn next_events(&mut self, t: &mut Target, timeout: Duration) -> Result<Vec<Event>> {
+        let Some(h) = &self.open_hold else {
+            return self.probes.poll(timeout);
+        };
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let ms = PollTimeout::try_from(timeout.as_millis().min(60_000) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        let mut fds = [
+            PollFd::new(self.probes.ring_fd(), PollFlags::POLLIN),
+            PollFd::new(h.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, ms) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(Error::sys("poll", e as i32)),
+        }
+        self.take_opens(t)?;
+        self.probes.poll(Duration::ZERO)
+    }
+
+    /// Lets go every open of the target bpfckpt still holds.
+    fn release_all(&mut self, t: &mut Target) {
+        if let (Some(o), Some(h)) = (t.open_held.take(), &self.open_hold) {
+            let _ = h.allow(o);
+        }
+        let _ = self.allow_stray_opens(t);
+    }
+
     /// Whatever happened: stop serving, never leave the target stopped.
-    fn stop_serving(&mut self, t: &Target) {
+    fn stop_serving(&mut self, t: &mut Target) {
+        self.release_all(t);
         self.cfg.tgid = 0;
         self.cfg.flags = 0;
         let _ = self.push_config();
@@ -142,8 +183,9 @@ impl Engine {
                 }
                 return Ok(Outcome::Interrupted(sig));
             }
-            let events = self.probes.poll(Duration::from_millis(50))?;
+            let events = self.next_events(t, Duration::from_millis(50))?;
             if self.probes.state(StateField::Lost)? != t.lost_seen {
+                self.release_all(t);
                 cont(t.pid);
                 return Err(Error::new(format!(
                     "the probes could not report a request of pid {} (ring buffer full); released it",
@@ -151,7 +193,10 @@ impl Engine {
                 )));
             }
             for ev in &events {
-                if let Err(e) = self.dispatch(t, ev) {
+                let done = self
+                    .dispatch(t, ev)
+                    .and_then(|()| self.allow_stray_opens(t));
+                if let Err(e) = done {
                     // A target that dies while held is an outcome, not an
                     // error of ours: report it and end with its status.
                     if let Some(out) = gone_soon(t.pid, waiter) {
@@ -164,6 +209,7 @@ impl Engine {
                     return Err(e);
                 }
             }
+            self.allow_stray_opens(t)?;
             if let Some(out) = gone(t.pid, waiter) {
                 return Ok(out);
             }
@@ -238,6 +284,7 @@ impl Engine {
         // the files bound to the old one are of no use.
         t.tracker = None;
         t.files.exec();
+        self.cfg.flags &= !crate::ckpt::abi::F_WP_PER_PAGE;
         // A checkpoint of the old program must never be written into the
         // new one.
         if t.image.take().is_some() {
