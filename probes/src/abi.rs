@@ -38,6 +38,21 @@ pub const F_INCREMENTAL: u32 = 1 << 6;
 /// pages before user space re-arms them. (A new thread changes the layout
 /// sequence first.)
 pub const F_SINGLE_THREAD: u32 = 1 << 7;
+/// The image's regions are armed with userfaultfd write protection, which
+/// splits a huge page on its first write fault: while the layout is still
+/// the image's, a write fault on a present page marks that page alone
+/// even under THP.
+pub const F_WP_PER_PAGE: u32 = 1 << 8;
+/// User space holds every open in the trigger directory until it answers
+/// (fanotify permission events): a one-thread target asking by an open is
+/// held right there, with no SIGSTOP.
+pub const F_OPEN_HOLD: u32 = 1 << 9;
+
+/// `EventHeader::held`: the probe sent SIGSTOP.
+pub const HELD_SIGNAL: u32 = 1;
+/// `EventHeader::held`: the target is held in its trigger open until user
+/// space answers that open's permission event.
+pub const HELD_OPEN: u32 = 2;
 
 /// Entries of `DIRTY` and `FREE`: pages dirtied between two requests that
 /// the probes list one by one (256 MiB); beyond, user space walks the bitmaps.
@@ -201,8 +216,9 @@ pub struct EventHeader {
     /// The thread group and thread that hit the tracepoint.
     pub tgid: u32,
     pub tid: u32,
-    /// 1 when the probe sent SIGSTOP: user space finishes the request while
-    /// the target is stopped, then continues it.
+    /// `HELD_SIGNAL` when the probe sent SIGSTOP, `HELD_OPEN` when the
+    /// target is held in its open: user space finishes the request while
+    /// the target is held, then lets it go.
     pub held: u32,
 }
 

@@ -35,7 +35,12 @@ pub unsafe fn table(outer: &'static MapDef) -> *const c_void {
 /// the next row when that one is done; null at the end. Rows are never
 /// empty, so one step always lands in a page.
 #[inline(always)]
-pub unsafe fn cursor(table: *const c_void, region: &mut u32, page: &mut u64, nregions: u32) -> *mut Region {
+pub unsafe fn cursor(
+    table: *const c_void,
+    region: &mut u32,
+    page: &mut u64,
+    nregions: u32,
+) -> *mut Region {
     // SAFETY: map values are null checked.
     unsafe {
         if table.is_null() || *region >= nregions {
@@ -59,7 +64,12 @@ extern "C" fn checkpoint_page(_i: u64, ctx: *mut CopyCtx) -> i64 {
     // SAFETY: `ctx` is the caller's stack object; map values are null checked.
     unsafe {
         let c = &mut *ctx;
-        let r = cursor(table(&REGIONS_OUTER), &mut c.region, &mut c.page, c.nregions);
+        let r = cursor(
+            table(&REGIONS_OUTER),
+            &mut c.region,
+            &mut c.page,
+            c.nregions,
+        );
         if r.is_null() {
             return 1;
         }
@@ -106,7 +116,11 @@ extern "C" fn checkpoint_page(_i: u64, ctx: *mut CopyCtx) -> i64 {
 /// allows); false if the kernel refused to run it.
 #[inline(always)]
 pub unsafe fn run_loop(pages: u64, cb: *const c_void, ctx: *mut c_void) -> bool {
-    let n = if pages >= MAX_LOOPS { MAX_LOOPS } else { pages + 1 };
+    let n = if pages >= MAX_LOOPS {
+        MAX_LOOPS
+    } else {
+        pages + 1
+    };
     // SAFETY: `cb` is a callback of this object and `ctx` the caller's stack
     // object it expects.
     unsafe { h::bpf_loop(n as u32, cb, ctx, 0) >= 0 }
@@ -198,10 +212,20 @@ unsafe fn checkpoint_dirty(cfg: *mut Config, st: *const State, version: u64, t0:
     unsafe {
         let z = read_volatile(&(*st).opaque_zero);
         let gup = read_volatile(&(*st).gup);
-        let mut c = DirtyCtx { n: read_volatile(&(*st).ndirty), nfree: read_volatile(&(*cfg).nfree), done: z, fails: z, overflow: z };
+        let mut c = DirtyCtx {
+            n: read_volatile(&(*st).ndirty),
+            nfree: read_volatile(&(*cfg).nfree),
+            done: z,
+            fails: z,
+            overflow: z,
+        };
         let mut stale = 0;
         if copy_now(cfg, st, gup) {
-            let ran = run_loop(c.n, copy_dirty as *const c_void, &mut c as *mut DirtyCtx as *mut c_void);
+            let ran = run_loop(
+                c.n,
+                copy_dirty as *const c_void,
+                &mut c as *mut DirtyCtx as *mut c_void,
+            );
             stale = if read_volatile(&(*cfg).version) != version {
                 STALE_LAYOUT
             } else if !ran || c.overflow != 0 || c.done < c.n {
@@ -212,9 +236,9 @@ unsafe fn checkpoint_dirty(cfg: *mut Config, st: *const State, version: u64, t0:
         }
         // Always held: user space re-arms what was copied before the target
         // can write it again (and copies it all itself if BPF did not).
-        h::send_signal(SIGSTOP);
+        let held = hold(cfg);
         let ev = CheckpointEvent {
-            hdr: header(EV_CHECKPOINT, 1),
+            hdr: header(EV_CHECKPOINT, held),
             table_seq: read_volatile(&(*cfg).applied_seq),
             version,
             incremental: 1,
@@ -257,17 +281,28 @@ pub unsafe fn checkpoint(cfg: *mut Config) {
             overflow: z,
             skipped: z,
             tracked: tracking(cfg, st),
-            key: ChunkKey { tgid, image: read_volatile(&(*st).exec_gen) as u32, chunk: z },
+            key: ChunkKey {
+                tgid,
+                image: read_volatile(&(*st).exec_gen) as u32,
+                chunk: z,
+            },
         };
         let mut stale = 0;
         // A growsdown mapping may have grown by faults since the table was
         // read: only user space, with the target held, can see how far.
-        if version & 1 != 0 || applied != read_volatile(&(*st).layout_seq) || read_volatile(&(*st).growsdown) != 0 {
+        if version & 1 != 0
+            || applied != read_volatile(&(*st).layout_seq)
+            || read_volatile(&(*st).growsdown) != 0
+        {
             stale = STALE_LAYOUT;
         } else if c.nregions > 0 {
             reset_chunk_cache();
             let total = read_volatile(&(*cfg).total_pages);
-            let ran = run_loop(total, checkpoint_page as *const c_void, &mut c as *mut CopyCtx as *mut c_void);
+            let ran = run_loop(
+                total,
+                checkpoint_page as *const c_void,
+                &mut c as *mut CopyCtx as *mut c_void,
+            );
             // Out of iterations (or refused) before the end of the table:
             // the pages saved so far are good, user space adds the rest.
             if !ran || c.region < c.nregions {
@@ -284,10 +319,12 @@ pub unsafe fn checkpoint(cfg: *mut Config) {
         }
         // Armed tracking: user space re-arms what was copied, target held.
         let armed = read_volatile(&(*cfg).flags) & F_INCREMENTAL != 0;
-        let held = (stale != 0 || c.fails != 0 || armed) as u32;
-        if held != 0 {
-            h::send_signal(SIGSTOP);
-        }
+        // Pages written unseen are not in the bitmaps: user space scans.
+        let held = if stale != 0 || c.fails != 0 || armed || foreign_writes(st) {
+            hold(cfg)
+        } else {
+            0
+        };
         let ev = CheckpointEvent {
             hdr: header(EV_CHECKPOINT, held),
             table_seq: applied,

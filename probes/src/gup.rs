@@ -7,7 +7,7 @@
 //!   aimed at the target: `State::gup` is bumped when the call begins (the
 //!   next request scans) and `State::gup_inflight` counts it until it
 //!   returns (a request meanwhile cannot trust its re-arming);
-//! - anyone opening some `/proc/PID/mem` for writing (the writes come
+//! - anyone opening the target's `/proc/PID/mem` for writing (the writes come
 //!   later, through the descriptor, whenever), the target setting up
 //!   `io_uring` or AIO, opening a file `O_DIRECT`, or creating a
 //!   userfaultfd of its own: `State::gup_sticky`, and from then on no
@@ -82,7 +82,13 @@ unsafe fn aimed_at(pid: u64) {
         let (_, tid) = current_tgid();
         let one = 1u32;
         let key = &tid as *const u32 as *const c_void;
-        if h::map_update_elem(map(&GUP_PENDING), key, &one as *const u32 as *const c_void, 0) != 0 {
+        if h::map_update_elem(
+            map(&GUP_PENDING),
+            key,
+            &one as *const u32 as *const c_void,
+            0,
+        ) != 0
+        {
             // Its end could not be seen: never trust the dirty set again.
             write_volatile(&raw mut (*st).gup_sticky, 1);
         }
@@ -104,7 +110,10 @@ unsafe fn returned() {
         h::map_delete_elem(map(&GUP_PENDING), key);
         let st = state();
         if !st.is_null() {
-            atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*st).gup_inflight, u64::MAX);
+            atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(
+                &raw mut (*st).gup_inflight,
+                u64::MAX,
+            );
         }
     }
 }
@@ -146,16 +155,37 @@ pub extern "C" fn gup_ptrace(ctx: *const SysEnter) -> u32 {
     0
 }
 
-/// Whether the NUL-terminated user string at `path` is `/proc/<...>/mem`.
+const MEM_PATH: usize = 64;
+
+/// Whether the NUL-terminated user string at `path` may name the memory
+/// file of process `target` (`/proc/<target>/mem`, `/proc/<target>/task/
+/// <tid>/mem`, `/proc/self/mem` opened by the target itself): fail safe,
+/// so any relative path ending in a `mem` component counts (its directory
+/// cannot be known here), and so does a path too long to read whole.
 #[inline(always)]
-unsafe fn is_proc_mem(path: u64) -> bool {
-    let mut b = [0u8; 48];
+unsafe fn may_name_target_mem(path: u64, target: u32, own: bool) -> bool {
+    let mut b = [0u8; MEM_PATH];
     // SAFETY: a helper copy into our stack buffer of its size.
-    let n = unsafe { h::probe_read_user_str(b.as_mut_ptr() as *mut c_void, 48, path as *const c_void) };
-    if n < 11 || n > 48 {
+    let n = unsafe {
+        h::probe_read_user_str(
+            b.as_mut_ptr() as *mut c_void,
+            MEM_PATH as u32,
+            path as *const c_void,
+        )
+    };
+    if n < 4 {
         return false;
     }
-    let len = (n - 1) as usize;
+    let truncated = n as usize >= MEM_PATH;
+    let len = ((n - 1) as usize) & (MEM_PATH - 1);
+    let ends_mem = len >= 3
+        && b[(len - 3) & (MEM_PATH - 1)] == b'm'
+        && b[(len - 2) & (MEM_PATH - 1)] == b'e'
+        && b[(len - 1) & (MEM_PATH - 1)] == b'm'
+        && (len == 3 || b[(len - 4) & (MEM_PATH - 1)] == b'/');
+    if b[0] != b'/' {
+        return ends_mem || truncated;
+    }
     let prefix = b"/proc/";
     let mut i = 0;
     while i < 6 {
@@ -164,14 +194,40 @@ unsafe fn is_proc_mem(path: u64) -> bool {
         }
         i += 1;
     }
-    // Ends in "/mem" (len - 4 is in 7..44 here).
-    let e = len & 63;
-    e >= 10 && e <= 47 && b[(e - 4) & 63] == b'/' && b[(e - 3) & 63] == b'm' && b[(e - 2) & 63] == b'e' && b[(e - 1) & 63] == b'm'
+    if truncated {
+        return true;
+    }
+    if !ends_mem {
+        return false;
+    }
+    // `self/`, `thread-self/`: the opener's own memory.
+    if b[6] == b's' && b[7] == b'e' && b[8] == b'l' && b[9] == b'f' && b[10] == b'/' {
+        return own;
+    }
+    if b[6] == b't' && b[7] == b'h' && b[8] == b'r' {
+        return own;
+    }
+    // A pid: the target's?
+    let mut pid = 0u64;
+    let mut i = 6;
+    while i < 17 {
+        let c = b[i];
+        if c == b'/' {
+            break;
+        }
+        if !c.is_ascii_digit() {
+            return false;
+        }
+        pid = pid * 10 + (c - b'0') as u64;
+        i += 1;
+    }
+    i > 6 && pid == target as u64
 }
 
-/// Any process opening a `/proc/PID/mem` for writing (bpfckpt itself
-/// aside), or the target opening a file `O_DIRECT`. Called by the trigger
-/// programs (one program per open saves a second one on the hot path).
+/// A write-open of what may be the target's memory file (bpfckpt itself
+/// aside; the writes come later, through the descriptor, whenever), or the
+/// target opening a file `O_DIRECT`. Called by the trigger programs (one
+/// program per open saves a second one on the hot path).
 #[inline(always)]
 pub unsafe fn on_open_flags(path: u64, flags: u64) {
     // SAFETY: pointers from map lookups, null checked.
@@ -179,7 +235,16 @@ pub unsafe fn on_open_flags(path: u64, flags: u64) {
         if flags & O_DIRECT != 0 && !served().is_null() {
             sticky();
         }
-        if flags & O_ACCMODE != 0 && !watching().is_null() && is_proc_mem(path) {
+        if flags & O_ACCMODE == 0 {
+            return;
+        }
+        let cfg = watching();
+        if cfg.is_null() {
+            return;
+        }
+        let target = read_volatile(&(*cfg).tgid);
+        let (tgid, _) = current_tgid();
+        if may_name_target_mem(path, target, tgid == target) {
             bump();
             sticky();
         }
@@ -193,7 +258,12 @@ pub extern "C" fn gup_openat2(ctx: *const SysEnter) -> u32 {
     // SAFETY: the user structure is copied to the stack with the helper.
     unsafe {
         let mut flags = 0u64;
-        if h::probe_read_user(&mut flags as *mut u64 as *mut c_void, 8, (*ctx).args[2] as *const c_void) == 0 {
+        if h::probe_read_user(
+            &mut flags as *mut u64 as *mut c_void,
+            8,
+            (*ctx).args[2] as *const c_void,
+        ) == 0
+        {
             on_open_flags((*ctx).args[1], flags);
         }
     }
@@ -230,6 +300,9 @@ macro_rules! sticky_probe {
     };
 }
 
-sticky_probe!(gup_io_uring_setup, "tracepoint/syscalls/sys_enter_io_uring_setup");
+sticky_probe!(
+    gup_io_uring_setup,
+    "tracepoint/syscalls/sys_enter_io_uring_setup"
+);
 sticky_probe!(gup_io_setup, "tracepoint/syscalls/sys_enter_io_setup");
 sticky_probe!(gup_userfaultfd, "tracepoint/syscalls/sys_enter_userfaultfd");

@@ -38,9 +38,14 @@ unsafe fn layout_changed(ret: i64, moved: bool) -> u32 {
         if st.is_null() {
             return 0;
         }
-        let seq = if moved { bump_seq(st) } else { read_volatile(&(*st).layout_seq) };
+        let seq = if moved {
+            bump_seq(st)
+        } else {
+            read_volatile(&(*st).layout_seq)
+        };
         let (_, tid) = current_tgid();
-        let pending: *const u64 = h::map_lookup_elem(map(&PENDING), &tid as *const u32 as *const c_void) as *const u64;
+        let pending: *const u64 =
+            h::map_lookup_elem(map(&PENDING), &tid as *const u32 as *const c_void) as *const u64;
         if !pending.is_null() {
             let len = read_volatile(pending);
             h::map_delete_elem(map(&PENDING), &tid as *const u32 as *const c_void);
@@ -53,7 +58,11 @@ unsafe fn layout_changed(ret: i64, moved: bool) -> u32 {
         // One notification until user space has read the layout: a target
         // that maps in a loop must not flood the ring buffer.
         if atomic_xchg::<u64, { AtomicOrdering::Relaxed }>(&raw mut (*st).notified, 1) == 0 {
-            let ev = LayoutEvent { hdr: header(EV_LAYOUT, 0), seq, ret };
+            let ev = LayoutEvent {
+                hdr: header(EV_LAYOUT, 0),
+                seq,
+                ret,
+            };
             emit(&ev, false);
         }
     }
@@ -75,7 +84,11 @@ layout_probe!(layout_mmap, "tracepoint/syscalls/sys_exit_mmap", true);
 layout_probe!(layout_munmap, "tracepoint/syscalls/sys_exit_munmap", true);
 layout_probe!(layout_mremap, "tracepoint/syscalls/sys_exit_mremap", true);
 layout_probe!(layout_brk, "tracepoint/syscalls/sys_exit_brk", true);
-layout_probe!(layout_mprotect, "tracepoint/syscalls/sys_exit_mprotect", false);
+layout_probe!(
+    layout_mprotect,
+    "tracepoint/syscalls/sys_exit_mprotect",
+    false
+);
 
 /// A new program image: the target of `run` (by thread group) or a process
 /// `watch` waits for (by name). The latter is held until user space has read
@@ -90,7 +103,8 @@ pub extern "C" fn on_exec(_ctx: *const c_void) -> u32 {
             return 0;
         }
         let (tgid, _) = current_tgid();
-        let mine = read_volatile(&(*cfg).tgid) == tgid && read_volatile(&(*cfg).flags) & F_ACTIVE != 0;
+        let mine =
+            read_volatile(&(*cfg).tgid) == tgid && read_volatile(&(*cfg).flags) & F_ACTIVE != 0;
         let mut held = 0;
         if !mine {
             let want = &raw const (*cfg).watch_comm as *const u64;
@@ -122,7 +136,9 @@ pub extern "C" fn on_exec(_ctx: *const c_void) -> u32 {
                 write_volatile(&mut (*st).growsdown, 0);
             }
         }
-        let ev = ExecEvent { hdr: header(EV_EXEC, held) };
+        let ev = ExecEvent {
+            hdr: header(EV_EXEC, held),
+        };
         emit(&ev, false);
     }
     0
@@ -147,7 +163,12 @@ unsafe fn clone_starts(flags: u64, sp: u64) -> u32 {
         bump_seq(st);
         let (_, tid) = current_tgid();
         let stack = sp - 1;
-        h::map_update_elem(map(&CLONE_PENDING), &tid as *const u32 as *const c_void, &stack as *const u64 as *const c_void, 0);
+        h::map_update_elem(
+            map(&CLONE_PENDING),
+            &tid as *const u32 as *const c_void,
+            &stack as *const u64 as *const c_void,
+            0,
+        );
     }
     0
 }
@@ -166,7 +187,17 @@ unsafe fn clone_done(ret: i64) -> u32 {
         let sp = read_volatile(stack);
         h::map_delete_elem(map(&CLONE_PENDING), key);
         if ret > 0 && !served().is_null() {
-            let ev = CloneEvent { hdr: header(EV_CLONE, 0), stack: sp, tid: ret as u64 };
+            // The thread exists now: a layout (and thread count) read before
+            // this point is stale.
+            let st = state();
+            if !st.is_null() {
+                bump_seq(st);
+            }
+            let ev = CloneEvent {
+                hdr: header(EV_CLONE, 0),
+                stack: sp,
+                tid: ret as u64,
+            };
             emit(&ev, false);
         }
     }
@@ -192,7 +223,12 @@ pub extern "C" fn clone3_enter(ctx: *const SysEnter) -> u32 {
             return 0;
         }
         let mut ca = [0u64; 7];
-        if h::probe_read_user(ca.as_mut_ptr() as *mut c_void, 56, (*ctx).args[0] as *const c_void) != 0 {
+        if h::probe_read_user(
+            ca.as_mut_ptr() as *mut c_void,
+            56,
+            (*ctx).args[0] as *const c_void,
+        ) != 0
+        {
             return 0;
         }
         let (stack, size) = (ca[5], ca[6]);

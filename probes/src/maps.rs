@@ -32,7 +32,13 @@ const F_NO_PREALLOC: u32 = 1;
 const F_MMAPABLE: u32 = 1 << 10;
 
 const fn def(ty: u32, key_size: usize, value_size: usize, max_entries: u32, flags: u32) -> MapDef {
-    MapDef { ty, key_size: key_size as u32, value_size: value_size as u32, max_entries, flags }
+    MapDef {
+        ty,
+        key_size: key_size as u32,
+        value_size: value_size as u32,
+        max_entries,
+        flags,
+    }
 }
 
 const fn array(value_size: usize, max_entries: u32, flags: u32) -> MapDef {

@@ -83,7 +83,12 @@ extern "C" fn zero_page<const W: bool>(_i: u64, ctx: *mut WriteCtx) -> i64 {
         }
         let addr = (*r).start + c.page * PAGE_SIZE;
         if c.tracked != 0 {
-            let n = untouched_run(&mut c.key, addr, (*r).start + (*r).npages * PAGE_SIZE, false);
+            let n = untouched_run(
+                &mut c.key,
+                addr,
+                (*r).start + (*r).npages * PAGE_SIZE,
+                false,
+            );
             if n > 0 {
                 c.page += n;
                 return 0;
@@ -95,7 +100,9 @@ extern "C" fn zero_page<const W: bool>(_i: u64, ctx: *mut WriteCtx) -> i64 {
             if zero.is_null() {
                 return 1;
             }
-            if (*r).flags & R_FILE == 0 && h::probe_write_user(addr as *mut c_void, zero, PAGE_SIZE as u32) == 0 {
+            if (*r).flags & R_FILE == 0
+                && h::probe_write_user(addr as *mut c_void, zero, PAGE_SIZE as u32) == 0
+            {
                 c.n += 1;
             } else {
                 c.fails += 1;
@@ -128,12 +135,26 @@ unsafe fn write_back(cfg: *mut Config, pages: &mut WriteCtx, zeros: &mut WriteCt
         let slots = pages.slots;
         let zero_pages = read_volatile(&(*cfg).zero_pages);
         if slots >= MAX_LOOPS {
-            return Done { held: 1, partial: 1, todo: u64::MAX };
+            return Done {
+                held: 1,
+                partial: 1,
+                todo: u64::MAX,
+            };
         }
         let mut held = 0;
         reset_chunk_cache();
-        if slots > 0 && !run_loop(slots, restore_page as *const c_void, pages as *mut WriteCtx as *mut c_void) {
-            return Done { held: 1, partial: 1, todo: u64::MAX };
+        if slots > 0
+            && !run_loop(
+                slots,
+                restore_page as *const c_void,
+                pages as *mut WriteCtx as *mut c_void,
+            )
+        {
+            return Done {
+                held: 1,
+                partial: 1,
+                todo: u64::MAX,
+            };
         }
         let mut todo = 0;
         if zeros.nregions > 0 {
@@ -144,7 +165,11 @@ unsafe fn write_back(cfg: *mut Config, pages: &mut WriteCtx, zeros: &mut WriteCt
                 todo = u64::MAX;
             } else {
                 reset_chunk_cache();
-                let ran = run_loop(zero_pages, zero_page::<true> as *const c_void, zeros as *mut WriteCtx as *mut c_void);
+                let ran = run_loop(
+                    zero_pages,
+                    zero_page::<true> as *const c_void,
+                    zeros as *mut WriteCtx as *mut c_void,
+                );
                 if !ran || zeros.region < zeros.nregions {
                     todo = u64::MAX;
                 }
@@ -158,7 +183,11 @@ unsafe fn write_back(cfg: *mut Config, pages: &mut WriteCtx, zeros: &mut WriteCt
                 todo = u64::MAX;
             }
         }
-        Done { held, partial: 0, todo }
+        Done {
+            held,
+            partial: 0,
+            todo,
+        }
     }
 }
 
@@ -175,7 +204,11 @@ unsafe fn list_zero_todo(cfg: *mut Config, zeros: &mut WriteCtx) -> u64 {
         }
         reset_chunk_cache();
         let zero_pages = read_volatile(&(*cfg).zero_pages);
-        let ran = run_loop(zero_pages, zero_page::<false> as *const c_void, zeros as *mut WriteCtx as *mut c_void);
+        let ran = run_loop(
+            zero_pages,
+            zero_page::<false> as *const c_void,
+            zeros as *mut WriteCtx as *mut c_void,
+        );
         if !ran || zeros.fails != 0 || zeros.region < zeros.nregions {
             return u64::MAX;
         }
@@ -199,44 +232,95 @@ pub unsafe fn restore<const W: bool>(cfg: *mut Config) {
         let flags = read_volatile(&(*cfg).flags);
         let z = read_volatile(&(*st).opaque_zero);
         let tracked = tracking(cfg, st);
-        let key = ChunkKey { tgid, image: read_volatile(&(*st).exec_gen) as u32, chunk: z };
+        let key = ChunkKey {
+            tgid,
+            image: read_volatile(&(*st).exec_gen) as u32,
+            chunk: z,
+        };
         let slots = read_volatile(&(*cfg).image_slots);
         // With tracking armed, only the dirty set; unless some write may have
         // bypassed the faults (then the target is held: only user space can
         // find such pages).
         let incremental = flags & F_INCREMENTAL != 0;
+        let foreign = foreign_writes(st);
         let unseen = incremental
-            && (read_volatile(&(*st).gup) != read_volatile(&(*st).gup_acked)
-                || read_volatile(&(*st).gup_inflight) != 0
-                || read_volatile(&(*st).gup_sticky) != 0
+            && (foreign
                 || read_volatile(&(*st).rescan) != 0
                 || read_volatile(&(*st).untracked) != 0);
         let changed_only = incremental as u64;
-        let mut pages = WriteCtx { n: z, fails: z, region: z as u32, nregions: z as u32, page: z, tracked, key, slots, changed_only };
+        let mut pages = WriteCtx {
+            n: z,
+            fails: z,
+            region: z as u32,
+            nregions: z as u32,
+            page: z,
+            tracked,
+            key,
+            slots,
+            changed_only,
+        };
         let nzero = read_volatile(&(*cfg).nzero);
-        let mut zeros = WriteCtx { n: z, fails: z, region: z as u32, nregions: nzero, page: z, tracked, key, slots: z, changed_only: z };
+        let mut zeros = WriteCtx {
+            n: z,
+            fails: z,
+            region: z as u32,
+            nregions: nzero,
+            page: z,
+            tracked,
+            key,
+            slots: z,
+            changed_only: z,
+        };
         // The image belongs to another layout (a mapping or a thread came or
         // went), or the config is being rewritten: writing blindly could
         // land in memory that is no longer the image's.
         let same_layout = read_volatile(&(*cfg).image_seq) == read_volatile(&(*st).layout_seq);
-        let mut done = if version & 1 != 0 || !same_layout || flags & F_HOLD_RESTORE != 0 || unseen {
-            Done { held: 1, partial: 1, todo: u64::MAX }
+        // Without tracking, pages written unseen may be anywhere, blank ones
+        // too: user space writes everything and scans the blanks.
+        let mut done = if version & 1 != 0
+            || !same_layout
+            || flags & F_HOLD_RESTORE != 0
+            || (foreign && !incremental)
+        {
+            Done {
+                held: 1,
+                partial: 1,
+                todo: u64::MAX,
+            }
+        } else if unseen {
+            // User space finds the pages so written, and restores the
+            // dirty set with them.
+            Done {
+                held: 1,
+                partial: 0,
+                todo: u64::MAX,
+            }
         } else if W && flags & F_BPF_WRITE != 0 {
             write_back(cfg, &mut pages, &mut zeros)
         } else if incremental {
             // User space restores the dirty set, or everything.
-            Done { held: 1, partial: 0, todo: u64::MAX }
+            Done {
+                held: 1,
+                partial: 0,
+                todo: u64::MAX,
+            }
         } else {
-            Done { held: 1, partial: 0, todo: list_zero_todo(cfg, &mut zeros) }
+            Done {
+                held: 1,
+                partial: 0,
+                todo: list_zero_todo(cfg, &mut zeros),
+            }
         };
         if read_volatile(&(*cfg).version) != version {
-            done = Done { held: 1, partial: 1, todo: u64::MAX };
+            done = Done {
+                held: 1,
+                partial: 1,
+                todo: u64::MAX,
+            };
         }
-        if done.held != 0 {
-            h::send_signal(SIGSTOP);
-        }
+        let held = if done.held != 0 { hold(cfg) } else { 0 };
         let ev = RestoreEvent {
-            hdr: header(EV_RESTORE, done.held),
+            hdr: header(EV_RESTORE, held),
             written: pages.n,
             write_failed: pages.fails,
             zeroed: zeros.n,

@@ -42,7 +42,12 @@ pub extern "C" fn selftest(_ctx: *const SysEnter) -> u32 {
         let hits = read_volatile(&raw const SELFTEST_BSS) + 1;
         write_volatile(&raw mut SELFTEST_BSS, hits);
         let mut acc = 0u64;
-        h::bpf_loop(10, selftest_step as *const c_void, &mut acc as *mut u64 as *mut c_void, 0);
+        h::bpf_loop(
+            10,
+            selftest_step as *const c_void,
+            &mut acc as *mut u64 as *mut c_void,
+            0,
+        );
         let vals = [
             read_volatile(&raw const SELFTEST_DATA),
             read_volatile(&SELFTEST_RODATA),
@@ -68,4 +73,3 @@ pub extern "C" fn selftest(_ctx: *const SysEnter) -> u32 {
     }
     0
 }
-

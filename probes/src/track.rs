@@ -39,7 +39,9 @@ pub unsafe fn untouched_run(key: &mut ChunkKey, addr: u64, end: u64, checkpoint:
         let chunk = addr >> CHUNK_SHIFT;
         if read_volatile(&(*cache).chunk) != chunk {
             key.chunk = chunk;
-            let v: *mut Touched = h::map_lookup_elem(map(&TOUCHED), key as *const ChunkKey as *const c_void) as *mut Touched;
+            let v: *mut Touched =
+                h::map_lookup_elem(map(&TOUCHED), key as *const ChunkKey as *const c_void)
+                    as *mut Touched;
             if v.is_null() {
                 let chunk_end = (chunk + 1) << CHUNK_SHIFT;
                 let stop = if chunk_end < end { chunk_end } else { end };
@@ -60,7 +62,8 @@ pub unsafe fn untouched_run(key: &mut ChunkKey, addr: u64, end: u64, checkpoint:
             write_volatile(&mut (*cache).chunk, chunk);
         }
         let bit = (addr / PAGE_SIZE) & (CHUNK_PAGES - 1);
-        let word = read_volatile((&raw const (*cache).words as *const u64).add(((bit >> 6) & 7) as usize));
+        let word =
+            read_volatile((&raw const (*cache).words as *const u64).add(((bit >> 6) & 7) as usize));
         (word & (1u64 << (bit & 63)) == 0) as u64
     }
 }
@@ -76,7 +79,10 @@ pub unsafe fn chunk_bits(key: &ChunkKey) -> *mut Touched {
         if !v.is_null() {
             return v;
         }
-        let z = Touched { ever: [0; 8], since: [0; 8] };
+        let z = Touched {
+            ever: [0; 8],
+            since: [0; 8],
+        };
         h::map_update_elem(map(&TOUCHED), k, &z as *const Touched as *const c_void, 1);
         let v = h::map_lookup_elem(map(&TOUCHED), k) as *mut Touched;
         if v.is_null() {
@@ -96,7 +102,11 @@ pub unsafe fn chunk_key(st: *const State, addr: u64) -> ChunkKey {
     let (tgid, _) = current_tgid();
     // SAFETY: live map value.
     let image = unsafe { read_volatile(&(*st).exec_gen) } as u32;
-    ChunkKey { tgid, image, chunk: addr >> CHUNK_SHIFT }
+    ChunkKey {
+        tgid,
+        image,
+        chunk: addr >> CHUNK_SHIFT,
+    }
 }
 
 /// The bits of word `w` (pages `64 w .. 64 w + 64` of a chunk) that lie in
@@ -109,7 +119,11 @@ fn span_mask(w: u64, first: u64, end: u64) -> u64 {
     }
     let lo = if first > base { first - base } else { 0 };
     let hi = if end < top { end - base } else { 64 };
-    if hi - lo >= 64 { !0 } else { ((1u64 << (hi - lo)) - 1) << lo }
+    if hi - lo >= 64 {
+        !0
+    } else {
+        ((1u64 << (hi - lo)) - 1) << lo
+    }
 }
 
 /// Marks pages `[first, end)` (0..512) of the chunk holding `addr` written.
@@ -127,8 +141,14 @@ pub unsafe fn mark_span(st: *const State, addr: u64, first: u64, end: u64) {
         while w < 8 {
             let m = span_mask(w as u64, first, end);
             if m != 0 {
-                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).ever as *mut u64).add(w), m);
-                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).since as *mut u64).add(w), m);
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    (&raw mut (*v).ever as *mut u64).add(w),
+                    m,
+                );
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    (&raw mut (*v).since as *mut u64).add(w),
+                    m,
+                );
             }
             w += 1;
         }
@@ -150,10 +170,16 @@ pub unsafe fn mark_page(st: *const State, addr: u64) {
         let bit = (addr / PAGE_SIZE) & (CHUNK_PAGES - 1);
         let w = ((bit >> 6) & 7) as usize;
         let m = 1u64 << (bit & 63);
-        atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).ever as *mut u64).add(w), m);
+        atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(
+            (&raw mut (*v).ever as *mut u64).add(w),
+            m,
+        );
         // The fetching form (not `Relaxed`, which LLVM's BPF backend turns
         // into the non-fetching one): whether this fault set the bit.
-        let old = atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>((&raw mut (*v).since as *mut u64).add(w), m);
+        let old = atomic_or::<u64, u64, { AtomicOrdering::SeqCst }>(
+            (&raw mut (*v).since as *mut u64).add(w),
+            m,
+        );
         if old & m != 0 {
             return;
         }
@@ -203,7 +229,8 @@ unsafe fn drop_span(st: *const State, addr: u64, first: u64, end: u64) {
     // SAFETY: map values are null checked; word indices are masked.
     unsafe {
         let key = chunk_key(st, addr);
-        let v = h::map_lookup_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void) as *mut Touched;
+        let v = h::map_lookup_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void)
+            as *mut Touched;
         if v.is_null() {
             // Never written: zero before and after.
             return;
@@ -212,8 +239,14 @@ unsafe fn drop_span(st: *const State, addr: u64, first: u64, end: u64) {
         while w < 8 {
             let m = span_mask(w as u64, first, end);
             if m != 0 {
-                atomic_and::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).ever as *mut u64).add(w), !m);
-                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>((&raw mut (*v).since as *mut u64).add(w), m);
+                atomic_and::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    (&raw mut (*v).ever as *mut u64).add(w),
+                    !m,
+                );
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(
+                    (&raw mut (*v).since as *mut u64).add(w),
+                    m,
+                );
             }
             w += 1;
         }
@@ -258,16 +291,32 @@ extern "C" fn range_chunk(i: u64, ctx: *mut RangeCtx) -> i64 {
         let addr = ((c.start >> CHUNK_SHIFT) + i) << CHUNK_SHIFT;
         let end = addr + (1 << CHUNK_SHIFT);
         // The range's pages in this chunk.
-        let first = if c.lo > addr { (c.lo - addr) / PAGE_SIZE } else { 0 };
-        let last = if c.hi < end { (c.hi - addr).div_ceil(PAGE_SIZE) } else { CHUNK_PAGES };
+        let first = if c.lo > addr {
+            (c.lo - addr) / PAGE_SIZE
+        } else {
+            0
+        };
+        let last = if c.hi < end {
+            (c.hi - addr).div_ceil(PAGE_SIZE)
+        } else {
+            CHUNK_PAGES
+        };
         if c.mode == RangeMode::Changed as u64 {
             changed_span(st, addr, first, last);
             return 0;
         }
         if c.mode == RangeMode::Clear as u64 {
             // Rounded inwards: a page only partly dropped keeps its data.
-            let first = if c.lo > addr { (c.lo - addr).div_ceil(PAGE_SIZE) } else { 0 };
-            let last = if c.hi < end { (c.hi - addr) / PAGE_SIZE } else { CHUNK_PAGES };
+            let first = if c.lo > addr {
+                (c.lo - addr).div_ceil(PAGE_SIZE)
+            } else {
+                0
+            };
+            let last = if c.hi < end {
+                (c.hi - addr) / PAGE_SIZE
+            } else {
+                CHUNK_PAGES
+            };
             if first < last {
                 drop_span(st, addr, first, last);
             }
@@ -282,7 +331,8 @@ extern "C" fn range_chunk(i: u64, ctx: *mut RangeCtx) -> i64 {
             return 0;
         }
         let key = chunk_key(st, addr);
-        let v = h::map_lookup_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void) as *mut Touched;
+        let v = h::map_lookup_elem(map(&TOUCHED), &key as *const ChunkKey as *const c_void)
+            as *mut Touched;
         if !v.is_null() {
             mark_span(st, addr, 0, CHUNK_PAGES);
         }
@@ -310,9 +360,22 @@ pub unsafe fn mark_range(st: *const State, start: u64, len: u64, mode: RangeMode
         let cfg: *const Config = lookup(map(&CONFIG), 0);
         let thp = !cfg.is_null() && read_volatile(&(*cfg).flags) & F_THP_ALWAYS != 0;
         let whole = (thp || read_volatile(&(*st).thp_seen) != 0) as u64;
-        let mut c = RangeCtx { st: st as u64, start: first << CHUNK_SHIFT, mode: mode as u64, lo: start, hi: start + len, whole };
+        let mut c = RangeCtx {
+            st: st as u64,
+            start: first << CHUNK_SHIFT,
+            mode: mode as u64,
+            lo: start,
+            hi: start + len,
+            whole,
+        };
         // A refused loop loses marks: stop trusting the bitmaps then.
-        if h::bpf_loop(n as u32, range_chunk as *const c_void, &mut c as *mut RangeCtx as *mut c_void, 0) < 0 {
+        if h::bpf_loop(
+            n as u32,
+            range_chunk as *const c_void,
+            &mut c as *mut RangeCtx as *mut c_void,
+            0,
+        ) < 0
+        {
             write_volatile(&raw mut (*(st as *mut State)).untracked, 1);
         }
     }
@@ -331,6 +394,8 @@ pub struct FaultArgs {
 }
 
 const PF_WRITE: u64 = 1 << 1;
+/// The fault was a protection violation on a present page.
+const PF_PROT: u64 = 1 << 0;
 
 #[inline(always)]
 pub unsafe fn on_fault(ctx: *const FaultArgs) -> u32 {
@@ -349,7 +414,15 @@ pub unsafe fn on_fault(ctx: *const FaultArgs) -> u32 {
         }
         // With THP a fault may map a whole 2 MiB chunk that later writes
         // fill without faulting again.
-        let all = read_volatile(&(*cfg).flags) & F_THP_ALWAYS != 0 || read_volatile(&(*st).thp_seen) != 0;
+        let flags = read_volatile(&(*cfg).flags);
+        let thp = flags & F_THP_ALWAYS != 0 || read_volatile(&(*st).thp_seen) != 0;
+        // A write to a protected present page: userfaultfd splits a huge
+        // one and unprotects only this page. A fault on an absent page may
+        // still map a whole huge page, all of it writable.
+        let per_page = flags & F_WP_PER_PAGE != 0
+            && (*ctx).error_code & PF_PROT != 0
+            && read_volatile(&(*cfg).image_seq) == read_volatile(&(*st).layout_seq);
+        let all = thp && !per_page;
         mark(st, (*ctx).address, all);
     }
     0
@@ -426,7 +499,12 @@ unsafe fn pending_madvise(start: u64, len: u64, mode: RangeMode) {
     let range = [start, len, mode as u64];
     // SAFETY: stack key and value of the sizes the map has.
     unsafe {
-        h::map_update_elem(map(&MADV_PENDING), &tid as *const u32 as *const c_void, range.as_ptr() as *const c_void, 0);
+        h::map_update_elem(
+            map(&MADV_PENDING),
+            &tid as *const u32 as *const c_void,
+            range.as_ptr() as *const c_void,
+            0,
+        );
     }
 }
 
@@ -441,11 +519,19 @@ pub extern "C" fn madvise_exit(ctx: *const SysExit) -> u32 {
         if range.is_null() {
             return 0;
         }
-        let (start, len, mode) = (read_volatile(&(*range)[0]), read_volatile(&(*range)[1]), read_volatile(&(*range)[2]));
+        let (start, len, mode) = (
+            read_volatile(&(*range)[0]),
+            read_volatile(&(*range)[1]),
+            read_volatile(&(*range)[2]),
+        );
         h::map_delete_elem(map(&MADV_PENDING), key);
         let st = state();
         if (*ctx).ret == 0 && !served().is_null() && !st.is_null() {
-            let mode = if mode == RangeMode::Clear as u64 { RangeMode::Clear } else { RangeMode::Changed };
+            let mode = if mode == RangeMode::Clear as u64 {
+                RangeMode::Clear
+            } else {
+                RangeMode::Changed
+            };
             mark_range(st, start, len, mode);
         }
     }
@@ -501,7 +587,12 @@ pub unsafe fn remember(len: u64) {
     let (_, tid) = current_tgid();
     // SAFETY: stack key and value.
     unsafe {
-        h::map_update_elem(map(&PENDING), &tid as *const u32 as *const c_void, &len as *const u64 as *const c_void, 0);
+        h::map_update_elem(
+            map(&PENDING),
+            &tid as *const u32 as *const c_void,
+            &len as *const u64 as *const c_void,
+            0,
+        );
     }
 }
 

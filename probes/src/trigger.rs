@@ -41,7 +41,12 @@ unsafe fn on_open<const W: bool>(path: u64, flags: u64, creat: bool) -> u32 {
             return 0;
         }
         let mut buf = PathBuf([0; PATH_MAX]);
-        if h::probe_read_user_str(buf.0.as_mut_ptr() as *mut c_void, PATH_MAX as u32, path as *const c_void) <= 0 {
+        if h::probe_read_user_str(
+            buf.0.as_mut_ptr() as *mut c_void,
+            PATH_MAX as u32,
+            path as *const c_void,
+        ) <= 0
+        {
             return 0;
         }
         if same_path(&buf, &raw const (*cfg).ckpt_path) {

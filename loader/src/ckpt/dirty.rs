@@ -96,8 +96,6 @@ pub struct Tracker {
     mechanism: Mechanism,
     /// The target's userfaultfd (fetched into bpfckpt), for `Uffd`.
     uffd: Option<OwnedFd>,
-    /// Ranges registered with the userfaultfd.
-    registered: Vec<(u64, u64)>,
 }
 
 impl Tracker {
@@ -106,22 +104,20 @@ impl Tracker {
             pid,
             mechanism: Mechanism::SoftDirty,
             uffd: None,
-            registered: Vec::new(),
         }
     }
 
     /// A tracker over `uffd`, a userfaultfd created in the target.
     pub fn uffd(pid: i32, uffd: OwnedFd) -> Result<Self> {
-        crate::os::uffdio_api(
-            uffd.as_fd(),
-            crate::os::UFFD_FEATURE_WP_ASYNC | crate::os::UFFD_FEATURE_WP_UNPOPULATED,
-        )
-        .map_err(|e| e.context("asynchronous write protection on the target's userfaultfd"))?;
+        // Not WP_UNPOPULATED: its markers on absent pages look like swap
+        // entries to pagemap, and cost page tables over sparse mappings; a
+        // first write to an absent page faults anyway.
+        crate::os::uffdio_api(uffd.as_fd(), crate::os::UFFD_FEATURE_WP_ASYNC)
+            .map_err(|e| e.context("asynchronous write protection on the target's userfaultfd"))?;
         Ok(Self {
             pid,
             mechanism: Mechanism::Uffd,
             uffd: Some(uffd),
-            registered: Vec::new(),
         })
     }
 
@@ -129,36 +125,34 @@ impl Tracker {
         self.mechanism
     }
 
-    /// Every page of `regions` is clean from now on (after a checkpoint that
-    /// copied them all, or a restore that wrote them all). Regions not yet
-    /// registered are registered first.
+    /// Every page of `regions` (the mappings as they are now) is clean from
+    /// now on (after a checkpoint that copied them all, or a restore that
+    /// wrote them all). Each is registered again: a mapping may have been
+    /// replaced by another at the same addresses since (registering a range
+    /// already registered is a no-op).
     pub fn arm_all(&mut self, regions: &[Region]) -> Result<()> {
         match self.mechanism {
             Mechanism::SoftDirty => self.clear_refs(),
             Mechanism::Uffd => {
                 let fd = self.uffd_fd()?;
-                let mut registered = Vec::with_capacity(regions.len());
                 for r in regions.iter().filter(|r| r.tracked) {
-                    if !self.registered.contains(&(r.start, r.end)) {
-                        crate::os::uffdio_register(
-                            fd,
-                            r.start,
-                            r.end - r.start,
-                            crate::os::UFFDIO_REGISTER_MODE_WP,
-                        )
-                        .map_err(|e| {
-                            e.context(format!(
-                                "register {:#x}-{:#x} for write protection",
-                                r.start, r.end
-                            ))
-                        })?;
-                    }
-                    registered.push((r.start, r.end));
-                    crate::os::uffd_writeprotect(fd, r.start, r.end - r.start).map_err(|e| {
+                    let len = r.end - r.start;
+                    crate::os::uffdio_register(
+                        fd,
+                        r.start,
+                        len,
+                        crate::os::UFFDIO_REGISTER_MODE_WP,
+                    )
+                    .map_err(|e| {
+                        e.context(format!(
+                            "register {:#x}-{:#x} for write protection",
+                            r.start, r.end
+                        ))
+                    })?;
+                    crate::os::uffd_writeprotect(fd, r.start, len).map_err(|e| {
                         e.context(format!("write-protect {:#x}-{:#x}", r.start, r.end))
                     })?;
                 }
-                self.registered = registered;
                 Ok(())
             }
         }

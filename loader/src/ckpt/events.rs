@@ -21,6 +21,8 @@ pub struct Checkpoint {
     pub tgid: u32,
     /// The thread that asked.
     pub tid: u32,
+    /// Held in its trigger open (until user space answers it), not stopped.
+    pub by_open: bool,
     /// The probe stopped the target: user space completes, then continues it.
     pub held: bool,
     /// The region table the copy walked (`Config::applied_seq` then).
@@ -56,6 +58,8 @@ pub struct Restore {
     pub tgid: u32,
     /// The thread that asked.
     pub tid: u32,
+    /// Held in its trigger open (until user space answers it), not stopped.
+    pub by_open: bool,
     pub held: bool,
     /// Saved pages BPF wrote back.
     pub written: u64,
@@ -142,7 +146,8 @@ pub fn decode(b: &[u8]) -> Option<Event> {
     if b.len() < HDR {
         return None;
     }
-    let (kind, tgid, tid, held) = (u32_at(b, 0), u32_at(b, 4), u32_at(b, 8), u32_at(b, 12) != 0);
+    let (kind, tgid, tid, hold) = (u32_at(b, 0), u32_at(b, 4), u32_at(b, 8), u32_at(b, 12));
+    let (held, by_open) = (hold != 0, hold == abi::HELD_OPEN);
     let field = |i: usize| u64_at(b, HDR + 8 * i);
     let fits = |size: usize| b.len() >= size;
     match kind {
@@ -155,6 +160,7 @@ pub fn decode(b: &[u8]) -> Option<Event> {
             Some(Event::Checkpoint(Checkpoint {
                 tgid,
                 tid,
+                by_open,
                 held,
                 table_seq: field(0),
                 version: field(1),
@@ -175,6 +181,7 @@ pub fn decode(b: &[u8]) -> Option<Event> {
         abi::EV_RESTORE if fits(size_of::<abi::RestoreEvent>()) => Some(Event::Restore(Restore {
             tgid,
             tid,
+            by_open,
             held,
             written: field(0),
             write_failed: field(1),
@@ -225,6 +232,7 @@ mod tests {
             Event::Checkpoint(Checkpoint {
                 tgid: 7,
                 tid: 99,
+                by_open: false,
                 held: true,
                 table_seq: 41,
                 version: 6,
@@ -249,6 +257,7 @@ mod tests {
             Event::Restore(Restore {
                 tgid: 7,
                 tid: 99,
+                by_open: false,
                 held: false,
                 written: 10,
                 write_failed: 1,

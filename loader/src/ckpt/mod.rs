@@ -19,4 +19,4 @@ pub mod touched;
 pub mod watchdog;
 mod wire;
 
-pub use engine::{Engine, Options, Outcome, RestorePath, Waiter};
+pub use engine::{Engine, HoldChoice, Options, Outcome, RestorePath, Waiter};

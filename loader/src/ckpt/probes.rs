@@ -36,7 +36,7 @@ const LAYOUT_NAMES: [&str; 10] = [
 
 /// The probes that keep the touched-page bitmaps: without all of them
 /// (the page-fault tracepoints are x86-only) every page is tried.
-const TRACK_NAMES: [&str; 16] = [
+const TRACK_NAMES: [&str; 18] = [
     "fault_user",
     "fault_kernel",
     "madvise_enter",
@@ -47,7 +47,9 @@ const TRACK_NAMES: [&str; 16] = [
     "mmap_enter",
     "mremap_enter",
     "gup_vm_writev",
+    "gup_vm_writev_exit",
     "gup_ptrace",
+    "gup_ptrace_exit",
     "gup_openat2",
     "gup_fcntl",
     "gup_io_uring_setup",
@@ -253,6 +255,12 @@ impl Probes {
 
     pub fn bitmaps(&self) -> &Bitmaps {
         &self.bitmaps
+    }
+
+    /// The event ring buffer's descriptor, to wait on with others.
+    pub fn ring_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.ring.as_fd()
     }
 
     /// Waits up to `timeout` for events; returns those decoded.

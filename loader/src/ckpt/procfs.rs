@@ -284,6 +284,30 @@ pub fn stack_pointers(pid: i32) -> Vec<u64> {
         .collect()
 }
 
+/// What `/proc/PID/task/TID/syscall` says of a thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InSyscall {
+    /// Blocked (or stopped) in system call `nr` (-1: not in one).
+    No(i64),
+    /// On a CPU now: where, it cannot say.
+    Running,
+}
+
+/// Where thread `tid` of `pid` is; `None` once it is gone.
+pub fn task_syscall(pid: i32, tid: u32) -> Option<InSyscall> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    let first = s.split_ascii_whitespace().next()?;
+    if first == "running" {
+        return Some(InSyscall::Running);
+    }
+    first.parse().ok().map(InSyscall::No)
+}
+
+/// `open`, `creat`, `openat`, `openat2` (x86-64).
+pub fn is_open_syscall(nr: i64) -> bool {
+    matches!(nr, 2 | 85 | 257 | 437)
+}
+
 /// The stack pointer of the main thread if it is blocked in the kernel.
 pub fn main_stack_pointer(pid: i32) -> Option<u64> {
     parse_syscall_sp(&std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?)
@@ -347,6 +371,10 @@ pub const PM_SWAPPED: u64 = 1 << 62;
 pub const PM_FILE: u64 = 1 << 61;
 /// A guard region installed with `MADV_GUARD_INSTALL` (Linux 6.14+).
 pub const PM_GUARD: u64 = 1 << 58;
+/// Swap type bits of a swapped-out entry, and the type the kernel gives
+/// markers on absent pages (the last of its 32).
+pub const PM_SWAP_TYPE: u64 = 0x1f;
+pub const SWP_PTE_MARKER: u64 = 31;
 /// Page frame number bits of a pagemap entry (zero without CAP_SYS_ADMIN).
 pub const PM_PFN: u64 = (1 << 55) - 1;
 
@@ -479,6 +507,13 @@ impl Residency {
             };
             for r in &got.regions {
                 let c = r.2;
+                if c & SCAN_SWAPPED != 0 && c & SCAN_PRESENT == 0 {
+                    // The scan tells a page swapped out from a marker on an
+                    // absent page (left by userfaultfd write protection)
+                    // no more than pagemap does; pagemap's swap type does.
+                    self.read_runs(r.0, r.1, out)?;
+                    continue;
+                }
                 let flags = flag_if(c & SCAN_PRESENT != 0, P_PRESENT)
                     | flag_if(c & SCAN_SWAPPED != 0, P_SWAPPED)
                     | flag_if(c & SCAN_FILE != 0, P_FILE)
@@ -521,6 +556,11 @@ impl Residency {
     fn entry_flags(&self, e: u64) -> u8 {
         if e & PM_GUARD != 0 {
             return P_GUARD;
+        }
+        if e & PM_SWAPPED != 0 && e & PM_PRESENT == 0 && e & PM_SWAP_TYPE == SWP_PTE_MARKER {
+            // A marker on an absent page (write protection kept for it, a
+            // poisoned page): nothing of the process's own is there.
+            return 0;
         }
         let present = e & PM_PRESENT != 0;
         flag_if(present, P_PRESENT)
@@ -704,6 +744,21 @@ mod tests {
         moved.offset = 0x4000;
         assert!(!data.same_memory(&moved, 0x5593cd6d6000));
         assert!(!data.same_memory(&m[2], 0x5593cd6d6000));
+    }
+
+    #[test]
+    fn a_marker_on_an_absent_page_holds_nothing() {
+        let r = Residency {
+            pagemap: std::rc::Rc::new(File::open("/dev/null").unwrap()),
+            scan: false,
+            zero_pfn: None,
+        };
+        // As pagemap shows an absent page of a private file mapping that
+        // userfaultfd write-protected (swap bit, uffd-wp bit, type 31).
+        assert_eq!(r.entry_flags(0x4200_0000_0000_003f), 0);
+        // A page really swapped out (type 0, some offset) holds data.
+        assert_eq!(r.entry_flags(PM_SWAPPED | (1234 << 5)), P_SWAPPED);
+        assert_eq!(r.entry_flags(PM_PRESENT | 7), P_PRESENT);
     }
 
     #[test]

@@ -53,6 +53,24 @@ impl Bitmaps {
     /// Sets the `ever` bits of pages written from user space (the target
     /// is held, so no fault races with this read-modify-write).
     pub fn mark(&self, pid: i32, image: u32, addrs: impl Iterator<Item = u64>) -> Result<()> {
+        self.set_bits(pid, image, addrs, 0)
+    }
+
+    /// Sets the `since` bits of `addrs` (target held): pages a restore in
+    /// BPF must always write, as changed since whatever happened.
+    pub fn mark_since(&self, pid: i32, image: u32, addrs: impl Iterator<Item = u64>) -> Result<()> {
+        self.set_bits(pid, image, addrs, SINCE)
+    }
+
+    /// Sets the bits of `addrs` in the words at byte offset `at` of each
+    /// chunk's value.
+    fn set_bits(
+        &self,
+        pid: i32,
+        image: u32,
+        addrs: impl Iterator<Item = u64>,
+        at: usize,
+    ) -> Result<()> {
         let mut chunks: BTreeMap<u64, [u64; 8]> = BTreeMap::new();
         for a in addrs {
             let (chunk, w, m) = bit_of(a);
@@ -65,8 +83,8 @@ impl Bitmaps {
                 val = [0; size_of::<abi::Touched>()];
             }
             for (w, b) in bits.iter().enumerate() {
-                let old = wire::u64_at(&val, w * 8);
-                val[w * 8..w * 8 + 8].copy_from_slice(&(old | b).to_ne_bytes());
+                let old = wire::u64_at(&val, at + w * 8);
+                val[at + w * 8..at + w * 8 + 8].copy_from_slice(&(old | b).to_ne_bytes());
             }
             self.map.update(&key, &val, 0)?;
         }

@@ -3,7 +3,6 @@
 //! own at the checkpoint: absent anonymous pages, untouched file pages).
 
 use super::Engine;
-use super::hold::{cont, wait_stopped};
 use super::target::{Blank, Image, Target};
 use crate::ckpt::abi;
 use crate::ckpt::events::{Checkpoint, Stale};
@@ -39,18 +38,22 @@ impl Engine {
         t.stats.ckpt_kernel_ns_max = t.stats.ckpt_kernel_ns_max.max(c.ns);
         let t0 = Instant::now();
         let mut held = c.held;
-        let result = self.checkpoint(t, c, &mut held);
+        let result = match c.by_open {
+            true => self.hold_in_open(t, c.tid),
+            false => Ok(()),
+        }
+        .and_then(|()| self.checkpoint(t, c, &mut held));
+        let released = if held { self.release(t) } else { Ok(()) };
         if held {
             t.stats.holds += 1;
-            cont(t.pid);
         }
         t.stats.user_ns += t0.elapsed().as_nanos() as u64;
-        result
+        result.and(released)
     }
 
     fn checkpoint(&mut self, t: &mut Target, c: &Checkpoint, held: &mut bool) -> Result<()> {
         if c.incremental {
-            wait_stopped(t.pid, t.files.stat.as_ref())?;
+            self.wait_held(t)?;
             if c.stale == Stale::No && self.armed(t) {
                 let m = self.checkpoint_dirty(t, c)?;
                 t.stats.pages_saved_bpf += m.bpf;
@@ -64,11 +67,19 @@ impl Engine {
         }
         // The probe has overwritten the store: the old image is gone.
         t.image = None;
+        // Counted before user space looks: writes from elsewhere after this
+        // may be missed by the scan, and keep the next requests scanning.
+        let pre = self.window_now()?;
         let saved = if c.incremental {
             self.redo(t)?
         } else {
             self.gather(t, c, held)?
         };
+        if *held && self.cfg.flags & abi::F_INCREMENTAL == 0 {
+            // Every page holding data was read (tracking acknowledges its
+            // own scans).
+            self.ack_scanned(pre)?;
+        }
         t.stats.pages_skipped_untouched += c.skipped;
         t.stats.pages_saved_bpf += saved.bpf;
         t.stats.pages_saved_user += saved.user;
@@ -130,10 +141,10 @@ impl Engine {
             // waits for its marker, so hold it and take the image again.
             let _ = kill(Pid::from_raw(t.pid), Signal::SIGSTOP);
             *held = true;
-            wait_stopped(t.pid, t.files.stat.as_ref())?;
+            self.wait_held(t)?;
             return self.redo(t);
         }
-        wait_stopped(t.pid, t.files.stat.as_ref())?;
+        self.wait_held(t)?;
         if c.stale == Stale::Layout || c.version != self.probes.version() {
             // The table was stale, torn, or replaced since: redo it all
             // from user space, at the same instant (the target is held).

@@ -26,7 +26,7 @@ use crate::ckpt::events::{Checkpoint, Stale};
 use crate::ckpt::inject;
 use crate::ckpt::memio::Mem;
 use crate::ckpt::probes::StateField;
-use crate::ckpt::procfs::{Kind, P_GUARD, PAGE, Residency};
+use crate::ckpt::procfs::{Kind, P_GUARD, PAGE, Region, Residency};
 use crate::ckpt::report::J;
 use crate::{Error, Result};
 use std::collections::BTreeSet;
@@ -114,11 +114,15 @@ impl Engine {
         if let Some(image) = t.image.as_mut() {
             image.index = None;
         }
-        self.cfg.flags &= !abi::F_INCREMENTAL;
+        self.cfg.flags &= !(abi::F_INCREMENTAL | abi::F_WP_PER_PAGE);
         self.push_config()
     }
 
-    fn acquire_tracker(&mut self, t: &Target, tid: u32) -> std::result::Result<Tracker, String> {
+    fn acquire_tracker(
+        &mut self,
+        t: &mut Target,
+        tid: u32,
+    ) -> std::result::Result<Tracker, String> {
         use crate::ckpt::dirty::Choice;
         let soft = matches!(self.opts.dirty, Choice::Auto | Choice::SoftDirty) && self.soft_dirty;
         if soft {
@@ -127,6 +131,7 @@ impl Engine {
         if self.opts.dirty == Choice::SoftDirty {
             return Err("this kernel has no soft-dirty bits (CONFIG_MEM_SOFT_DIRTY)".into());
         }
+        self.stop_instead_of_open(t).map_err(|e| e.to_string())?;
         // The injected userfaultfd() runs in the target: not its own.
         let sticky = self
             .probes
@@ -168,7 +173,8 @@ impl Engine {
         Ok(pre.inflight == 0 && now.inflight == 0 && now.gup == pre.gup)
     }
 
-    /// After a request re-armed `dirty` (all, if `dirty` is `None`): the
+    /// After a request re-armed `dirty` (some pages, or all of the image's
+    /// regions): the
     /// dirty set starts empty again. In a quiet window the scan counted in
     /// `pre` is acknowledged; otherwise the next request scans again, and if
     /// `wiped` (the re-arm may have cleared a page written outside the
@@ -178,13 +184,20 @@ impl Engine {
         t: &Target,
         pre: Window,
         quiet: bool,
-        dirty: Option<&[u64]>,
+        dirty: Rearmed<'_>,
         wiped: bool,
     ) -> Result<()> {
         let (pid, image) = (t.pid, self.image_gen()?);
         match dirty {
-            Some(pages) => self.probes.bitmaps().clear_since(pid, image, pages)?,
-            None => self.probes.bitmaps().clear_since_all(pid, image)?,
+            Rearmed::Pages(pages) => self.probes.bitmaps().clear_since(pid, image, pages)?,
+            Rearmed::All(regions) => {
+                self.probes.bitmaps().clear_since_all(pid, image)?;
+                // Regions saved whole (others may write them): always
+                // changed, for a restore in BPF; and never listed.
+                self.probes
+                    .bitmaps()
+                    .mark_since(pid, image, whole_pages(regions))?;
+            }
         }
         self.probes.set_state(StateField::NDirty, 0)?;
         self.probes.set_state(StateField::DirtySpans, 0)?;
@@ -194,7 +207,7 @@ impl Engine {
             return Ok(());
         }
         self.report().detail(
-            "tracking",
+            "foreign_write",
             &format!("pid {pid}: another process wrote into it during the request; the next request scans"),
             &[("pid", J::N(pid as u64)), ("rescan", J::B(wiped))],
         );
@@ -245,7 +258,8 @@ impl Engine {
         // another of its threads or another process: once armed, read again
         // (later writes fault, or show in the next scan).
         let bpf_copied = c.saved > 0 && !c.incremental;
-        if bpf_copied && !(quiet && c.gup == pre.gup && self.single_threaded_at(c)) {
+        if bpf_copied && !(quiet && c.gup == pre.gup && self.single_threaded_at(c) && !t.late_hold)
+        {
             self.reread_image(t)?;
         }
         let (Some(image), Some(store)) = (t.image.as_mut(), t.store.as_ref()) else {
@@ -262,7 +276,7 @@ impl Engine {
             }
         }
         image.index = Some(index);
-        self.settle(t, pre, quiet, None, true)?;
+        self.settle(t, pre, quiet, Rearmed::All(&regions), true)?;
         self.top_up_free(t)?;
         self.publish_incremental(t)
     }
@@ -288,6 +302,35 @@ impl Engine {
         Ok(())
     }
 
+    /// Reads the regions saved whole into their slots again (target held).
+    fn reread_whole(&mut self, t: &mut Target, mem: &Mem) -> Result<()> {
+        let pages: Vec<(u64, u64)> = {
+            let Some(index) = t.image.as_ref().and_then(|i| i.index.as_ref()) else {
+                return Ok(());
+            };
+            let image = t.image.as_ref().expect("indexed");
+            whole_pages(&image.regions)
+                .filter_map(|a| index.by_addr.get(&a).map(|&s| (a, s)))
+                .collect()
+        };
+        let store = t
+            .store
+            .as_mut()
+            .ok_or_else(|| Error::new("no page store"))?;
+        // Runs of consecutive pages in consecutive slots, as saved.
+        let mut i = 0;
+        while i < pages.len() {
+            let (a, s) = pages[i];
+            let mut n = 1;
+            while i + n < pages.len() && pages[i + n] == (a + n as u64 * PAGE, s + n as u64) {
+                n += 1;
+            }
+            mem.read(a, store.pages_mut(s, n as u64)?)?;
+            i += n;
+        }
+        Ok(())
+    }
+
     /// An incremental checkpoint (target held): the listed dirty pages, and
     /// those a scan finds written without a fault, re-armed and merged
     /// into the image. BPF copied the list into the top `c.saved` free
@@ -309,6 +352,14 @@ impl Engine {
         }
         dirty.sort_unstable();
         dirty.dedup();
+        // Faults anywhere list pages (a stack after a fork): only the
+        // image's tracked regions are armed and indexed.
+        let tracked = t
+            .image
+            .as_ref()
+            .map(|i| i.regions.clone())
+            .unwrap_or_default();
+        dirty.retain(|&a| in_tracked(&tracked, a));
         // A userfaultfd scan protected what it found already (the listed
         // pages among it).
         if !(pre.scan() && uffd) {
@@ -316,14 +367,14 @@ impl Engine {
         }
         let quiet = self.quiet(pre)?;
         // BPF's copies stand if nothing could write them before the re-arm.
-        let trusted = quiet && c.gup == pre.gup;
+        let trusted = quiet && c.gup == pre.gup && !t.late_hold;
         let res = t.residency(self.zero_pfn)?;
         let mem = t.mem()?;
         let mut m = Merged::default();
         let mut copied = BTreeSet::new();
         for (slot, &addr) in taken.into_iter().zip(&listed) {
             let a = t.store.as_ref().map_or(0, |s| s.addr(slot));
-            if trusted && a == addr {
+            if trusted && a == addr && in_tracked(&tracked, addr) {
                 m.bpf += 1;
                 self.place(t, addr, slot)?;
                 copied.insert(addr);
@@ -334,6 +385,7 @@ impl Engine {
         for &addr in dirty.iter().filter(|a| !copied.contains(a)) {
             self.complete_page(t, &res, &mem, addr, &mut m)?;
         }
+        self.reread_whole(t, &mem)?;
         // Written without a fault the probes saw: recorded as written, as
         // every page of the image must be (see write_slots).
         if dirty.len() > listed.len() {
@@ -343,7 +395,7 @@ impl Engine {
         // Soft-dirty re-arms the whole process: a page written meanwhile
         // outside the set may be wiped. A userfaultfd re-arms only the set,
         // all of which was read after.
-        self.settle(t, pre, quiet, Some(&dirty), !uffd)?;
+        self.settle(t, pre, quiet, Rearmed::Pages(&dirty), !uffd)?;
         self.top_up_free(t)?;
         self.publish_incremental(t)?;
         Ok(m)
@@ -520,7 +572,14 @@ impl Engine {
         self.cfg.nzero =
             u32::try_from(rows.len()).map_err(|_| Error::new("too many blank ranges"))?;
         self.cfg.zero_pages = image.blank.iter().map(|b| b.pages).sum();
-        self.set_thread_flag(t);
+        if t.tracker
+            .as_ref()
+            .is_some_and(|tr| tr.mechanism() == Mechanism::Uffd)
+        {
+            self.cfg.flags |= abi::F_WP_PER_PAGE;
+        } else {
+            self.cfg.flags &= !abi::F_WP_PER_PAGE;
+        }
         let version = self
             .probes
             .publish(&mut self.cfg, |tb| tb.zero_ranges(&rows))?;
@@ -550,7 +609,7 @@ impl Engine {
         let Some(index) = image.index.as_ref() else {
             return Ok(None);
         };
-        if partial || t.tracker.is_none() {
+        if partial || t.tracker.is_none() || self.layout_moved()? {
             return Ok(None);
         }
         let Some(mut dirty) = self.listed()? else {
@@ -564,6 +623,7 @@ impl Engine {
         }
         dirty.sort_unstable();
         dirty.dedup();
+        dirty.retain(|&a| in_tracked(&image.regions, a));
         let mut saved: Vec<(u64, u64)> = Vec::new();
         let mut blank: Vec<(u64, bool)> = Vec::new();
         for &a in &dirty {
@@ -573,6 +633,12 @@ impl Engine {
                 blank.push((a, file));
             }
         }
+        // Regions saved whole are restored whole, as without tracking.
+        saved.extend(
+            whole_pages(&image.regions).filter_map(|a| index.by_addr.get(&a).map(|&s| (s, a))),
+        );
+        saved.sort_unstable_by_key(|&(_, a)| a);
+        saved.dedup();
         Ok(Some(RestoredDirty {
             dirty,
             saved,
@@ -589,7 +655,7 @@ impl Engine {
             tr.rearm(&d.dirty)?;
         }
         let quiet = self.quiet(d.pre)?;
-        self.settle(t, d.pre, quiet, Some(&d.dirty), true)
+        self.settle(t, d.pre, quiet, Rearmed::Pages(&d.dirty), true)
     }
 
     /// After a restore that wrote every saved page and blanked every blank
@@ -601,18 +667,53 @@ impl Engine {
         image: &Image,
         pre: Window,
     ) -> Result<()> {
+        if self.layout_moved()? {
+            // Memory came or went since the image: its regions are not all
+            // there to arm. Everything, until a checkpoint arms anew.
+            return self.probes.set_state(StateField::Rescan, 1);
+        }
         let Some(tr) = t.tracker.as_mut() else {
             return Ok(());
         };
         tr.arm_all(&image.regions)?;
         let quiet = self.quiet(pre)?;
-        self.settle(t, pre, quiet, None, true)
+        self.settle(t, pre, quiet, Rearmed::All(&image.regions), true)
+    }
+
+    /// Whether the target's mappings changed since the image was taken.
+    fn layout_moved(&self) -> Result<bool> {
+        Ok(self.probes.state(StateField::LayoutSeq)? != self.cfg.image_seq)
     }
 
     /// The counts at the start of a held request, for `rearm_after_full_restore`.
     pub(super) fn window_now(&self) -> Result<Window> {
         self.window()
     }
+
+    /// User space has read every page that holds data, the writes from
+    /// elsewhere counted in `pre` among them (unless one was under way).
+    pub(super) fn ack_scanned(&mut self, pre: Window) -> Result<()> {
+        if pre.inflight == 0 {
+            self.probes.set_state(StateField::GupAcked, pre.gup)?;
+        }
+        Ok(())
+    }
+}
+
+/// Which pages a request re-armed.
+enum Rearmed<'a> {
+    Pages(&'a [u64]),
+    /// Every page of these regions.
+    All(&'a [Region]),
+}
+
+/// Pages of the image's regions that are saved whole at every request
+/// (not tracked page by page: others may write them).
+fn whole_pages(regions: &[Region]) -> impl Iterator<Item = u64> + '_ {
+    regions
+        .iter()
+        .filter(|r| !r.tracked)
+        .flat_map(|r| (r.start..r.end).step_by(PAGE as usize))
 }
 
 /// The pages an incremental restore writes: saved ones `(slot, addr)`, and
@@ -622,6 +723,14 @@ pub(super) struct RestoredDirty {
     pub saved: Vec<(u64, u64)>,
     pub blank: Vec<(u64, bool)>,
     pre: Window,
+}
+
+/// Whether `addr` lies in one of the tracked `regions` (ascending).
+fn in_tracked(regions: &[Region], addr: u64) -> bool {
+    let i = regions.partition_point(|r| r.end <= addr);
+    regions
+        .get(i)
+        .is_some_and(|r| r.tracked && r.contains(addr))
 }
 
 fn region_kind(t: &Target, addr: u64) -> Option<Kind> {

@@ -16,6 +16,10 @@ impl Engine {
         // again and the probe sees the table as stale.
         self.probes.set_state(StateField::Notified, 0)?;
         let seq = self.probes.state(StateField::LayoutSeq)?;
+        // Threads counted after the sequence number: one started since
+        // bumps it (at its clone's return), so "one thread" holds while the
+        // table is current.
+        self.set_thread_flag(t);
         let maps = procfs::read_maps(t.pid)?;
         let pid = t.pid;
         // A stack stays a live stack for as long as its thread does.

@@ -19,6 +19,7 @@ mod checkpoint;
 mod hold;
 mod incremental;
 mod layout;
+mod openhold;
 mod restore;
 mod serve;
 mod target;
@@ -34,6 +35,8 @@ use super::wire;
 use crate::{Error, Result};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::{SfdFlags, SigSet, SignalFd};
+pub use openhold::HoldChoice;
+use openhold::OpenHold;
 use std::path::PathBuf;
 use std::process::{Child, ExitStatus};
 
@@ -61,6 +64,8 @@ pub struct Options {
     pub exhaustive: bool,
     /// How pages dirtied since a request are told apart (re-arming).
     pub dirty: crate::ckpt::dirty::Choice,
+    /// How a one-thread target is held at its requests.
+    pub hold: HoldChoice,
     pub report: Reporter,
 }
 
@@ -97,6 +102,8 @@ pub struct Engine {
     signals: SignalFd,
     /// Continues a held target if bpfckpt dies (ckpt/watchdog.rs).
     watchdog: Watchdog,
+    /// Holds targets in their trigger opens (ckpt/engine/openhold.rs).
+    open_hold: Option<OpenHold>,
     pub total: Stats,
 }
 
@@ -104,7 +111,7 @@ impl Engine {
     /// Checks privileges, picks the restore path, loads and attaches the probes.
     pub fn new(opts: Options) -> Result<Self> {
         check_privileges()?;
-        let triggers = Triggers::new(&opts.trigger_dir, abi::PATH_MAX)?;
+        let mut triggers = Triggers::new(&opts.trigger_dir, abi::PATH_MAX)?;
         let (bpf_write, write_why) = choose_restore_path(opts.restore_path)?;
         let signals = signals_as_events()?;
         // After the mask: the watchdog inherits SIGINT/SIGTERM blocked.
@@ -117,6 +124,11 @@ impl Engine {
         if tracked && opts.dirty != crate::ckpt::dirty::Choice::Off {
             base_flags |= abi::F_INCREMENTAL;
         }
+        let (open_hold, hold_why) = openhold::choose(opts.hold, &opts.trigger_dir)?;
+        if open_hold.is_some() {
+            base_flags |= abi::F_OPEN_HOLD;
+            triggers.no_open = true;
+        }
         let mut e = Self {
             cfg: initial_config(&triggers),
             probes,
@@ -128,14 +140,15 @@ impl Engine {
             triggers,
             signals,
             watchdog,
+            open_hold,
             total: Stats::default(),
         };
         e.push_config()?;
-        e.announce_restore_path(&write_why);
+        e.announce_restore_path(&write_why, &hold_why);
         Ok(e)
     }
 
-    fn announce_restore_path(&self, write_why: &str) {
+    fn announce_restore_path(&self, write_why: &str, hold_why: &str) {
         let path = if self.bpf_write {
             "restore path: BPF (bpf_probe_write_user in the target's context)".to_string()
         } else if self.opts.restore_path == RestorePath::User {
@@ -146,9 +159,14 @@ impl Engine {
                  the kernel refuses bpf_probe_write_user: {write_why}"
             )
         };
+        let hold = if self.open_hold.is_some() {
+            "; a one-thread target is held in its trigger open (fanotify)".to_string()
+        } else {
+            format!("; targets are held with SIGSTOP ({hold_why})")
+        };
         self.report().event(
             "start",
-            &path,
+            &format!("{path}{hold}"),
             &[
                 (
                     "restore_path",
@@ -157,6 +175,14 @@ impl Engine {
                 (
                     "trigger_dir",
                     J::S(&self.opts.trigger_dir.display().to_string()),
+                ),
+                (
+                    "hold",
+                    J::S(if self.open_hold.is_some() {
+                        "open"
+                    } else {
+                        "signal"
+                    }),
                 ),
             ],
         );

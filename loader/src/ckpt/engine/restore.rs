@@ -4,7 +4,6 @@
 //! checkpoint: anonymous ones zeroed, file ones read back from the file.
 
 use super::Engine;
-use super::hold::{cont, wait_stopped};
 use super::target::{Blank, Image, Target};
 use crate::ckpt::abi;
 use crate::ckpt::events::{Restore, ZeroTodo};
@@ -31,6 +30,8 @@ struct UserWrites {
     live_stack: u64,
     /// Pages that became guard pages since the checkpoint (left guards).
     guarded: u64,
+    /// Only the pages dirtied since the checkpoint were restored.
+    incremental: bool,
 }
 
 /// Why a page of the image is not written back.
@@ -47,6 +48,10 @@ struct Now<'a> {
     maps: &'a [Mapping],
     stacks: procfs::LiveStacks,
     image: &'a Image,
+    /// Only pages dirtied since a re-arm are written, all of them already
+    /// marked written (only a drop clears the marks, and a drop makes the
+    /// next request take everything).
+    dirty_only: bool,
 }
 
 impl Now<'_> {
@@ -88,18 +93,22 @@ impl UserWrites {
 impl Engine {
     pub(super) fn on_restore(&mut self, t: &mut Target, r: &Restore) -> Result<()> {
         let t0 = Instant::now();
-        let result = self.restore(t, r);
+        let result = match r.by_open {
+            true => self.hold_in_open(t, r.tid),
+            false => Ok(()),
+        }
+        .and_then(|()| self.restore(t, r));
+        let released = if r.held { self.release(t) } else { Ok(()) };
         if r.held {
             t.stats.holds += 1;
-            cont(t.pid);
         }
         t.stats.user_ns += t0.elapsed().as_nanos() as u64;
-        result
+        result.and(released)
     }
 
     fn restore(&mut self, t: &mut Target, r: &Restore) -> Result<()> {
         if r.held {
-            wait_stopped(t.pid, t.files.stat.as_ref())?;
+            self.wait_held(t)?;
         }
         let Some(image) = t.image.take() else {
             self.report().warn(&format!(
@@ -165,7 +174,10 @@ impl Engine {
         } else {
             None
         };
-        let dirty = if tracked && !self.bpf_write {
+        // BPF wrote nothing (no write helper, or it left the request to
+        // user space): the dirty set, if it is known as a list.
+        let bpf_wrote = self.bpf_write && (r.written > 0 || r.zeroed > 0 || r.write_failed > 0);
+        let dirty = if tracked && !bpf_wrote {
             self.restore_dirty(t, image, r.partial)?
         } else {
             None
@@ -185,6 +197,7 @@ impl Engine {
             maps,
             stacks: self.live_stacks(t),
             image,
+            dirty_only: dirty.is_some(),
         };
         if let Some(d) = dirty {
             // Only what changed since the checkpoint, then clean again.
@@ -193,6 +206,7 @@ impl Engine {
             let blank = present_blanks(&res, &d.blank)?;
             self.rewrite_blanks(t.pid, &now, &mem, &res, &blank, &mut done)?;
             self.rearm_after_restore(t, &d)?;
+            done.incremental = true;
             return Ok(done);
         }
         // Everything: every saved page, every blank page that holds data.
@@ -259,9 +273,8 @@ impl Engine {
         }
         done.written = slots.len() as u64 - done.guarded;
         // Writes from user space fault nothing: record them, or the next
-        // checkpoint would take these pages for never written. (An image
-        // kept by dirty tracking has every page recorded when it came in.)
-        if now.image.index.is_none() {
+        // checkpoint would take these pages for never written.
+        if !now.dirty_only {
             self.mark_written(pid, slots.iter().map(|&(_, a)| a))?;
         }
         Ok(done)
@@ -324,6 +337,7 @@ impl Engine {
                 ("kernel_ns", J::N(r.ns)),
                 ("held", J::B(r.held)),
                 ("partial", J::B(r.partial)),
+                ("incremental", J::B(d.incremental)),
             ],
         );
     }

@@ -2,6 +2,7 @@
 //! they were published under), its thread stacks, its page store and the
 //! image of its last checkpoint.
 
+use super::openhold::HeldOpen;
 use crate::Result;
 use crate::ckpt::dirty::Tracker;
 use crate::ckpt::memio::Mem;
@@ -44,6 +45,15 @@ pub(crate) struct Target {
     pub tracker: Option<Tracker>,
     /// `/proc/PID` files kept open (see [`ProcFiles`]).
     pub files: ProcFiles,
+    /// Its opens in the trigger directory waiting for an answer, oldest
+    /// first (ckpt/engine/openhold.rs).
+    pub opens: VecDeque<HeldOpen>,
+    /// The open it is held in for the request being served.
+    pub open_held: Option<HeldOpen>,
+    /// The request said "held in its open" but no open came: the target
+    /// ran on and was stopped late, so nothing copied at the trigger is to
+    /// be trusted.
+    pub late_hold: bool,
     pub stats: Stats,
 }
 
