@@ -434,3 +434,93 @@ pub fn exit_now(code: i32) -> ! {
     // destructors only leaks memory the exiting process gives back anyway.
     unsafe { libc::_exit(code) }
 }
+
+// ---------------------------------------------------------------------------------------
+// Writers that bypass the target's own faults, and huge pages (dirty-target).
+
+/// `process_vm_writev` of `data` to `addr` in process `pid`: the bytes
+/// written (the kernel writes through get_user_pages, not a fault of `pid`).
+pub fn vm_write(pid: i32, addr: usize, data: &[u8]) -> isize {
+    let local = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: `local` describes `data`, which outlives the call and is only
+    // read; the remote range is the other process's business (the kernel
+    // checks it).
+    unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) }
+}
+
+/// `madvise(MADV_HUGEPAGE)` on our own mapping.
+pub fn want_huge_pages(r: &Region) {
+    // SAFETY: advice on our own mapping; no memory is read or written.
+    let rc = unsafe {
+        libc::madvise(
+            r.ptr.as_ptr() as *mut libc::c_void,
+            r.len,
+            libc::MADV_HUGEPAGE,
+        )
+    };
+    assert_eq!(rc, 0, "madvise: {}", std::io::Error::last_os_error());
+}
+
+/// `read(fd, r)`: the kernel writes into `r` (a fault in the kernel).
+pub fn read_into(fd: i32, r: &Region) -> isize {
+    // SAFETY: `r` is our own writable mapping of `r.len` bytes.
+    unsafe { libc::read(fd, r.ptr.as_ptr() as *mut libc::c_void, r.len) }
+}
+
+/// Forks a child that attaches to the caller with `PTRACE_SEIZE` and then
+/// behaves as a debugger left running: it lets group stops stay stops
+/// (`PTRACE_LISTEN`, so that SIGCONT resumes them) and passes every other
+/// signal on. Returns once the caller is traced.
+pub fn traced_by_child() {
+    let parent = std::process::id() as i32;
+    let (mut rd, mut wr) = std::io::pipe().expect("pipe");
+    let child = fork();
+    if child == 0 {
+        use std::io::Write;
+        // SAFETY: ptrace requests on our parent with no memory arguments
+        // (SEIZE, LISTEN, CONT); `status` is a live local for waitpid.
+        unsafe {
+            if libc::ptrace(libc::PTRACE_SEIZE, parent, 0, 0) != 0 {
+                exit_now(2);
+            }
+            let _ = wr.write_all(b"1");
+            loop {
+                let mut status = 0;
+                if libc::waitpid(parent, &mut status, libc::__WALL) != parent {
+                    exit_now(0);
+                }
+                if !libc::WIFSTOPPED(status) {
+                    exit_now(0);
+                }
+                let sig = libc::WSTOPSIG(status);
+                let stopping = matches!(
+                    sig,
+                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                );
+                if status >> 16 == libc::PTRACE_EVENT_STOP && stopping {
+                    // A group stop: stays stopped until a SIGCONT.
+                    libc::ptrace(libc::PTRACE_LISTEN, parent, 0, 0);
+                } else if status >> 16 == libc::PTRACE_EVENT_STOP {
+                    // Woken by SIGCONT (or interrupted): run on.
+                    libc::ptrace(libc::PTRACE_CONT, parent, 0, 0);
+                } else {
+                    libc::ptrace(libc::PTRACE_CONT, parent, 0, sig as libc::c_long);
+                }
+            }
+        }
+    }
+    drop(wr);
+    let mut b = [0u8; 1];
+    use std::io::Read;
+    assert!(
+        rd.read_exact(&mut b).is_ok(),
+        "the tracer child could not attach"
+    );
+}
