@@ -68,7 +68,20 @@ pub fn run() -> Vec<Check> {
     out.push(helper("bpf_loop", Ok(prog_loop()), true));
     out.push(ringbuf_check());
     out.push(helper("bpf_send_signal", Ok(prog_send_signal()), false));
+    out.push(dirty_tracking());
     out
+}
+
+/// Informational: without a mechanism the requests still work, copying
+/// every page ever written.
+fn dirty_tracking() -> Check {
+    use crate::ckpt::dirty::{Mechanism, available};
+    let detail = match available() {
+        Ok(Mechanism::Uffd) => "userfaultfd write protection, injected into each target with ptrace, read with PAGEMAP_SCAN".to_string(),
+        Ok(m) => m.name().to_string(),
+        Err(why) => format!("none ({why}): every request copies every page ever written"),
+    };
+    Check::new("dirty tracking", true, detail)
 }
 
 /// One line per check: `ok    name[: detail]` or `FAIL  name: detail`.

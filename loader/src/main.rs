@@ -169,7 +169,11 @@ struct Common {
     /// soft-dirty bits where the kernel keeps them, else a userfaultfd with
     /// asynchronous write protection (created inside the target by a system
     /// call bpfckpt injects with ptrace while the target is held, then closed
-    /// there again); `off` copies every page ever written at each checkpoint.
+    /// there again: its registers, signal mask and code are put back exactly,
+    /// and it keeps no extra descriptor); `uffd` or `soft-dirty` insist on
+    /// one; `off` copies every page ever written at each checkpoint. A target
+    /// that cannot be injected (already traced, Yama) gets `off`, with one
+    /// line saying why.
     #[arg(long, value_enum, default_value = "auto", value_name = "HOW")]
     dirty_tracking: DirtyArg,
     /// How a target is held while bpfckpt works on a request: `auto` holds

@@ -749,6 +749,19 @@ struct UffdioRegister {
 }
 const _: () = assert!(size_of::<UffdioRegister>() == 32);
 
+/// A userfaultfd of our own (`flags`: `O_CLOEXEC`, `UFFD_USER_MODE_ONLY`),
+/// to ask the kernel which features it grants.
+pub fn userfaultfd(flags: u64) -> Result<OwnedFd> {
+    // SAFETY: the syscall takes a flags word and returns a new descriptor
+    // (or -1), which we then own alone.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if fd < 0 {
+        return Err(Error::sys("userfaultfd", last_errno()));
+    }
+    // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// `UFFDIO_API` on a userfaultfd asking for `features`: the features and
 /// ioctls the kernel grants.
 pub fn uffdio_api(uffd: BorrowedFd<'_>, features: u64) -> Result<(u64, u64)> {

@@ -90,6 +90,38 @@ fn soft_dirty_works() -> Result<bool> {
     Ok(clean && dirty)
 }
 
+/// The mechanism `auto` picks on this kernel, or why there is none (the
+/// written-page bitmaps alone then). Asked of the kernel with a page and a
+/// userfaultfd of our own; whether a given target lets itself be injected
+/// is only known when it runs.
+pub fn available() -> std::result::Result<Mechanism, String> {
+    if soft_dirty_available() {
+        return Ok(Mechanism::SoftDirty);
+    }
+    let flags = libc::O_CLOEXEC as u64 | crate::ckpt::inject::UFFD_USER_MODE_ONLY;
+    let uffd = crate::os::userfaultfd(flags).map_err(|e| format!("no soft-dirty bits, and {e}"))?;
+    let want = crate::os::UFFD_FEATURE_WP_ASYNC;
+    match crate::os::uffdio_api(uffd.as_fd(), want) {
+        Ok((got, _)) if got & want == want => {}
+        Ok(_) | Err(_) => {
+            return Err(
+                "no soft-dirty bits and no asynchronous userfaultfd write protection (Linux 6.7+)"
+                    .into(),
+            );
+        }
+    }
+    let pagemap =
+        File::open("/proc/self/pagemap").map_err(|e| format!("/proc/self/pagemap: {e}"))?;
+    if !crate::os::pagemap_scan_supported(&pagemap) {
+        return Err("no soft-dirty bits and no PAGEMAP_SCAN (Linux 6.7+)".into());
+    }
+    let yama = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").unwrap_or_default();
+    if yama.trim() == "3" {
+        return Err("no soft-dirty bits, and Yama forbids ptrace (ptrace_scope 3), which the userfaultfd is injected with".into());
+    }
+    Ok(Mechanism::Uffd)
+}
+
 /// A re-arming tracker for one target (one program image).
 pub struct Tracker {
     pid: i32,
