@@ -52,4 +52,20 @@ fn sys_doctor_reports_this_machine() {
         );
         assert!(text.lines().any(|l| l == "ok    bpf_loop helper"));
     }
+    // The mechanism named is the one the kernel has: soft-dirty when it
+    // keeps the bits (Debian's configs), else the userfaultfd.
+    let config = std::process::Command::new("zcat")
+        .arg("/proc/config.gz")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let dirty = get("dirty tracking");
+    if config.lines().any(|l| l == "CONFIG_MEM_SOFT_DIRTY=y") {
+        assert_eq!(dirty.detail, "soft-dirty", "{text}");
+    } else if config.lines().any(|l| l == "CONFIG_USERFAULTFD=y") {
+        assert!(
+            dirty.detail.starts_with("userfaultfd write protection"),
+            "{text}"
+        );
+    }
 }
