@@ -554,6 +554,71 @@ fn scan(pm: i64, start: u64, end: u64, anyof: u64, f: &mut dyn FnMut(u64, u64, u
     true
 }
 
+/// Pagemap bits of an absent page's entry that a marker sets: swapped, of
+/// the last swap type. `PAGEMAP_SCAN` reports such a marker (userfaultfd
+/// write protection leaves them, and a serving bpfckpt may arm it) as
+/// swapped, though nothing is there.
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+const SWP_PTE_MARKER: u64 = 31;
+
+/// Calls `f` for the runs of `[s, t)` (a scanned run of categories `cat`)
+/// that hold something: markers on absent pages taken out.
+fn unmarked_runs(pm: i64, s: u64, t: u64, cat: u64, f: &mut dyn FnMut(u64, u64)) {
+    if cat & PAGE_IS_SWAPPED == 0 || cat & PAGE_IS_PRESENT != 0 {
+        return f(s, t);
+    }
+    let mut run = None;
+    let mut p = s;
+    // A page table's worth of entries per read.
+    let mut buf = [0u64; 512];
+    while p < t {
+        let n = ((t - p) / PAGE).min(buf.len() as u64) as usize;
+        // SAFETY: reads at most `n` entries into a local buffer that holds them.
+        let got = unsafe {
+            sys(
+                SYS_PREAD64,
+                [
+                    pm as u64,
+                    buf.as_mut_ptr() as u64,
+                    n as u64 * 8,
+                    (p / PAGE) * 8,
+                    0,
+                    0,
+                ],
+            )
+        };
+        let n = if got > 0 {
+            (got as usize / 8).min(n)
+        } else {
+            0
+        };
+        if n == 0 {
+            // Unreadable: count the rest as holding something (scorched and
+            // hashed, as before markers were told apart).
+            break;
+        }
+        for &e in &buf[..n] {
+            let marker = e & PM_PRESENT == 0 && e & PM_SWAPPED != 0 && e & 0x1f == SWP_PTE_MARKER;
+            match (marker, run) {
+                (false, None) => run = Some(p),
+                (true, Some(r)) => {
+                    f(r, p);
+                    run = None;
+                }
+                _ => {}
+            }
+            p += PAGE;
+        }
+    }
+    if p < t && run.is_none() {
+        run = Some(p);
+    }
+    if let Some(r) = run {
+        f(r, t);
+    }
+}
+
 /// The pagemap entry of one page.
 fn pagemap_entry(pm: i64, addr: u64) -> u64 {
     let mut e = 0u64;
@@ -703,7 +768,7 @@ fn hash_mapping(e: &Ent, pm: i64, skips: &Skips) -> (u64, u64) {
             PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_GUARD,
             &mut |s, t, cat| {
                 if cat & PAGE_IS_GUARD == 0 {
-                    add(s, t);
+                    unmarked_runs(pm, s, t, cat, &mut add);
                 }
             },
         );
@@ -787,7 +852,9 @@ fn scorch_mapping(e: &Ent, pm: i64, val: u64, skips: &Skips) -> u64 {
             PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_GUARD,
             &mut |s, t, cat| {
                 if cat & PAGE_IS_GUARD == 0 {
-                    pages += scorch_range(s, t, val, skips);
+                    unmarked_runs(pm, s, t, cat, &mut |a, b| {
+                        pages += scorch_range(a, b, val, skips)
+                    });
                 }
             },
         );
