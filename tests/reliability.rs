@@ -213,6 +213,15 @@ fn state(pid: i32) -> Option<char> {
     s[s.rfind(')')? + 1..].trim_start().chars().next()
 }
 
+/// Whether `pid` is held for a request: stopped, or waiting in its trigger
+/// open for bpfckpt's answer (a fanotify permission event), as the
+/// kernel's stack of the process says.
+fn held(pid: i32) -> bool {
+    state(pid) == Some('T')
+        || std::fs::read_to_string(format!("/proc/{pid}/stack"))
+            .is_ok_and(|s| s.contains("fanotify") || s.contains("fsnotify"))
+}
+
 /// Kills a target left behind by a failing test (a stopped one would
 /// otherwise stay forever).
 struct KillOnPanic(i32);
@@ -508,10 +517,10 @@ fn kill_in(
     );
     // The 1 GiB request holds the target while user space works on it:
     // that is the window this test kills bpfckpt in.
-    let mut held = false;
+    let mut was_held = false;
     wait_until(Duration::from_secs(5), || {
-        held = state(target) == Some('T');
-        held || dir.join(done).exists()
+        was_held = held(target);
+        was_held || dir.join(done).exists()
     });
     ours.extend(&objs_of(bp));
     let names = names_of(&ours);
@@ -519,15 +528,15 @@ fn kill_in(
     let _ = bpfckpt.wait();
     let completed = dir.join(done).exists();
     assert!(
-        held && !completed,
-        "the kill missed the window: target held={held}, {done} present={completed}"
+        was_held && !completed,
+        "the kill missed the window: target held={was_held}, {done} present={completed}"
     );
     assert_ours(&ours, &names);
     assert_all_gone(&ours, &names, base);
     // Not left stopped.
     assert!(
-        wait_until(Duration::from_secs(2), || state(target) != Some('T')),
-        "pid {target} is still stopped 2 s after bpfckpt died"
+        wait_until(Duration::from_secs(2), || !held(target)),
+        "pid {target} is still held 2 s after bpfckpt died"
     );
     Killed { target }
 }
@@ -693,8 +702,8 @@ fn kill_during_bpf_copy(watch: bool, name: &str) {
     // Longer than any copy: the late stop must not stick.
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        wait_until(Duration::from_secs(3), || state(target) != Some('T')),
-        "pid {target} is stopped: the probe stopped it after bpfckpt died"
+        wait_until(Duration::from_secs(3), || !held(target)),
+        "pid {target} is held: the probe held it after bpfckpt died"
     );
 }
 
@@ -1013,9 +1022,9 @@ fn target_killed_while_held_for_a_restore() {
         .join(RESTORE_REQUEST)
         .exists()));
     // Restoring 1 GiB from user space keeps it held for a good while.
-    let held = wait_until(Duration::from_secs(5), || state(target) == Some('T'));
+    let was_held = wait_until(Duration::from_secs(5), || held(target));
     assert!(
-        held,
+        was_held,
         "the target was never held for its restore\n{}",
         s.dump()
     );
