@@ -1,5 +1,6 @@
-//! Soak target: `rel-soak --dir DIR --seconds S [--seed X] [--wait SECS]`.
-//! Runs checkpoint/restore cycles until S seconds have passed, with random
+//! Soak target: `rel-soak --dir DIR --seconds S [--min-cycles N] [--seed X] [--wait SECS]`.
+//! Runs checkpoint/restore cycles until S seconds have passed (and at
+//! least N cycles ran), with random
 //! damage between checkpoint and restore (a seeded PRNG: random writes,
 //! whole pages rewritten, pages discarded with MADV_DONTNEED, pages that were
 //! untouched at the checkpoint dirtied, part of a region made read-only)
@@ -60,6 +61,7 @@ struct Owned {
 fn main() {
     let a = Args::parse();
     let seconds: f64 = a.num("seconds", 60.0);
+    let min_cycles = a.num("min-cycles", 1.0) as u64;
     let seed: u64 = a.num("seed", 0x50a6_u64);
     let p = Markers::new(&a.dir()).with_limit(Duration::from_secs_f64(a.num("wait", 120.0f64)));
     say(&format!("READY pid={} seed={seed:#x}", std::process::id()));
@@ -114,7 +116,7 @@ fn main() {
     let damage = Pattern::new(0xdeadbeef);
     let start = Instant::now();
     let (mut cycles, mut verified, mut corrupt) = (0u64, 0u64, 0u64);
-    while start.elapsed().as_secs_f64() < seconds || cycles == 0 {
+    while start.elapsed().as_secs_f64() < seconds || cycles < min_cycles {
         cycles += 1;
         for (k, (o, pat)) in owned.iter_mut().zip(pats.iter_mut()).enumerate() {
             pat.reseed(seed ^ (cycles << 8) ^ k as u64);

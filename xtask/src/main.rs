@@ -91,8 +91,11 @@ fn test(ctx: &Ctx, rest: &[String]) -> Result<()> {
     ctx.cargo(&["test", "--workspace", "--", "--test-threads=2"])?;
     util::step("fuzz the object parser and linker (60 s)");
     fuzz::run(ctx, &["--seconds".to_string(), "60".to_string()])?;
-    util::step("soak: checkpoint/restore with random damage (1 minute)");
-    soak::run(ctx, &["--minutes".to_string(), "1".to_string()])?;
+    util::step("soak: checkpoint/restore with random damage (1 minute, at least 1,000 cycles)");
+    soak::run(
+        ctx,
+        &["--minutes", "1", "--min-cycles", "1000"].map(String::from),
+    )?;
     util::step("bench smoke");
     bench::run(ctx, &["--smoke".to_string()])?;
     if quick {

@@ -30,6 +30,7 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result<()> {
     let mut seconds = 60.0f64;
     let mut seed: Option<u64> = None;
     let mut release = false;
+    let mut min_cycles = 1u64;
     let mut it = args.iter();
     let num = |v: Option<&String>, what: &str| -> Result<f64> {
         v.and_then(|v| v.parse::<f64>().ok())
@@ -48,11 +49,13 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result<()> {
                 )
             }
             "--release" => release = true,
+            "--min-cycles" => min_cycles = num(it.next(), "--min-cycles")? as u64,
             "-h" | "--help" => {
                 eprintln!(
-                    "usage: cargo xtask soak [--minutes M | --seconds S] [--seed X] [--release]\n\n\
+                    "usage: cargo xtask soak [--minutes M | --seconds S] [--min-cycles N] [--seed X] [--release]\n\n\
                      Runs checkpoint/restore cycles with random damage for M minutes (default 1,\n\
-                     fractions allowed) and verifies every byte after every restore."
+                     fractions allowed), and on until N cycles ran (default 1), and verifies every\n\
+                     byte after every restore."
                 );
                 return Ok(());
             }
@@ -83,12 +86,14 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result<()> {
         .args(["run", "--json", "--trigger-dir", &d, "--"])
         .arg(bin.join("rel-soak"))
         .args(["--dir", &d, "--seconds", &seconds.to_string()])
+        .args(["--min-cycles", &min_cycles.to_string()])
         .args(["--seed", &seed.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("soak: start bpfckpt: {e}"))?;
     let start = Instant::now();
-    let limit = Duration::from_secs_f64(seconds) + Duration::from_secs(180);
+    let limit =
+        Duration::from_secs_f64(seconds + min_cycles as f64 * 0.5) + Duration::from_secs(180);
     let stdout = child.stdout.take().ok_or("soak: no stdout")?;
     // A watchdog: the target gives up on a missing marker after 120 s, but
     // never let a stuck session hang the run.
@@ -106,6 +111,7 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result<()> {
         }
     });
     let (mut soak, mut summary, mut restores) = (None, None, 0u64);
+    let (mut incremental, mut mechanism) = (0u64, "none".to_string());
     let mut corrupt_lines = Vec::new();
     for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
         if line.starts_with("SOAK ") {
@@ -115,6 +121,11 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result<()> {
             corrupt_lines.push(line);
         } else if line.contains("\"event\":\"restore\"") {
             restores += 1;
+            incremental += u64::from(line.contains("\"incremental\":true"));
+        } else if line.contains("\"event\":\"tracking\"") {
+            if let Some(m) = line.split("\"mechanism\":\"").nth(1) {
+                mechanism = m.split('"').next().unwrap_or("?").to_string();
+            }
         } else if line.contains("\"event\":\"summary\"") && line.contains("\"scope\":\"pid") {
             summary = Some(line);
         }
@@ -130,7 +141,8 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result<()> {
     let served = summary.as_deref().and_then(|s| field(s, "cycles"));
     eprintln!(
         "soak: {cycles} cycles in {:.1} s, {:.1} GiB verified, {corruptions} corrupt bytes; \
-         bpfckpt served {} cycles ({restores} restore events), exit {st}",
+         bpfckpt served {} cycles ({restores} restore events, {incremental} incremental, \
+         dirty tracking: {mechanism}), exit {st}",
         start.elapsed().as_secs_f64(),
         bytes as f64 / f64::from(1u32 << 30),
         served.map_or("?".to_string(), |n| n.to_string())
