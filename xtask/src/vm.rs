@@ -116,7 +116,11 @@ impl Opts {
                 }
                 "--only" => {
                     let names: Vec<String> = value()?.split(',').map(str::to_string).collect();
-                    let known = guest::checks(o.sizes, "bpf");
+                    let newest = apt::GUESTS
+                        .iter()
+                        .map(|g| g.series)
+                        .max_by_key(|s| series_key(s));
+                    let known = guest::checks(o.sizes, "bpf", newest.unwrap_or("7.3"));
                     if let Some(bad) = names.iter().find(|n| !known.iter().any(|c| &c.name == *n)) {
                         let all: Vec<&str> = known.iter().map(|c| c.name.as_str()).collect();
                         return Err(format!("--only: no check {bad}; checks: {}", all.join(" ")));
@@ -140,13 +144,13 @@ impl Opts {
         Ok(o)
     }
 
-    /// The checks of each path: all, or those `--only` names (with their
-    /// `--exhaustive` twins).
-    fn plan(&self) -> guest::Plan {
+    /// The checks of each path in a guest of kernel `series`: all, or those
+    /// `--only` names (with their `--exhaustive` twins).
+    fn plan(&self, series: &str) -> guest::Plan {
         self.paths
             .iter()
             .map(|&p| {
-                let mut checks = guest::checks(self.sizes, p);
+                let mut checks = guest::checks(self.sizes, p, series);
                 if let Some(only) = &self.only {
                     checks.retain(|c| {
                         only.iter()
@@ -247,35 +251,48 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result<()> {
 
     util::step("VM tier: static guest binaries and the initramfs");
     let bins = guest::build(ctx)?;
-    let plan = opts.plan();
     // A stuck program fails alone, well before the whole boot times out.
     let per_program = (opts.timeout.as_secs() / 4).clamp(30, 300);
-    let conf = guest::conf(&plan, per_program);
-    let image = guest::initramfs(&bins, &conf)?;
-    let initrd = vm_dir.join("initramfs.cpio");
-    std::fs::write(&initrd, &image).map_err(|e| format!("write {}: {e}", initrd.display()))?;
-    let expected = guest::expected_markers(&plan);
-    let per_path: Vec<String> = plan
-        .iter()
-        .map(|(p, c)| format!("{} on the {p} path", c.len()))
-        .collect();
-    eprintln!(
-        "xtask: vm-test: {} ({:.1} MB; /init and {} programs, static {}): checks: {}; {} markers per kernel",
-        initrd.display(),
-        image.len() as f64 / 1e6,
-        bins.0.len() - 1,
-        crate::toolchain::MUSL,
-        per_path.join(", "),
-        expected.len()
-    );
+    let mut jobs = Vec::new();
+    for p in kernels {
+        // What a guest runs depends on its kernel (adv-target needs 6.7).
+        let series = p.kernel.package.series();
+        let plan = opts.plan(&series);
+        let image = guest::initramfs(&bins, &guest::conf(&plan, per_program))?;
+        let initrd = vm_dir.join(format!("initramfs-{series}.cpio"));
+        std::fs::write(&initrd, &image).map_err(|e| format!("write {}: {e}", initrd.display()))?;
+        let per_path: Vec<String> = plan
+            .iter()
+            .map(|(p, c)| format!("{} on the {p} path", c.len()))
+            .collect();
+        let expected = guest::expected_markers(&plan);
+        eprintln!(
+            "xtask: vm-test: {} ({:.1} MB; /init and {} programs, static {}): checks: {}; {} markers{}",
+            initrd.display(),
+            image.len() as f64 / 1e6,
+            bins.0.len() - 1,
+            crate::toolchain::MUSL,
+            per_path.join(", "),
+            expected.len(),
+            guest::not_run(&series)
+                .map(|n| format!("; not run: {n}"))
+                .unwrap_or_default()
+        );
+        jobs.push(Job {
+            prepared: p,
+            initrd,
+            expected,
+        });
+    }
 
+    let queue_len = jobs.len();
     util::step(&format!(
         "VM tier: {} kernel(s) under qemu -accel tcg, {} at a time, limit {} s each",
-        kernels.len(),
+        queue_len,
         opts.jobs,
         opts.timeout.as_secs()
     ));
-    let queue = Mutex::new(kernels.into_iter().collect::<VecDeque<_>>());
+    let queue = Mutex::new(jobs.into_iter().collect::<VecDeque<_>>());
     let outcomes = Mutex::new(Vec::new());
     let failure = Mutex::new(None);
     std::thread::scope(|s| {
@@ -283,8 +300,8 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result<()> {
             s.spawn(|| {
                 // The guard is dropped inside the closure: boots run unlocked.
                 let next = || queue.lock().ok().and_then(|mut q| q.pop_front());
-                while let Some(p) = next() {
-                    match boot(&p, &qemu_bin, &initrd, &vm_dir, &expected, opts.timeout) {
+                while let Some(j) = next() {
+                    match boot(&j, &qemu_bin, &vm_dir, opts.timeout) {
                         Ok(o) => {
                             if let Ok(mut v) = outcomes.lock() {
                                 v.push(o);
@@ -324,6 +341,9 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result<()> {
         }
         for p in &o.verdict.problems {
             println!("[{series}] FAIL {p}");
+        }
+        if let Some(n) = guest::not_run(&series) {
+            println!("[{series}] not run: {n}");
         }
         let per_path: Vec<String> = opts
             .paths
@@ -377,20 +397,26 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A kernel with its initramfs and the markers its guest must report.
+struct Job {
+    prepared: Prepared,
+    initrd: std::path::PathBuf,
+    expected: Vec<String>,
+}
+
 /// Boots one kernel and judges what its guest reported.
 fn boot(
-    p: &Prepared,
+    j: &Job,
     qemu_bin: &std::path::Path,
-    initrd: &std::path::Path,
     vm_dir: &std::path::Path,
-    expected: &[String],
     timeout: Duration,
 ) -> Result<Outcome> {
+    let p = &j.prepared;
     let series = p.kernel.package.series();
     let b = qemu::Boot {
         qemu: qemu_bin,
         kernel: &p.kernel.vmlinuz,
-        initrd,
+        initrd: &j.initrd,
         log: vm_dir.join(format!("console-{series}.log")),
         timeout,
         mem_mib: GUEST_MEM_MIB,
@@ -401,7 +427,7 @@ fn boot(
         p.kernel.package.name, p.kernel.package.version, p.guest.suite
     );
     let run = b.run()?;
-    let verdict = qemu::judge(&run, expected, timeout);
+    let verdict = qemu::judge(&run, &j.expected, timeout);
     if !verdict.passed() {
         let tail = run.lines.len().saturating_sub(40);
         let mut msg = format!(
@@ -469,7 +495,7 @@ mod tests {
         );
         assert!(Opts::parse(&args(&["--path", "both"])).is_err());
         let o = Opts::parse(&args(&["--only", "heap-small,soak"])).unwrap();
-        let plan = o.plan();
+        let plan = o.plan("6.12");
         let names =
             |i: usize| -> Vec<String> { plan[i].1.iter().map(|c| c.name.clone()).collect() };
         assert_eq!(plan[0].0, "bpf");

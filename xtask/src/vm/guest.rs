@@ -76,6 +76,26 @@ pub const ADV_SCENARIOS: [(&str, bool); 8] = [
     ("shm", false),
     ("zero-ranges-16k", false),
 ];
+/// The oldest kernel series `adv-target` runs on: it hashes memory with
+/// `PAGEMAP_SCAN` (Linux 6.7).
+pub const ADV_MIN_SERIES: [u32; 2] = [6, 7];
+
+/// Whether `series` (`6.12`) is at least `min`.
+pub fn series_at_least(series: &str, min: [u32; 2]) -> bool {
+    let v: Vec<u32> = series.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    v.as_slice() >= min.as_slice()
+}
+
+/// What a guest of kernel `series` does not run, and why (for the summary).
+pub fn not_run(series: &str) -> Option<String> {
+    (!series_at_least(series, ADV_MIN_SERIES)).then(|| {
+        format!(
+            "the adv-* checks: adv-target hashes memory with PAGEMAP_SCAN (Linux >= {}.{})",
+            ADV_MIN_SERIES[0], ADV_MIN_SERIES[1]
+        )
+    })
+}
+
 /// The target the kill checks SIGKILL bpfckpt under (MiB): big enough that
 /// user space's part of the request takes a while, even natively.
 pub const KILL_MIB: u32 = 256;
@@ -94,11 +114,11 @@ pub fn exhaustive_name(name: &str) -> String {
     format!("{name}+exhaustive")
 }
 
-/// The checks of `path`. The `--exhaustive` twins run on the BPF path
-/// only: they change how the checkpoint, always BPF's, picks its pages, not
-/// how a restore writes them (and the host's own suites run them on the
-/// user-space path).
-pub fn checks(z: Sizes, path: &str) -> Vec<Check> {
+/// The checks of `path` in a guest of kernel `series`. The `--exhaustive`
+/// twins run on the BPF path only: they change how the checkpoint, always
+/// BPF's, picks its pages, not how a restore writes them (and the host's own
+/// suites run them on the user-space path).
+pub fn checks(z: Sizes, path: &str, series: &str) -> Vec<Check> {
     let modes: &[bool] = if path == "bpf" {
         &[false, true]
     } else {
@@ -146,7 +166,12 @@ pub fn checks(z: Sizes, path: &str) -> Vec<Check> {
         },
         program: vec!["/bin/rel-soak".into()],
     });
-    for (s, moved) in ADV_SCENARIOS {
+    let adv = if series_at_least(series, ADV_MIN_SERIES) {
+        &ADV_SCENARIOS[..]
+    } else {
+        &[]
+    };
+    for &(s, moved) in adv {
         v.push(Check {
             name: format!("adv-{s}"),
             kind: Kind::Adv {
@@ -439,13 +464,16 @@ mod tests {
     };
 
     fn plan() -> Plan {
-        PATHS.iter().map(|p| (*p, checks(SIZES, p))).collect()
+        PATHS
+            .iter()
+            .map(|p| (*p, checks(SIZES, p, "6.12")))
+            .collect()
     }
 
     #[test]
     fn conf_lists_every_check() {
-        let bpf = checks(SIZES, "bpf");
-        let user = checks(SIZES, "user");
+        let bpf = checks(SIZES, "bpf", "6.12");
+        let user = checks(SIZES, "user", "6.12");
         // ckpt-target and bss400 tracked and (BPF path only) exhaustive,
         // 2 kill, the symlink, the soak, the adversarial subset.
         assert_eq!(bpf.len(), 2 * 11 + 2 + 1 + 1 + ADV_SCENARIOS.len());
@@ -483,6 +511,29 @@ mod tests {
             let bin = ch.program[0].trim_start_matches('/');
             assert!(PROGRAMS.iter().any(|(n, _)| *n == bin), "{bin}");
         }
+    }
+
+    #[test]
+    fn adv_target_needs_6_7() {
+        for (series, adv) in [
+            ("5.10", false),
+            ("6.1", false),
+            ("6.7", true),
+            ("6.12", true),
+            ("7.2", true),
+        ] {
+            let n = checks(SIZES, "bpf", series)
+                .iter()
+                .filter(|c| c.name.starts_with("adv-"))
+                .count();
+            assert_eq!(n, if adv { ADV_SCENARIOS.len() } else { 0 }, "{series}");
+            assert_eq!(not_run(series).is_some(), !adv, "{series}");
+        }
+        assert!(
+            not_run("6.1")
+                .unwrap()
+                .contains("PAGEMAP_SCAN (Linux >= 6.7)")
+        );
     }
 
     #[test]
