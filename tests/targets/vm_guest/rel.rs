@@ -223,7 +223,8 @@ pub fn kill(
             } else {
                 "request made, not held".into()
             };
-        } else if restore && stime(target).is_some_and(|t| t >= stime0 + 3) {
+        } else if restore && restore_path == "bpf" && stime(target).is_some_and(|t| t >= stime0 + 3)
+        {
             window = "in the BPF restore".into();
         } else {
             std::thread::sleep(Duration::from_millis(2));
