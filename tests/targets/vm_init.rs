@@ -690,7 +690,7 @@ fn verdict(
     }
     if !problems.is_empty() {
         if let Some(e) = c.last_error() {
-            problems.push(format!("last stderr line: {e}"));
+            problems.push(format!("stderr: {e}"));
         }
         return Err(problems.join("; "));
     }
@@ -913,7 +913,7 @@ PASS heap-small cycles=2 bytes=4096
         assert!(e.contains("restore 2: pages_bpf=0"), "{e}");
         let e = bpf(GOOD, 1);
         assert!(
-            e.contains("exit status 1") && e.contains("last stderr line: bpfckpt: error"),
+            e.contains("exit status 1") && e.contains("stderr: bpfckpt: error"),
             "{e}"
         );
         let e = bpf(&GOOD.replace("PASS heap-small", "FAIL region 0"), 0);
@@ -975,6 +975,21 @@ PASS heap-small cycles=2 bytes=4096
             "{e}"
         );
         assert!(!e.contains("summary"), "{e}");
+        // The error, not the end of the verifier log after it.
+        let c = Captured {
+            stderr: lines(
+                "bpfckpt: error: loading the probes: loading BPF program `trigger_openat_w`: Invalid argument (os error 22)\nverifier log:\nnumber of funcs in func_info doesn't match number of subprogs\nprocessed 0 insns (limit 1000000)\n",
+            ),
+            ..c
+        };
+        let e = verdict(RestorePath::Bpf, &TRACKED, &c, t).unwrap_err();
+        assert!(e.ends_with("stderr: bpfckpt: error: loading the probes: loading BPF program `trigger_openat_w`: Invalid argument (os error 22)"), "{e}");
+        let c = Captured {
+            stderr: lines("some warning\n\n"),
+            ..c
+        };
+        let e = verdict(RestorePath::Bpf, &TRACKED, &c, t).unwrap_err();
+        assert!(e.ends_with("stderr: some warning"), "{e}");
     }
 
     #[test]

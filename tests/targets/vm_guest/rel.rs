@@ -401,7 +401,7 @@ pub fn symlink_verdict(f: &SymlinkFacts, c: &Captured) -> Result<String, String>
         .find(|l| l.contains(CHECKPOINT_DONE) && l.contains("refusing"));
     if error.is_none() {
         problems.push(format!(
-            "no error naming {CHECKPOINT_DONE} and refusing it; last stderr line: {}",
+            "no error naming {CHECKPOINT_DONE} and refusing it; stderr: {}",
             c.last_error().unwrap_or("(none)")
         ));
     }

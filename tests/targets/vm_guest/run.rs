@@ -18,13 +18,13 @@ pub struct Captured {
 }
 
 impl Captured {
-    /// The last non-empty stderr line (bpfckpt's error, if it failed).
+    /// bpfckpt's error if it printed one (a verifier log may follow it),
+    /// else the last non-empty stderr line.
     pub fn last_error(&self) -> Option<&str> {
-        self.stderr
-            .iter()
-            .rev()
-            .map(|l| l.trim())
-            .find(|l| !l.is_empty())
+        let lines = || self.stderr.iter().rev().map(|l| l.trim());
+        lines()
+            .find(|l| l.starts_with("bpfckpt: error:"))
+            .or_else(|| lines().find(|l| !l.is_empty()))
     }
 }
 
@@ -148,7 +148,7 @@ impl Running {
                 "{why} before {what}{}",
                 self.out
                     .last_error()
-                    .map(|e| format!("; last stderr line: {e}"))
+                    .map(|e| format!("; stderr: {e}"))
                     .unwrap_or_default()
             ));
         }
