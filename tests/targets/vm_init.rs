@@ -26,6 +26,7 @@
 //!     soak <name> <seconds> <program> [args...]
 //!     kill <name> checkpoint|restore <MiB> <program>
 //!     symlink <name> file|dangling <program>
+//!     dirty <name> <cycles> <tracking> <mechanism> <program> [args...]
 //!
 //! `target` and `adv` run `bpfckpt run --restore-path P --json --trigger-dir
 //! /tmp/<path>-<name> [--exhaustive] -- <program> [args...] --cycles N --dir
@@ -38,8 +39,16 @@
 //! it is `moved` (a restore in another layout than the image's is user
 //! space's by design); on the user-space path no restore has BPF writes. `soak` runs `--seconds S`,
 //! must report zero corruptions and at least one BPF restore on the BPF
-//! path. `kill` and `symlink` are described in vm_guest/rel.rs.
+//! path. `kill` and `symlink` are described in vm_guest/rel.rs. `dirty`
+//! runs a `dirty-target` scenario with `--dirty-tracking <tracking>`: it
+//! passes when every byte verified, the tracker was `<mechanism>` and the
+//! requests after the first checkpoint were incremental, as the host's
+//! tests/dirty.rs demands (tests/src/dirty_expect.rs): on the BPF path the
+//! probe writes only the pages changed since (and BPF must have written in
+//! some restore), on the user-space path user space does.
 
+#[path = "../src/dirty_expect.rs"]
+mod dirty_expect;
 #[path = "vm_guest/json.rs"]
 mod json;
 #[path = "vm_guest/rel.rs"]
@@ -257,6 +266,13 @@ enum Kind {
     Symlink {
         dangling: bool,
     },
+    /// `dirty-target`: `tracking` is the `--dirty-tracking` option,
+    /// `mechanism` the tracker it must pick.
+    Dirty {
+        cycles: u32,
+        tracking: String,
+        mechanism: String,
+    },
 }
 
 #[derive(Debug, PartialEq)]
@@ -351,6 +367,15 @@ fn parse_conf(text: &str) -> Result<Conf, String> {
                     mib: num(mib)?,
                 },
                 prog(&[p])?,
+            ),
+            ["dirty", name, cycles, tracking, mechanism, p @ ..] => (
+                name,
+                Kind::Dirty {
+                    cycles: num(cycles)?,
+                    tracking: tracking.to_string(),
+                    mechanism: mechanism.to_string(),
+                },
+                prog(p)?,
             ),
             ["symlink", name, to, p] => (
                 name,
@@ -465,6 +490,9 @@ fn run_check(path: RestorePath, c: &Check, timeout: Duration) -> Result<String, 
             vec!["--cycles".into(), cycles.to_string()],
         ),
         Kind::Soak { seconds } => (&[], vec!["--seconds".into(), seconds.to_string()]),
+        Kind::Dirty {
+            cycles, tracking, ..
+        } => return dirty(path, c, *cycles, tracking, &dir, timeout),
     };
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {dir}: {e}"))?;
@@ -484,6 +512,105 @@ fn run_check(path: RestorePath, c: &Check, timeout: Duration) -> Result<String, 
     .args(["--dir", &dir]);
     let captured = run_captured(cmd, timeout)?;
     verdict(path, &c.kind, &captured, timeout)
+}
+
+/// Runs a `dirty-target` check: `bpfckpt run --dirty-tracking tracking`.
+fn dirty(
+    path: RestorePath,
+    c: &Check,
+    cycles: u32,
+    tracking: &str,
+    dir: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {dir}: {e}"))?;
+    let mut cmd = Command::new(BPFCKPT);
+    cmd.args([
+        "run",
+        "--restore-path",
+        path.option(),
+        "--json",
+        "--trigger-dir",
+        dir,
+        "--dirty-tracking",
+        tracking,
+        "--",
+    ])
+    .args(&c.program)
+    .args(["--cycles", &cycles.to_string(), "--dir", dir]);
+    let captured = run_captured(cmd, timeout)?;
+    dirty_verdict(path, &c.kind, &c.program, &captured, timeout)
+}
+
+/// Judges a `dirty-target` run with the host's expectations
+/// (tests/src/dirty_expect.rs); `Ok` holds the figures.
+fn dirty_verdict(
+    path: RestorePath,
+    kind: &Kind,
+    program: &[String],
+    c: &Captured,
+    timeout: Duration,
+) -> Result<String, String> {
+    let Kind::Dirty {
+        cycles, mechanism, ..
+    } = kind
+    else {
+        return Err(format!("not a dirty check: {kind:?}"));
+    };
+    let scenario = program.get(1).map_or("", String::as_str);
+    let traced = program.iter().any(|w| w == "traced");
+    let mut problems = Vec::new();
+    if c.timed_out {
+        problems.push(format!("timed out after {} s", timeout.as_secs()));
+    }
+    let pass = dirty_expect::pass_line(scenario, *cycles);
+    if !c.stdout.iter().any(|l| l.starts_with(&pass)) {
+        problems.push(format!("the target printed no {pass:?}"));
+    }
+    for l in &c.stdout {
+        if l.starts_with("FAIL ") {
+            problems.push(format!("target: {l}"));
+        }
+    }
+    let s = dirty_expect::seen(c.stdout.iter().map(String::as_str));
+    let p = match path {
+        RestorePath::Bpf => dirty_expect::Path::Bpf,
+        RestorePath::User => dirty_expect::Path::User,
+    };
+    if let Err(e) = dirty_expect::check(&s, scenario, traced, *cycles, mechanism, p) {
+        problems.push(e);
+    }
+    // The BPF path's restores are BPF's, but for those with writes from
+    // another process to find (`foreign`) or in another layout than the
+    // image's (`grow`): user space's by design. The user-space path's
+    // never are.
+    match path {
+        RestorePath::Bpf if s.by_bpf == 0 && !matches!(scenario, "foreign" | "grow") => {
+            problems.push("no restore had BPF writes (pages_bpf=0 in each)".into());
+        }
+        RestorePath::User if s.by_bpf > 0 => {
+            problems.push(format!(
+                "{} restores had BPF writes under lockdown",
+                s.by_bpf
+            ));
+        }
+        _ => {}
+    }
+    if !c.status.is_some_and(|st| st.success()) {
+        problems.push(format!("bpfckpt ended with {:?}", c.status));
+    }
+    if !problems.is_empty() {
+        if let Some(e) = c.last_error() {
+            problems.push(format!("stderr: {e}"));
+        }
+        return Err(problems.join("; "));
+    }
+    Ok(format!(
+        "restore={} {}",
+        path.name(),
+        dirty_expect::figures(&s)
+    ))
 }
 
 /// The numbers of one `restore` event.
@@ -616,7 +743,7 @@ fn verdict(
                 (None, false)
             }
         },
-        Kind::Kill { .. } | Kind::Symlink { .. } => (None, false),
+        Kind::Kill { .. } | Kind::Symlink { .. } | Kind::Dirty { .. } => (None, false),
     };
     if restores.is_empty() {
         problems.push("no restore event".into());
@@ -1203,5 +1330,63 @@ PASS heap-small cycles=2 bytes=4096
             msg.contains("not exit status 1") && msg.contains("no error naming"),
             "{msg}"
         );
+    }
+
+    /// A soft-dirty run of `steady` for 2 cycles: the BPF path's restores
+    /// are BPF's, incremental inside the probe.
+    const DIRTY_BPF: &str = r#"{"event":"start","restore_path":"bpf","hold":"open"}
+{"event":"tracking","pid":7,"mechanism":"soft-dirty"}
+{"event":"checkpoint","pid":7,"pages_bpf":4200,"pages_user":0}
+{"event":"restore","pid":7,"pages_bpf":20,"zeroed_bpf":0,"pages_user":0,"zeroed_user":0,"held":false,"incremental":false}
+{"event":"checkpoint","pid":7,"incremental":true,"pages_bpf":12,"pages_user":3}
+{"event":"restore","pid":7,"pages_bpf":15,"zeroed_bpf":0,"pages_user":0,"zeroed_user":0,"held":false,"incremental":false}
+PASS steady cycles=2 pages=4096"#;
+
+    #[test]
+    fn dirty_checks_parse_and_judge() {
+        let c = parse_conf(
+            "path bpf\ndirty dirty-steady-traced+uffd 2 uffd uffd /bin/dirty-target steady traced\n",
+        )
+        .unwrap();
+        let check = &c.paths[0].1[0];
+        assert_eq!(
+            check.kind,
+            Kind::Dirty {
+                cycles: 2,
+                tracking: "uffd".into(),
+                mechanism: "uffd".into()
+            }
+        );
+        assert_eq!(check.program, ["/bin/dirty-target", "steady", "traced"]);
+        let t = Duration::from_secs(5);
+        let kind = |mechanism: &str| Kind::Dirty {
+            cycles: 2,
+            tracking: "auto".into(),
+            mechanism: mechanism.into(),
+        };
+        let prog = ["/bin/dirty-target".to_string(), "steady".into()];
+        let judge = |path, k: &Kind, out: &str| dirty_verdict(path, k, &prog, &captured(out, 0), t);
+        let ok = judge(RestorePath::Bpf, &kind("soft-dirty"), DIRTY_BPF).unwrap();
+        assert!(
+            ok.contains("mechanism=soft-dirty checkpoints=2 incremental=1 ckpt_pages=15 restores=2 incremental=2 by_bpf=2"),
+            "{ok}"
+        );
+        // Another mechanism than the one asked for.
+        let e = judge(RestorePath::Bpf, &kind("uffd"), DIRTY_BPF).unwrap_err();
+        assert!(e.contains("not 1 x \"uffd\""), "{e}");
+        // A restore that wrote everything is not incremental.
+        let full = DIRTY_BPF.replace(r#""pages_bpf":15,"#, r#""pages_bpf":4100,"#);
+        let e = judge(RestorePath::Bpf, &kind("soft-dirty"), &full).unwrap_err();
+        assert!(e.contains("1 of 2 restores incremental"), "{e}");
+        // Not the user-space path's events, nor BPF's writes under lockdown.
+        let e = judge(RestorePath::User, &kind("soft-dirty"), DIRTY_BPF).unwrap_err();
+        assert!(
+            e.contains("restore path \"bpf\"") && e.contains("BPF writes under lockdown"),
+            "{e}"
+        );
+        // Every byte verified, or nothing passes.
+        let failed = DIRTY_BPF.replace("PASS steady", "FAIL steady");
+        let e = judge(RestorePath::Bpf, &kind("soft-dirty"), &failed).unwrap_err();
+        assert!(e.contains("printed no \"PASS steady cycles=2\""), "{e}");
     }
 }

@@ -47,6 +47,7 @@ options:
   --bss-cycles N              cycles of ckpt-bss400 (default 1)
   --adv-cycles N              cycles of the adv-target scenarios (default 2)
   --soak-secs N               seconds of rel-soak per path (default 20)
+  --dirty-cycles N            cycles of the dirty-target scenarios (default 6)
   --jobs N                    guests booted at once (default 2)
   --timeout SECS              hard limit per kernel boot (default 2400)
   --refresh                   refresh the package lists now
@@ -73,6 +74,7 @@ impl Opts {
                 bss_cycles: 1,
                 adv_cycles: 2,
                 soak_secs: 20,
+                dirty_cycles: 6,
             },
             jobs: 2,
             timeout: Duration::from_secs(2400),
@@ -120,7 +122,7 @@ impl Opts {
                         .iter()
                         .map(|g| g.series)
                         .max_by_key(|s| series_key(s));
-                    let known = guest::checks(o.sizes, "bpf", newest.unwrap_or("7.3"));
+                    let known = guest::checks(o.sizes, "bpf", newest.unwrap_or("7.3"), true);
                     if let Some(bad) = names.iter().find(|n| !known.iter().any(|c| &c.name == *n)) {
                         let all: Vec<&str> = known.iter().map(|c| c.name.as_str()).collect();
                         return Err(format!("--only: no check {bad}; checks: {}", all.join(" ")));
@@ -131,6 +133,7 @@ impl Opts {
                 "--bss-cycles" => o.sizes.bss_cycles = number(value()?)? as u32,
                 "--adv-cycles" => o.sizes.adv_cycles = number(value()?)? as u32,
                 "--soak-secs" => o.sizes.soak_secs = number(value()?)? as u32,
+                "--dirty-cycles" => o.sizes.dirty_cycles = number(value()?)? as u32,
                 "--jobs" => o.jobs = number(value()?)? as usize,
                 "--timeout" => o.timeout = Duration::from_secs(number(value()?)?),
                 "--refresh" => o.refresh = true,
@@ -144,13 +147,14 @@ impl Opts {
         Ok(o)
     }
 
-    /// The checks of each path in a guest of kernel `series`: all, or those
-    /// `--only` names (with their `--exhaustive` twins).
-    fn plan(&self, series: &str) -> guest::Plan {
+    /// The checks of each path in a guest of kernel `series` (with
+    /// soft-dirty bits if `soft_dirty`): all, or those `--only` names (with
+    /// their `--exhaustive` twins).
+    fn plan(&self, series: &str, soft_dirty: bool) -> guest::Plan {
         self.paths
             .iter()
             .map(|&p| {
-                let mut checks = guest::checks(self.sizes, p, series);
+                let mut checks = guest::checks(self.sizes, p, series, soft_dirty);
                 if let Some(only) = &self.only {
                     checks.retain(|c| {
                         only.iter()
@@ -167,6 +171,8 @@ impl Opts {
 struct Prepared {
     guest: Guest,
     kernel: apt::Kernel,
+    /// Its config has `CONFIG_MEM_SOFT_DIRTY`.
+    soft_dirty: bool,
 }
 
 /// How one kernel fared.
@@ -227,7 +233,12 @@ fn prepare(vm_dir: &std::path::Path, guest: Guest, refresh: bool) -> Result<Prep
             guest.series
         );
     }
-    Ok(Prepared { guest, kernel })
+    let soft_dirty = config.lines().any(|l| l == "CONFIG_MEM_SOFT_DIRTY=y");
+    Ok(Prepared {
+        guest,
+        kernel,
+        soft_dirty,
+    })
 }
 
 pub fn run(ctx: &Ctx, args: &[String]) -> Result<()> {
@@ -257,7 +268,7 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result<()> {
     for p in kernels {
         // What a guest runs depends on its kernel (adv-target needs 6.7).
         let series = p.kernel.package.series();
-        let plan = opts.plan(&series);
+        let plan = opts.plan(&series, p.soft_dirty);
         let image = guest::initramfs(&bins, &guest::conf(&plan, per_program))?;
         let initrd = vm_dir.join(format!("initramfs-{series}.cpio"));
         std::fs::write(&initrd, &image).map_err(|e| format!("write {}: {e}", initrd.display()))?;
@@ -495,7 +506,7 @@ mod tests {
         );
         assert!(Opts::parse(&args(&["--path", "both"])).is_err());
         let o = Opts::parse(&args(&["--only", "heap-small,soak"])).unwrap();
-        let plan = o.plan("6.12");
+        let plan = o.plan("6.12", true);
         let names =
             |i: usize| -> Vec<String> { plan[i].1.iter().map(|c| c.name.clone()).collect() };
         assert_eq!(plan[0].0, "bpf");

@@ -2,6 +2,10 @@
 //! and `vm-init`, packed with the scenario list into a newc initramfs.
 
 use super::cpio;
+// The dirty-target scenarios and what they must show, shared with the
+// host's tests/dirty.rs and the guest.
+#[path = "../../../tests/src/dirty_expect.rs"]
+mod dirty_expect;
 use crate::toolchain::MUSL;
 use crate::util::{Ctx, Result};
 use object::read::elf::{Dyn, ElfFile64, FileHeader, ProgramHeader};
@@ -31,6 +35,14 @@ pub enum Kind {
     /// A symlink planted at `checkpoint_complete` (to a file, or dangling):
     /// refused, not followed.
     Symlink { dangling: bool },
+    /// A `dirty-target` scenario under `--dirty-tracking tracking`, which
+    /// must pick `mechanism` and make the requests after the first
+    /// checkpoint incremental.
+    Dirty {
+        cycles: u32,
+        tracking: &'static str,
+        mechanism: &'static str,
+    },
 }
 
 /// One check of one restore path.
@@ -76,6 +88,13 @@ pub const ADV_SCENARIOS: [(&str, bool); 8] = [
     ("shm", false),
     ("zero-ranges-16k", false),
 ];
+/// `steady` once more, with a debugger attached to the target.
+pub const DIRTY_TRACED: &str = "steady-traced";
+/// Userfaultfd's asynchronous write protection (`UFFD_FEATURE_WP_ASYNC`)
+/// and `PAGEMAP_SCAN` came with Linux 6.7: older guests track by
+/// soft-dirty alone.
+pub const UFFD_MIN_SERIES: [u32; 2] = [6, 7];
+
 /// The oldest kernel series `adv-target` runs on: it hashes memory with
 /// `PAGEMAP_SCAN` (Linux 6.7).
 pub const ADV_MIN_SERIES: [u32; 2] = [6, 7];
@@ -107,6 +126,7 @@ pub struct Sizes {
     pub bss_cycles: u32,
     pub adv_cycles: u32,
     pub soak_secs: u32,
+    pub dirty_cycles: u32,
 }
 
 /// The name of a check's `--exhaustive` twin.
@@ -118,7 +138,13 @@ pub fn exhaustive_name(name: &str) -> String {
 /// twins run on the BPF path only: they change how the checkpoint, always
 /// BPF's, picks its pages, not how a restore writes them (and the host's own
 /// suites run them on the user-space path).
-pub fn checks(z: Sizes, path: &str, series: &str) -> Vec<Check> {
+///
+/// The `dirty-*` checks run each scenario with `--dirty-tracking auto`,
+/// which must pick soft-dirty where the kernel keeps the bits
+/// (`soft_dirty`: its config has `CONFIG_MEM_SOFT_DIRTY`), else
+/// userfaultfd; and from Linux 6.7 with `--dirty-tracking uffd` too
+/// (`dirty-*+uffd`).
+pub fn checks(z: Sizes, path: &str, series: &str, soft_dirty: bool) -> Vec<Check> {
     let modes: &[bool] = if path == "bpf" {
         &[false, true]
     } else {
@@ -166,6 +192,35 @@ pub fn checks(z: Sizes, path: &str, series: &str) -> Vec<Check> {
         },
         program: vec!["/bin/rel-soak".into()],
     });
+    let uffd = series_at_least(series, UFFD_MIN_SERIES);
+    let auto = match (soft_dirty, uffd) {
+        (true, _) => Some("soft-dirty"),
+        (false, true) => Some("uffd"),
+        (false, false) => None,
+    };
+    let runs = [
+        ("", "auto", auto),
+        ("+uffd", "uffd", uffd.then_some("uffd")),
+    ];
+    for (suffix, tracking, mechanism) in runs {
+        let Some(mechanism) = mechanism else { continue };
+        let scenarios = dirty_expect::SCENARIOS.iter().map(|s| (*s, *s, false));
+        for (name, scenario, traced) in scenarios.chain([(DIRTY_TRACED, "steady", true)]) {
+            let mut program = vec!["/bin/dirty-target".to_string(), scenario.to_string()];
+            if traced {
+                program.push("traced".into());
+            }
+            v.push(Check {
+                name: format!("dirty-{name}{suffix}"),
+                kind: Kind::Dirty {
+                    cycles: z.dirty_cycles,
+                    tracking,
+                    mechanism,
+                },
+                program,
+            });
+        }
+    }
     let adv = if series_at_least(series, ADV_MIN_SERIES) {
         &ADV_SCENARIOS[..]
     } else {
@@ -216,6 +271,11 @@ pub fn conf(plan: &Plan, timeout_secs: u64) -> String {
                     c.name,
                     if *restore { "restore" } else { "checkpoint" }
                 ),
+                Kind::Dirty {
+                    cycles,
+                    tracking,
+                    mechanism,
+                } => format!("dirty {} {cycles} {tracking} {mechanism}", c.name),
                 Kind::Symlink { dangling } => format!(
                     "symlink {} {}",
                     c.name,
@@ -242,7 +302,7 @@ pub fn expected_markers(plan: &Plan) -> Vec<String> {
 }
 
 /// The programs of the initramfs: its name there and the musl build's name.
-pub const PROGRAMS: [(&str, &str); 7] = [
+pub const PROGRAMS: [(&str, &str); 8] = [
     ("init", "vm-init"),
     ("bin/bpfckpt", "bpfckpt"),
     ("bin/ckpt-target", "ckpt-target"),
@@ -250,6 +310,7 @@ pub const PROGRAMS: [(&str, &str); 7] = [
     ("bin/rel-target", "rel-target"),
     ("bin/rel-soak", "rel-soak"),
     ("bin/adv-target", "adv-target"),
+    ("bin/dirty-target", "dirty-target"),
 ];
 
 /// The static binaries, built for musl: (name in the initramfs, path).
@@ -461,23 +522,26 @@ mod tests {
         bss_cycles: 2,
         adv_cycles: 2,
         soak_secs: 20,
+        dirty_cycles: 6,
     };
 
     fn plan() -> Plan {
         PATHS
             .iter()
-            .map(|p| (*p, checks(SIZES, p, "6.12")))
+            .map(|p| (*p, checks(SIZES, p, "6.12", true)))
             .collect()
     }
 
     #[test]
     fn conf_lists_every_check() {
-        let bpf = checks(SIZES, "bpf", "6.12");
-        let user = checks(SIZES, "user", "6.12");
+        let bpf = checks(SIZES, "bpf", "6.12", true);
+        let user = checks(SIZES, "user", "6.12", true);
         // ckpt-target and bss400 tracked and (BPF path only) exhaustive,
-        // 2 kill, the symlink, the soak, the adversarial subset.
-        assert_eq!(bpf.len(), 2 * 11 + 2 + 1 + 1 + ADV_SCENARIOS.len());
-        assert_eq!(user.len(), 11 + 2 + 1 + 1 + ADV_SCENARIOS.len());
+        // 2 kill, the symlink, the soak, the dirty-target scenarios and the
+        // traced one (auto and uffd), the adversarial subset.
+        let dirty = 2 * (dirty_expect::SCENARIOS.len() + 1);
+        assert_eq!(bpf.len(), 2 * 11 + 2 + 1 + 1 + dirty + ADV_SCENARIOS.len());
+        assert_eq!(user.len(), 11 + 2 + 1 + 1 + dirty + ADV_SCENARIOS.len());
         let c = conf(&plan(), 240);
         assert!(
             c.starts_with("# written by cargo xtask vm-test\ntimeout 240\npath bpf\n"),
@@ -494,6 +558,8 @@ mod tests {
             "soak soak 20 /bin/rel-soak\n",
             "adv adv-shm 2 tracked some-bpf /bin/adv-target shm\n",
             "adv adv-maps07-between 2 tracked moved /bin/adv-target maps07-between\n",
+            "dirty dirty-thp 6 auto soft-dirty /bin/dirty-target thp\n",
+            "dirty dirty-steady-traced+uffd 6 uffd uffd /bin/dirty-target steady traced\n",
         ] {
             assert!(
                 b.contains(line) && u.contains(line),
@@ -522,7 +588,7 @@ mod tests {
             ("6.12", true),
             ("7.2", true),
         ] {
-            let n = checks(SIZES, "bpf", series)
+            let n = checks(SIZES, "bpf", series, true)
                 .iter()
                 .filter(|c| c.name.starts_with("adv-"))
                 .count();
@@ -534,6 +600,38 @@ mod tests {
                 .unwrap()
                 .contains("PAGEMAP_SCAN (Linux >= 6.7)")
         );
+    }
+
+    #[test]
+    fn dirty_tracking_per_kernel() {
+        let dirty = |series, soft_dirty| -> Vec<(String, Kind)> {
+            checks(SIZES, "user", series, soft_dirty)
+                .into_iter()
+                .filter(|c| c.name.starts_with("dirty-"))
+                .map(|c| (c.name, c.kind))
+                .collect()
+        };
+        let kind = |tracking, mechanism| Kind::Dirty {
+            cycles: 6,
+            tracking,
+            mechanism,
+        };
+        // 6.1: soft-dirty only (no asynchronous userfaultfd before 6.7).
+        let old = dirty("6.1", true);
+        assert_eq!(old.len(), dirty_expect::SCENARIOS.len() + 1);
+        assert!(old.iter().all(|(_, k)| *k == kind("auto", "soft-dirty")));
+        assert!(old.iter().any(|(n, _)| n == "dirty-steady-traced"));
+        // 6.12: auto picks soft-dirty, and userfaultfd forced.
+        let new = dirty("6.12", true);
+        assert_eq!(new.len(), 2 * old.len());
+        assert!(new.contains(&("dirty-thp+uffd".into(), kind("uffd", "uffd"))));
+        // A kernel without soft-dirty: auto picks userfaultfd; or nothing.
+        assert!(
+            dirty("6.12", false)
+                .iter()
+                .all(|(_, k)| *k == kind("auto", "uffd") || *k == kind("uffd", "uffd"))
+        );
+        assert!(dirty("6.1", false).is_empty());
     }
 
     #[test]
