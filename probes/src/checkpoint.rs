@@ -253,7 +253,11 @@ unsafe fn checkpoint_dirty(cfg: *mut Config, st: *const State, version: u64, t0:
     }
 }
 
-#[inline(never)]
+/// Inlined into the trigger, so that the incremental copy and the full walk
+/// are each one call deep: nested, their frames with the trigger's (and
+/// the loop callback's) exceed the 512 bytes of combined stack that kernels
+/// without private BPF stacks (before 6.13) allow.
+#[inline(always)]
 pub unsafe fn checkpoint(cfg: *mut Config) {
     // SAFETY: `cfg` is a live map value; other pointers are null checked.
     unsafe {
@@ -262,12 +266,21 @@ pub unsafe fn checkpoint(cfg: *mut Config) {
             return;
         }
         let t0 = h::ktime_get_ns();
-        let (tgid, _) = current_tgid();
         let version = read_volatile(&(*cfg).version);
         if incremental(cfg, st, version) {
             checkpoint_dirty(cfg, st, version, t0);
-            return;
+        } else {
+            checkpoint_full(cfg, st, version, t0);
         }
+    }
+}
+
+#[inline(never)]
+unsafe fn checkpoint_full(cfg: *mut Config, st: *const State, version: u64, t0: u64) {
+    // SAFETY: `cfg` and `st` are live map values; other pointers are null
+    // checked.
+    unsafe {
+        let (tgid, _) = current_tgid();
         let applied = read_volatile(&(*cfg).applied_seq);
         let z = read_volatile(&(*st).opaque_zero);
         let gup = read_volatile(&(*st).gup);
