@@ -175,8 +175,9 @@ extern "C" fn copy_dirty(i: u64, ctx: *mut DirtyCtx) -> i64 {
     0
 }
 
-/// The pages dirtied since the last re-arm, listed, with the image still
-/// valid for the rest: only they need copying.
+/// The pages dirtied since the last re-arm are known, listed or (`scan`)
+/// found by the tracker, with the image still valid for the rest: only
+/// they need copying.
 #[inline(always)]
 unsafe fn incremental(cfg: *const Config, st: *const State, version: u64) -> bool {
     // SAFETY: live map values.
@@ -189,18 +190,20 @@ unsafe fn incremental(cfg: *const Config, st: *const State, version: u64) -> boo
             && read_volatile(&(*st).rescan) == 0
             && read_volatile(&(*st).untracked) == 0
             && read_volatile(&(*cfg).image_seq) == read_volatile(&(*st).layout_seq)
-            && read_volatile(&(*st).ndirty) <= DIRTY_MAX as u64
     }
 }
 
 /// Whether BPF may copy the listed pages before user space re-arms them:
-/// nothing but this thread, inside its trigger, can write them meanwhile
-/// (one thread, no write from another process begun and unseen).
+/// the list is the whole dirty set, and nothing but this thread, inside
+/// its trigger, can write them meanwhile (one thread, no write from
+/// another process begun and unseen).
 #[inline(always)]
 unsafe fn copy_now(cfg: *const Config, st: *const State, gup: u64) -> bool {
     // SAFETY: live map values.
     unsafe {
         read_volatile(&(*cfg).flags) & F_SINGLE_THREAD != 0
+            && read_volatile(&(*st).scan) == 0
+            && read_volatile(&(*st).ndirty) <= DIRTY_MAX as u64
             && gup == read_volatile(&(*st).gup_acked)
             && read_volatile(&(*st).gup_inflight) == 0
     }
