@@ -59,6 +59,7 @@ fn assert_incremental(scenario: &str, words: &[&str], s: &Seen, cycles: u32) {
         traced,
         cycles,
         expected_mechanism(),
+        dirty_expect::Thp::current(),
         Path::User,
     ) {
         panic!("{scenario}: {e}\n{}", dirty_expect::figures(s));

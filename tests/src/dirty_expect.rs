@@ -14,7 +14,57 @@ pub const SCENARIOS: [&str; 8] = [
 /// A restore that wrote this many pages or more was not incremental: each
 /// scenario dirties a few dozen pages per cycle of a 16 MiB (4,096-page)
 /// buffer; the libraries' writable data, saved whole, adds a few more.
+/// Plus, where the tracker sees writes 2 MiB at a time, 512 pages for each
+/// huge-page block the cycle dirtied ([`restore_bound`]).
 pub const INCREMENTAL_MAX_PAGES: u64 = 400;
+
+/// Pages of a 2 MiB transparent huge page.
+pub const HUGE_PAGES: u64 = 512;
+
+/// `/sys/kernel/mm/transparent_hugepage/enabled`: which anonymous memory
+/// huge pages may back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Thp {
+    Always,
+    /// Only regions advised with `MADV_HUGEPAGE` (the `thp` scenario's).
+    Madvise,
+    Never,
+}
+
+impl Thp {
+    /// This machine's setting.
+    pub fn current() -> Thp {
+        let s = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .unwrap_or_default();
+        if s.contains("[always]") {
+            Thp::Always
+        } else if s.contains("[madvise]") {
+            Thp::Madvise
+        } else {
+            Thp::Never
+        }
+    }
+}
+
+/// The most pages the restore of a cycle may write when the target says it
+/// dirtied `pages` pages in `blocks` 2 MiB blocks. Soft-dirty over a huge
+/// page is 2 MiB-grained (its first write makes the whole huge page
+/// writable and soft-dirty: the tracker cannot tell which 4 KiB changed),
+/// so each such block may cost all its pages. A userfaultfd's write
+/// protection is per page (an asynchronous fault splits a protected huge
+/// page and unprotects the one page).
+pub fn restore_bound(mechanism: &str, thp: Thp, scenario: &str, blocks: u64) -> u64 {
+    let huge = match thp {
+        Thp::Always => true,
+        Thp::Madvise => scenario == "thp",
+        Thp::Never => false,
+    };
+    if mechanism == "soft-dirty" && huge {
+        INCREMENTAL_MAX_PAGES + HUGE_PAGES * blocks
+    } else {
+        INCREMENTAL_MAX_PAGES
+    }
+}
 
 /// The restore path a run took (`restore_path` of its `start` event).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +95,11 @@ pub struct Seen {
     pub max_restored: u64,
     /// Pages written by all restores (BPF and user space together).
     pub pages_restored: u64,
+    /// Pages each restore wrote, in order.
+    pub restored: Vec<u64>,
+    /// What the target dirtied for each restore to undo, in order:
+    /// `(pages, 2 MiB blocks)` (its `DIRTIED` lines).
+    pub dirtied: Vec<(u64, u64)>,
     /// Pages all incremental checkpoints copied.
     pub pages_checkpointed: u64,
     pub warnings: Vec<String>,
@@ -96,6 +151,14 @@ pub fn seen<'a>(lines: impl IntoIterator<Item = &'a str>) -> Seen {
             s.by_bpf += u64::from(bpf > 0);
             s.max_restored = s.max_restored.max(bpf + user);
             s.pages_restored += bpf + user;
+            s.restored.push(bpf + user);
+        } else if let Some(rest) = l.split("DIRTIED ").nth(1) {
+            let n = |k: &str| {
+                rest.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k)?.parse().ok())
+                    .unwrap_or(0)
+            };
+            s.dirtied.push((n("pages="), n("blocks=")));
         } else if l.contains("\"event\":\"warning\"") {
             s.warnings
                 .push(field(l, "message").unwrap_or("").to_string());
@@ -114,17 +177,20 @@ pub fn pass_line(scenario: &str, cycles: u32) -> String {
 }
 
 /// Checks `s`, a run of `scenario` (with the word `traced` if `traced`)
-/// for `cycles` on `path`, tracked by `mechanism` (`soft-dirty`, `uffd`):
-/// every checkpoint after the first of each program image copied only what
-/// was dirtied and every restore wrote only that; except where the
-/// scenario makes that impossible (`grow`: a new layout every cycle; a
-/// traced target cannot be injected a userfaultfd).
+/// for `cycles` on `path`, tracked by `mechanism` (`soft-dirty`, `uffd`)
+/// on a machine whose huge pages are `thp`: every checkpoint after the
+/// first of each program image copied only what was dirtied and every
+/// restore wrote only that (at the tracker's granularity:
+/// [`restore_bound`]); except where the scenario makes that impossible
+/// (`grow`: a new layout every cycle; a traced target cannot be injected a
+/// userfaultfd).
 pub fn check(
     s: &Seen,
     scenario: &str,
     traced: bool,
     cycles: u32,
     mechanism: &str,
+    thp: Thp,
     path: Path,
 ) -> Result<(), String> {
     let mut problems = Vec::new();
@@ -206,9 +272,22 @@ pub fn check(
             ),
         );
         want(
-            s.max_restored < INCREMENTAL_MAX_PAGES,
-            format!("a restore wrote {} pages", s.max_restored),
+            s.dirtied.len() == s.restored.len(),
+            format!(
+                "the target reported {} cycles' changes for {} restores",
+                s.dirtied.len(),
+                s.restored.len()
+            ),
         );
+        for (i, (&wrote, &(pages, blocks))) in s.restored.iter().zip(&s.dirtied).enumerate() {
+            let bound = restore_bound(mechanism, thp, scenario, blocks);
+            want(
+                wrote < bound,
+                format!(
+                    "restore {i} wrote {wrote} pages for {pages} dirtied in {blocks} 2 MiB blocks (bound {bound}, {mechanism}, huge pages {thp:?})"
+                ),
+            );
+        }
     }
     if problems.is_empty() {
         Ok(())
