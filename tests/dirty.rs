@@ -8,54 +8,16 @@
 //! checkpoint copying only the dirtied pages, a restore writing only
 //! them), or that they fell back where they must. Needs root.
 
+#[path = "src/dirty_expect.rs"]
+mod dirty_expect;
 mod support;
-use support::{Dir, Run, assert_pass, json_num, run};
+use dirty_expect::{Path, Seen, pass_line};
+use support::{Dir, Run, assert_pass, run};
 
 const T: &str = env!("CARGO_BIN_EXE_dirty-target");
 
-/// What bpfckpt's events say about one run.
-#[derive(Debug, Default)]
-struct Seen {
-    /// The `mechanism` of each `tracking` event, in order.
-    mechanisms: Vec<String>,
-    checkpoints: u64,
-    incremental_checkpoints: u64,
-    restores: u64,
-    incremental_restores: u64,
-    /// The most pages one restore wrote from user space.
-    max_restored: u64,
-    warnings: Vec<String>,
-    /// How the target is held at its requests (`open` or `signal`).
-    hold: String,
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!("\"{key}\":\"");
-    let rest = &line[line.find(&pat)? + pat.len()..];
-    rest.split('"').next()
-}
-
 fn seen(r: &Run) -> Seen {
-    let mut s = Seen::default();
-    for l in r.stdout.lines() {
-        if l.contains("\"event\":\"start\"") {
-            s.hold = field(l, "hold").unwrap_or("?").to_string();
-        } else if l.contains("\"event\":\"tracking\"") {
-            s.mechanisms
-                .push(field(l, "mechanism").unwrap_or("?").to_string());
-        } else if l.contains("\"event\":\"checkpoint\"") {
-            s.checkpoints += 1;
-            s.incremental_checkpoints += u64::from(l.contains("\"incremental\":true"));
-        } else if l.contains("\"event\":\"restore\"") {
-            s.restores += 1;
-            s.incremental_restores += u64::from(l.contains("\"incremental\":true"));
-            s.max_restored = s.max_restored.max(json_num(l, "pages_user").unwrap_or(0));
-        } else if l.contains("\"event\":\"warning\"") {
-            s.warnings
-                .push(field(l, "message").unwrap_or("").to_string());
-        }
-    }
-    s
+    dirty_expect::seen(r.stdout.lines())
 }
 
 /// Runs `scenario` for `cycles` under `bpfckpt run --json extra`; it must
@@ -87,53 +49,55 @@ fn expected_mechanism() -> &'static str {
     }
 }
 
-/// Every checkpoint after the first copied only what was dirtied, and
-/// every restore wrote only that: far fewer pages than the 4,096 of the
-/// 16 MiB buffer (a few dozen dirtied per cycle, plus the libraries'
-/// writable data, which is saved whole).
-fn assert_incremental(s: &Seen, cycles: u32) {
-    // The test's trigger directory is private: held in its trigger open.
-    assert_eq!(s.hold, "open", "{s:?}");
-    assert_eq!(s.mechanisms, [expected_mechanism()], "{s:?}");
-    assert_eq!(s.incremental_checkpoints, s.checkpoints - 1, "{s:?}");
-    assert_eq!(s.incremental_restores, u64::from(cycles), "{s:?}");
-    assert!(
-        s.max_restored < 400,
-        "a restore wrote {} pages: {s:?}",
-        s.max_restored
-    );
+/// The shared expectations (tests/src/dirty_expect.rs, also the VM
+/// guest's): this host's restores are user space's (lockdown).
+fn assert_incremental(scenario: &str, words: &[&str], s: &Seen, cycles: u32) {
+    let traced = words.contains(&"traced");
+    if let Err(e) = dirty_expect::check(
+        s,
+        scenario,
+        traced,
+        cycles,
+        expected_mechanism(),
+        dirty_expect::Thp::current(),
+        Path::User,
+    ) {
+        panic!("{scenario}: {e}\n{}", dirty_expect::figures(s));
+    }
+}
+
+/// Runs `scenario` with the default options and checks it as the guest does.
+fn incremental(name: &str, words: &[&str], cycles: u32) -> Seen {
+    let (_, s) = scenario(name, words, cycles, &[]);
+    assert_incremental(name, words, &s, cycles);
+    s
 }
 
 #[test]
 fn pages_dirtied_by_the_target_and_two_checkpoints_in_a_row() {
-    let (_, s) = scenario("steady", &[], 40, &[]);
-    assert_incremental(&s, 40);
+    let s = incremental("steady", &[], 40);
     // Every fifth cycle asks for two checkpoints in a row.
     assert_eq!(s.checkpoints, 40 + 40 / 5, "{s:?}");
 }
 
 #[test]
 fn read_into_present_and_absent_pages() {
-    let (_, s) = scenario("read", &[], 20, &[]);
-    assert_incremental(&s, 20);
+    incremental("read", &[], 20);
 }
 
 #[test]
 fn another_process_writes_with_process_vm_writev() {
-    let (_, s) = scenario("foreign", &[], 20, &[]);
-    assert_incremental(&s, 20);
+    incremental("foreign", &[], 20);
 }
 
 #[test]
 fn fork_between_the_requests() {
-    let (_, s) = scenario("fork", &[], 20, &[]);
-    assert_incremental(&s, 20);
+    incremental("fork", &[], 20);
 }
 
 #[test]
 fn mprotect_both_ways() {
-    let (_, s) = scenario("mprotect", &[], 20, &[]);
-    assert_incremental(&s, 20);
+    incremental("mprotect", &[], 20);
 }
 
 #[test]
@@ -144,37 +108,29 @@ fn transparent_huge_pages() {
         !thp.contains("[never]"),
         "transparent huge pages are off on this machine ({thp}): the scenario would test nothing"
     );
-    let (_, s) = scenario("thp", &[], 20, &[]);
-    assert_incremental(&s, 20);
+    incremental("thp", &[], 20);
 }
 
+/// One tracker per program image; each image's first checkpoint takes
+/// everything, the rest are incremental.
 #[test]
 fn exec_gets_a_tracker_of_its_own() {
     let dir = Dir::new("dirty-exec-");
     let r = run(&dir, &[], T, &["exec", "--cycles", "20"]);
     assert!(
-        r.status.success() && r.stdout.contains("PASS exec-rest cycles=10"),
+        r.status.success() && r.stdout.contains(&pass_line("exec", 20)),
         "{}\n{}",
         r.reason(),
         r.tail()
     );
-    let s = seen(&r);
-    let m = expected_mechanism();
-    assert_eq!(s.mechanisms, [m, m], "one tracker per program image: {s:?}");
-    assert_eq!(s.restores, 20, "{s:?}");
-    // Each image's first checkpoint takes everything; the rest are
-    // incremental.
-    assert_eq!(s.incremental_checkpoints, s.checkpoints - 2, "{s:?}");
-    assert_eq!(s.incremental_restores, 20, "{s:?}");
+    assert_incremental("exec", &[], &seen(&r), 20);
 }
 
 /// The layout changes every cycle: nothing incremental, everything exact
 /// (the new mapping is not the checkpoint's; the grown part reads as zero).
 #[test]
 fn mappings_created_or_grown_after_the_checkpoint() {
-    let (_, s) = scenario("grow", &[], 12, &[]);
-    assert_eq!(s.mechanisms, [expected_mechanism()], "{s:?}");
-    assert_eq!(s.incremental_restores, 0, "{s:?}");
+    incremental("grow", &[], 12);
 }
 
 /// `--dirty-tracking off`: the written-page bitmaps alone, so every
@@ -210,27 +166,15 @@ fn held_by_signal() {
     assert_eq!(s.hold, "signal", "{s:?}");
     assert_eq!(s.mechanisms, [expected_mechanism()], "{s:?}");
     assert_eq!(s.incremental_restores, 20, "{s:?}");
-    assert!(s.max_restored < 400, "{s:?}");
+    assert!(
+        s.max_restored < dirty_expect::INCREMENTAL_MAX_PAGES,
+        "{s:?}"
+    );
 }
 
 /// A debugger attached to the target: no injection, one line saying why,
-/// and the bitmaps alone (still exact).
+/// and the bitmaps alone (still exact); soft-dirty needs no injection.
 #[test]
 fn a_traced_target_falls_back_with_one_line() {
-    let (r, s) = scenario("steady", &["traced"], 6, &[]);
-    if expected_mechanism() == "soft-dirty" {
-        // Nothing to inject: soft-dirty needs no help from the target.
-        assert_eq!(s.mechanisms, ["soft-dirty"], "{s:?}");
-        return;
-    }
-    assert_eq!(s.mechanisms, ["none"], "{s:?}");
-    let why: Vec<&String> = s
-        .warnings
-        .iter()
-        .filter(|w| w.contains("dirty tracking"))
-        .collect();
-    assert_eq!(why.len(), 1, "{:?}", s.warnings);
-    assert!(why[0].contains("already traced by pid"), "{}", why[0]);
-    assert_eq!(s.incremental_restores, 0, "{s:?}");
-    assert!(s.max_restored >= 4096, "{s:?}\n{}", r.tail());
+    incremental("steady", &["traced"], 6);
 }

@@ -140,9 +140,10 @@ pub struct State {
     /// Entries written to `DIRTY` since user space last emptied it (may
     /// exceed `DIRTY_MAX`: then the list is incomplete).
     pub ndirty: u64,
-    /// Set when `since` bits were set without a `DIRTY` entry (a range was
-    /// marked, a chunk at once, the list overflowed): user space then walks
-    /// the bitmaps instead of trusting the list.
+    /// Set when `since` bits were set for pages that may have changed
+    /// without a write the tracker sees (a range populated, dropped or
+    /// lazily freed): user space then walks the bitmaps instead of trusting
+    /// the list.
     pub dirty_spans: u64,
     /// Bumped when someone may have written the target's memory without a
     /// fault in its context (another process's `process_vm_writev` or
@@ -162,6 +163,11 @@ pub struct State {
     /// re-armed away: requests take everything (no dirty set) until a full
     /// checkpoint re-arms all with nothing else writing.
     pub rescan: u64,
+    /// Set when pages may have been written beyond the `DIRTY` list, every
+    /// one of them seen by the tracker (a write fault that may have mapped
+    /// a whole huge page writable, the list overflowed): user space adds
+    /// the tracker's scan to the list, the target held.
+    pub scan: u64,
 }
 
 /// Key of `TOUCHED`: one 2 MiB chunk of one program image.

@@ -175,8 +175,9 @@ extern "C" fn copy_dirty(i: u64, ctx: *mut DirtyCtx) -> i64 {
     0
 }
 
-/// The pages dirtied since the last re-arm, listed, with the image still
-/// valid for the rest: only they need copying.
+/// The pages dirtied since the last re-arm are known, listed or (`scan`)
+/// found by the tracker, with the image still valid for the rest: only
+/// they need copying.
 #[inline(always)]
 unsafe fn incremental(cfg: *const Config, st: *const State, version: u64) -> bool {
     // SAFETY: live map values.
@@ -189,18 +190,20 @@ unsafe fn incremental(cfg: *const Config, st: *const State, version: u64) -> boo
             && read_volatile(&(*st).rescan) == 0
             && read_volatile(&(*st).untracked) == 0
             && read_volatile(&(*cfg).image_seq) == read_volatile(&(*st).layout_seq)
-            && read_volatile(&(*st).ndirty) <= DIRTY_MAX as u64
     }
 }
 
 /// Whether BPF may copy the listed pages before user space re-arms them:
-/// nothing but this thread, inside its trigger, can write them meanwhile
-/// (one thread, no write from another process begun and unseen).
+/// the list is the whole dirty set, and nothing but this thread, inside
+/// its trigger, can write them meanwhile (one thread, no write from
+/// another process begun and unseen).
 #[inline(always)]
 unsafe fn copy_now(cfg: *const Config, st: *const State, gup: u64) -> bool {
     // SAFETY: live map values.
     unsafe {
         read_volatile(&(*cfg).flags) & F_SINGLE_THREAD != 0
+            && read_volatile(&(*st).scan) == 0
+            && read_volatile(&(*st).ndirty) <= DIRTY_MAX as u64
             && gup == read_volatile(&(*st).gup_acked)
             && read_volatile(&(*st).gup_inflight) == 0
     }
@@ -253,7 +256,11 @@ unsafe fn checkpoint_dirty(cfg: *mut Config, st: *const State, version: u64, t0:
     }
 }
 
-#[inline(never)]
+/// Inlined into the trigger, so that the incremental copy and the full walk
+/// are each one call deep: nested, their frames with the trigger's (and
+/// the loop callback's) exceed the 512 bytes of combined stack that kernels
+/// without private BPF stacks (before 6.13) allow.
+#[inline(always)]
 pub unsafe fn checkpoint(cfg: *mut Config) {
     // SAFETY: `cfg` is a live map value; other pointers are null checked.
     unsafe {
@@ -262,12 +269,21 @@ pub unsafe fn checkpoint(cfg: *mut Config) {
             return;
         }
         let t0 = h::ktime_get_ns();
-        let (tgid, _) = current_tgid();
         let version = read_volatile(&(*cfg).version);
         if incremental(cfg, st, version) {
             checkpoint_dirty(cfg, st, version, t0);
-            return;
+        } else {
+            checkpoint_full(cfg, st, version, t0);
         }
+    }
+}
+
+#[inline(never)]
+unsafe fn checkpoint_full(cfg: *mut Config, st: *const State, version: u64, t0: u64) {
+    // SAFETY: `cfg` and `st` are live map values; other pointers are null
+    // checked.
+    unsafe {
+        let (tgid, _) = current_tgid();
         let applied = read_volatile(&(*cfg).applied_seq);
         let z = read_volatile(&(*st).opaque_zero);
         let gup = read_volatile(&(*st).gup);

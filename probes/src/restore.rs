@@ -243,10 +243,14 @@ pub unsafe fn restore<const W: bool>(cfg: *mut Config) {
         // find such pages).
         let incremental = flags & F_INCREMENTAL != 0;
         let foreign = foreign_writes(st);
+        // The `since` bits also hold whole chunks a huge-page fault marked:
+        // user space asks the tracker which of their pages were written.
         let unseen = incremental
             && (foreign
                 || read_volatile(&(*st).rescan) != 0
-                || read_volatile(&(*st).untracked) != 0);
+                || read_volatile(&(*st).untracked) != 0
+                || read_volatile(&(*st).scan) != 0
+                || read_volatile(&(*st).ndirty) > DIRTY_MAX as u64);
         let changed_only = incremental as u64;
         let mut pages = WriteCtx {
             n: z,

@@ -126,16 +126,16 @@ fn span_mask(w: u64, first: u64, end: u64) -> u64 {
     }
 }
 
-/// Marks pages `[first, end)` (0..512) of the chunk holding `addr` written.
-/// More than one page at once is a change the `DIRTY` list does not show.
+/// Sets the `ever` and `since` bits of pages `[first, end)` (0..512) of
+/// the chunk holding `addr`; false if the chunk has no bitmaps.
 #[inline(always)]
-pub unsafe fn mark_span(st: *const State, addr: u64, first: u64, end: u64) {
+unsafe fn set_span(st: *const State, addr: u64, first: u64, end: u64) -> bool {
     // SAFETY: the map value is null checked; word indices are masked.
     unsafe {
         let key = chunk_key(st, addr);
         let v = chunk_bits(&key);
         if v.is_null() {
-            return;
+            return false;
         }
         let mut w = 0usize;
         while w < 8 {
@@ -152,7 +152,21 @@ pub unsafe fn mark_span(st: *const State, addr: u64, first: u64, end: u64) {
             }
             w += 1;
         }
-        write_volatile(&raw mut (*(st as *mut State)).dirty_spans, 1);
+        true
+    }
+}
+
+/// Marks pages `[first, end)` (0..512) of the chunk holding `addr` written
+/// without a write fault: a change the `DIRTY` list does not show, nor
+/// necessarily the tracker (a page populated or dropped has no written bit
+/// to scan for).
+#[inline(always)]
+pub unsafe fn mark_span(st: *const State, addr: u64, first: u64, end: u64) {
+    // SAFETY: `st` is a live map value.
+    unsafe {
+        if set_span(st, addr, first, end) {
+            write_volatile(&raw mut (*(st as *mut State)).dirty_spans, 1);
+        }
     }
 }
 
@@ -187,20 +201,28 @@ pub unsafe fn mark_page(st: *const State, addr: u64) {
         let i = atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*st).ndirty, 1);
         let slot: *mut u64 = lookup(map(&DIRTY), i as u32);
         if i >= DIRTY_MAX as u64 || slot.is_null() {
-            write_volatile(&raw mut (*st).dirty_spans, 1);
+            // Every page written since the re-arm is the tracker's to find.
+            write_volatile(&raw mut (*st).scan, 1);
             return;
         }
         write_volatile(slot, addr & !(PAGE_SIZE - 1));
     }
 }
 
-/// Marks one page written, or its whole chunk (`all`).
+/// Marks the page of a write fault written, or its whole chunk (`all`:
+/// the fault may have mapped a huge page, writable all over). The writes
+/// that follow without faults are still writes the tracker records (a
+/// soft-dirty or unprotected huge page shows all its pages written): the
+/// list stays good as far as it goes, and user space scans for the rest.
 #[inline(always)]
 pub unsafe fn mark(st: *const State, addr: u64, all: bool) {
-    // SAFETY: as in mark_span / mark_page.
+    // SAFETY: as in set_span / mark_page.
     unsafe {
         if all {
-            mark_span(st, addr, 0, CHUNK_PAGES);
+            mark_page(st, addr);
+            if set_span(st, addr, 0, CHUNK_PAGES) {
+                write_volatile(&raw mut (*(st as *mut State)).scan, 1);
+            }
         } else {
             mark_page(st, addr);
         }

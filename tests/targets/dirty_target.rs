@@ -24,7 +24,16 @@
 //!   region grows over a `PROT_NONE` tail (which must read as zero again).
 //! - `mprotect`: a region dirtied and made read-only before the restore;
 //!   another read-only at the checkpoint, made writable and written.
-//! - `thp`: a 2 MiB-aligned region with `MADV_HUGEPAGE`.
+//! - `thp`: a 2 MiB-aligned region with `MADV_HUGEPAGE`; and another,
+//!   untouched before the first checkpoint, in a new 2 MiB block of which
+//!   each cycle writes a few pages (the first write may map a whole huge
+//!   page, writable all over: the others do not fault).
+//!
+//! After the changes of each cycle that its restore must undo (before the
+//! restore) it prints `DIRTIED pages=P blocks=B`: the pages that differ
+//! from the checkpoint, and the 2 MiB-aligned blocks (wholly inside a
+//! region, so that a transparent huge page may back them) that hold them,
+//! for the expectations to bound what the restore may write.
 //!
 //! With the word `traced`, a child attaches to the target with ptrace
 //! first (as a debugger would) and stays attached.
@@ -63,11 +72,18 @@ impl Rng {
 /// The regions verified, at most 8 (a fixed array: no allocation).
 struct Mem {
     regions: [Option<Region>; 8],
+    /// `(region, page)`: that region's pages from `page` on are known to
+    /// be zero and are not read (a read would map the zero page, and the
+    /// next write would no longer fault on an absent page).
+    unread: Option<(usize, usize)>,
 }
 
 impl Mem {
     fn new() -> Self {
-        Self { regions: [None; 8] }
+        Self {
+            regions: [None; 8],
+            unread: None,
+        }
     }
 
     fn add(&mut self, r: Region) -> usize {
@@ -87,16 +103,25 @@ impl Mem {
     /// Hashes every page of every region into `out`; the number of pages.
     fn hash(&self, out: &mut [u64; MAX_PAGES]) -> usize {
         let mut n = 0;
-        for r in self.regions.iter().flatten() {
-            for page in r.bytes().chunks(PAGE) {
+        for (ri, r) in self.regions.iter().enumerate() {
+            let Some(r) = r else { continue };
+            for (p, page) in r.bytes().chunks(PAGE).enumerate() {
                 if n == MAX_PAGES {
                     fail("more pages than the hash arrays hold");
                 }
-                out[n] = hash_page(page);
+                out[n] = if self.is_unread(ri, p) {
+                    hash_page(&[0u8; PAGE])
+                } else {
+                    hash_page(page)
+                };
                 n += 1;
             }
         }
         n
+    }
+
+    fn is_unread(&self, region: usize, page: usize) -> bool {
+        self.unread.is_some_and(|(r, p)| r == region && page >= p)
     }
 
     /// Fails naming the first page that differs from `want`.
@@ -105,7 +130,7 @@ impl Mem {
         for (ri, r) in self.regions.iter().enumerate() {
             let Some(r) = r else { continue };
             for (p, page) in r.bytes().chunks(PAGE).enumerate() {
-                if hash_page(page) != want[n] {
+                if !self.is_unread(ri, p) && hash_page(page) != want[n] {
                     fail(&format!(
                         "cycle {cycle} ({what}): region {ri} page {p} ({:#x}) differs from the checkpoint",
                         r.addr() + p * PAGE
@@ -115,6 +140,36 @@ impl Mem {
             }
         }
     }
+}
+
+/// What changed since `want` was hashed, as `(pages, blocks)`. Only reads
+/// (and the results live on the stack, which no restore rolls back).
+fn dirtied(mem: &Mem, want: &[u64; MAX_PAGES]) -> (usize, usize) {
+    const BLOCK: usize = 2 << 20;
+    let (mut pages, mut blocks, mut last) = (0, 0, usize::MAX);
+    let mut n = 0;
+    for (ri, r) in mem.regions.iter().enumerate() {
+        let Some(r) = r else { continue };
+        for (p, page) in r.bytes().chunks(PAGE).enumerate() {
+            if !mem.is_unread(ri, p) && hash_page(page) != want[n] {
+                pages += 1;
+                let a = r.addr() + p * PAGE;
+                let b = a / BLOCK;
+                let inside = b * BLOCK >= r.addr() && (b + 1) * BLOCK <= r.addr() + r.len;
+                if inside && b != last {
+                    blocks += 1;
+                    last = b;
+                }
+            }
+            n += 1;
+        }
+    }
+    (pages, blocks)
+}
+
+/// Printed after the restore: nothing is allocated between the requests.
+fn report_dirtied((pages, blocks): (usize, usize)) {
+    println!("DIRTIED pages={pages} blocks={blocks}");
 }
 
 fn hash_page(page: &[u8]) -> u64 {
@@ -139,8 +194,10 @@ fn cycle(m: &Markers, mem: &Mem, c: u32, between: &mut dyn FnMut(), after: &mut 
     mem.hash(&mut want);
     m.checkpoint();
     between();
+    let d = dirtied(mem, &want);
     m.restore();
     mem.verify(&want, "restore", c);
+    report_dirtied(d);
     after();
 }
 
@@ -150,6 +207,8 @@ fn main() {
         fail("usage: dirty-target SCENARIO --dir DIR --cycles N");
     };
     let m = Markers::new(&a.dir);
+    // Standard output's buffer is allocated now, before the first request.
+    println!("dirty-target {scenario}");
     if a.words.iter().any(|w| w == "traced") {
         // A debugger attached: bpfckpt must not inject, and say so.
         sys::traced_by_child();
@@ -316,8 +375,10 @@ fn foreign(m: &Markers, cycles: u32) -> usize {
         mem.hash(&mut want);
         m.checkpoint();
         ops(true);
+        let d = dirtied(&mem, &want);
         m.restore();
         mem.verify(&want, "restore", c);
+        report_dirtied(d);
         // Written by the other process after the restore: the next
         // checkpoint must take these pages in.
         ops(false);
@@ -464,25 +525,47 @@ fn mprotect(m: &Markers, cycles: u32) -> usize {
     total_pages(&mem)
 }
 
-fn thp(m: &Markers, cycles: u32) -> usize {
-    let mut mem = Mem::new();
-    // 8 MiB inside a 10 MiB reservation: 2 MiB aligned.
-    let res = sys::mmap_anon(10 << 20, false, None);
+/// `len` bytes, 2 MiB aligned, advised `MADV_HUGEPAGE`.
+fn huge_region(len: usize) -> Region {
+    let res = sys::mmap_anon(len + (2 << 20), false, None);
     let off = (2 << 20) - res.addr() % (2 << 20);
-    let mut h = res.sub(off % (2 << 20), 8 << 20);
+    let h = res.sub(off % (2 << 20), len);
     sys::want_huge_pages(&h);
+    h
+}
+
+fn thp(m: &Markers, cycles: u32) -> usize {
+    const FRESH_BLOCKS: usize = 8;
+    let mut mem = Mem::new();
+    let mut h = huge_region(8 << 20);
     fill(h.bytes_mut(), 0x7a9);
     let hi = mem.add(h);
+    let fi = mem.add(huge_region(FRESH_BLOCKS << 21));
     let mut rng = Rng(0x7a9);
     for c in 0..cycles {
-        let r = mem.get(hi);
+        let (r, f) = (mem.get(hi), mem.get(fi));
         let (p, s) = (rng.below(r.len / PAGE), rng.next());
-        let mut between = || {
-            for i in 0..8 {
-                dirty_page(r, p + i * 97, s + i as u64);
-            }
-        };
-        cycle(m, &mem, c, &mut between, &mut || {});
+        let q = rng.below(512 - 300);
+        let block = c as usize % FRESH_BLOCKS * 512;
+        // The blocks from this cycle's on are absent (not even read) until
+        // it writes its own.
+        let unread = (c as usize).min(FRESH_BLOCKS) * 512;
+        mem.unread = Some((fi, unread));
+        let mut want = [0u64; MAX_PAGES];
+        mem.hash(&mut want);
+        m.checkpoint();
+        for i in 0..8 {
+            dirty_page(r, p + i * 97, s + i as u64);
+        }
+        for i in [0, 100, 300] {
+            dirty_page(f, block + q + i, s ^ i as u64);
+        }
+        // Zero at the checkpoint, and verified from now on.
+        mem.unread = Some((fi, unread.max(block + 512)));
+        let d = dirtied(&mem, &want);
+        m.restore();
+        mem.verify(&want, "restore", c);
+        report_dirtied(d);
     }
     total_pages(&mem)
 }

@@ -84,6 +84,8 @@ pub enum StateField {
     GupInflight,
     /// Requests take everything until a quiet re-arm.
     Rescan,
+    /// Pages may be written beyond the `DIRTY` list: scan the tracker.
+    Scan,
 }
 
 impl StateField {
@@ -102,6 +104,7 @@ impl StateField {
             StateField::GupAcked => offset_of!(abi::State, gup_acked),
             StateField::GupInflight => offset_of!(abi::State, gup_inflight),
             StateField::Rescan => offset_of!(abi::State, rescan),
+            StateField::Scan => offset_of!(abi::State, scan),
         }
     }
 }

@@ -1,12 +1,15 @@
 //! Debian packages for the VM tier: QEMU (installed when missing) and the
 //! guest kernels (downloaded and unpacked into target/vm, never installed).
 //!
-//! apt runs with a private package-list directory under target/vm/apt, on
-//! top of the machine's own sources plus `<codename>-backports` when the
-//! machine does not list that suite: the 6.12 kernel lives there, and so
-//! does the QEMU that coexists with this machine's qemu-utils (bookworm's
-//! QEMU 7.2 would remove the newer qemu-utils). The machine's apt
-//! configuration and its lists in /var/lib/apt are left alone.
+//! Each guest kernel's suite gets a private apt state under
+//! target/vm/apt/<suite>: its own sources.list (that suite only), package
+//! lists, cache and an empty dpkg status, so nothing of it can reach the
+//! machine's packages; it is only ever used by `apt-cache` and
+//! `apt-get download`. QEMU comes from the machine's own suites (state in
+//! target/vm/apt/host: the machine's sources plus `<codename>-backports`,
+//! whose QEMU coexists with this machine's newer qemu-utils where bookworm's
+//! 7.2 would remove it). The machine's apt configuration and its lists in
+//! /var/lib/apt are left alone.
 
 use crate::util::{self, Result};
 use std::path::{Path, PathBuf};
@@ -18,34 +21,120 @@ const KERNEL_META: &str = "linux-image-cloud-amd64";
 /// The QEMU package and the binary it provides.
 pub const QEMU_PACKAGE: &str = "qemu-system-x86";
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
-const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+const DEBIAN: &str = "http://deb.debian.org/debian";
+const DEBIAN_SECURITY: &str = "http://deb.debian.org/debian-security";
+/// Bookworm's keyring (2023.3+deb12u2) also verifies bullseye's, trixie's
+/// and sid's Release files (sid is signed with the 12 and 13 keys).
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// Package lists older than this are refreshed (if the network allows).
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
-/// Which guest kernel.
+/// A guest kernel: the newest cloud kernel of one Debian suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavour {
-    /// The Debian release's own cloud kernel (6.1 on bookworm).
-    Stable,
-    /// The backports cloud kernel (6.12 on bookworm-backports).
-    Backports,
+pub struct Guest {
+    /// The kernel series the suite carries (the name on the command line);
+    /// a suite that moved on is reported, and its kernel is tested anyway.
+    pub series: &'static str,
+    /// The suite, and the name of its private apt state.
+    pub suite: &'static str,
+    /// Archive and suite of each line of its sources.list.
+    pub sources: &'static [(&'static str, &'static str)],
 }
 
-impl Flavour {
-    pub fn name(self) -> &'static str {
-        match self {
-            Flavour::Stable => "stable",
-            Flavour::Backports => "backports",
-        }
-    }
+/// Every guest, in the order they are started (the slowest first).
+pub const GUESTS: [Guest; 5] = [
+    Guest {
+        series: "6.12",
+        suite: "bookworm-backports",
+        sources: &[(DEBIAN, "bookworm-backports")],
+    },
+    Guest {
+        series: "7.3",
+        suite: "trixie-backports",
+        sources: &[(DEBIAN, "trixie-backports")],
+    },
+    Guest {
+        series: "7.2",
+        suite: "sid",
+        sources: &[(DEBIAN, "sid")],
+    },
+    Guest {
+        series: "6.1",
+        suite: "bookworm",
+        sources: &[(DEBIAN, "bookworm"), (DEBIAN_SECURITY, "bookworm-security")],
+    },
+    // Its kernel is only updated in the security suite now.
+    Guest {
+        series: "5.10",
+        suite: "bullseye-security",
+        sources: &[(DEBIAN_SECURITY, "bullseye-security")],
+    },
+];
+
+/// The guest named `name` (its series or its suite).
+pub fn guest_named(name: &str) -> Option<Guest> {
+    GUESTS
+        .iter()
+        .find(|g| g.series == name || g.suite == name)
+        .copied()
 }
 
-/// A kernel package resolved from the package lists.
-#[derive(Debug, Clone)]
+/// A kernel resolved from a suite's package lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelPackage {
+    /// `linux-image-<abi>`.
     pub name: String,
     pub version: String,
+    /// e.g. `7.2.13+deb14-cloud-amd64`.
+    pub abi: String,
+    pub layout: Layout,
+}
+
+/// Where a kernel's files are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `linux-image-<abi>` holds `/boot/vmlinuz-<abi>` and `/boot/config-<abi>`.
+    Boot,
+    /// (Debian's 7.x kernels) `linux-image-<abi>` is empty and depends on
+    /// `linux-binary-<abi>` (`/usr/lib/modules/<abi>/vmlinuz`) and
+    /// `linux-base-<abi>` (`/usr/lib/modules/<abi>/config`).
+    Split,
+}
+
+impl KernelPackage {
+    /// The packages to download.
+    pub fn parts(&self) -> Vec<String> {
+        match self.layout {
+            Layout::Boot => vec![self.name.clone()],
+            Layout::Split => vec![
+                format!("linux-binary-{}", self.abi),
+                format!("linux-base-{}", self.abi),
+            ],
+        }
+    }
+
+    /// Paths of the kernel image and its config inside the unpacked parts.
+    fn files(&self) -> (PathBuf, PathBuf) {
+        match self.layout {
+            Layout::Boot => (
+                PathBuf::from(format!("boot/vmlinuz-{}", self.abi)),
+                PathBuf::from(format!("boot/config-{}", self.abi)),
+            ),
+            Layout::Split => {
+                let d = PathBuf::from(format!("usr/lib/modules/{}", self.abi));
+                (d.join("vmlinuz"), d.join("config"))
+            }
+        }
+    }
+
+    /// `major.minor` of the upstream version (`7.2` of `7.2.13-1`).
+    pub fn series(&self) -> String {
+        self.version
+            .split(['.', '-', '+', '~'])
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(".")
+    }
 }
 
 /// An unpacked kernel in the cache.
@@ -56,51 +145,113 @@ pub struct Kernel {
     pub config: PathBuf,
 }
 
+/// Whose sources a private apt state uses.
+enum Sources {
+    /// The machine's own (sources.list.d) plus its backports.
+    Machine { codename: String, backports: String },
+    /// Only these lines.
+    Own,
+}
+
 pub struct Apt {
     dir: PathBuf,
+    sources: Sources,
+    /// What the lists cover, for messages.
+    what: String,
     /// `apt-get update` ran in this process already.
     updated: std::cell::Cell<bool>,
-    codename: String,
-    backports: String,
 }
 
 impl Apt {
-    /// Prepares the private apt state in `dir` (target/vm/apt).
-    pub fn new(dir: &Path) -> Result<Self> {
+    /// The state QEMU is installed with (target/vm/apt/host): the machine's
+    /// sources plus `<codename>-backports` when the machine does not list it.
+    pub fn host(dir: &Path) -> Result<Self> {
         let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
         let codename = os_release_value(&os, "VERSION_CODENAME")
             .filter(|_| os_release_value(&os, "ID").as_deref() == Some("debian"))
             .ok_or(
-                "vm-test fetches Debian cloud kernels with apt: this machine is not Debian \
-                 (no ID=debian / VERSION_CODENAME in /etc/os-release)",
+                "vm-test installs QEMU and fetches Debian cloud kernels with apt: this machine \
+                 is not Debian (no ID=debian / VERSION_CODENAME in /etc/os-release)",
             )?;
         let backports = format!("{codename}-backports");
-        for d in ["lists/partial", "cache/archives/partial"] {
-            let p = dir.join(d);
-            std::fs::create_dir_all(&p).map_err(|e| format!("create {}: {e}", p.display()))?;
-        }
         let list = if system_lists_suite(&backports) {
             format!("# {backports} is in the machine's own sources\n")
         } else {
-            format!("deb [signed-by={KEYRING}] {DEBIAN_MIRROR} {backports} main\n")
+            format!("deb [signed-by={KEYRING}] {DEBIAN} {backports} main\n")
         };
-        let path = dir.join("sources.list");
-        std::fs::write(&path, list).map_err(|e| format!("write {}: {e}", path.display()))?;
+        let apt = Self::prepare(
+            dir,
+            &list,
+            Sources::Machine {
+                codename: codename.clone(),
+                backports,
+            },
+            format!("the machine's sources ({codename})"),
+        )?;
+        Ok(apt)
+    }
+
+    /// The private state of `guest`'s suite (target/vm/apt/<suite>).
+    pub fn suite(vm_apt: &Path, guest: &Guest) -> Result<Self> {
+        let list: String = guest
+            .sources
+            .iter()
+            .map(|(archive, suite)| format!("deb [signed-by={KEYRING}] {archive} {suite} main\n"))
+            .collect();
+        Self::prepare(
+            &vm_apt.join(guest.suite),
+            &list,
+            Sources::Own,
+            guest.suite.to_string(),
+        )
+    }
+
+    fn prepare(dir: &Path, list: &str, sources: Sources, what: String) -> Result<Self> {
+        for d in [
+            "lists/partial",
+            "cache/archives/partial",
+            "sources.list.d",
+            "preferences.d",
+        ] {
+            let p = dir.join(d);
+            std::fs::create_dir_all(&p).map_err(|e| format!("create {}: {e}", p.display()))?;
+        }
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).map_err(|e| format!("write {}: {e}", p.display()))
+        };
+        write("sources.list", list)?;
+        if matches!(sources, Sources::Own) {
+            // No package is ever installed from here: an empty status keeps
+            // the machine's installed packages out of every answer.
+            write("status", "")?;
+        }
+        let what = match &sources {
+            Sources::Machine { backports, .. } => format!("{what} plus {backports}"),
+            Sources::Own => what,
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
+            sources,
+            what,
             updated: std::cell::Cell::new(false),
-            codename,
-            backports,
         })
     }
 
-    pub fn codename(&self) -> &str {
-        &self.codename
+    /// The machine's codename and its backports suite (host state only).
+    fn machine(&self) -> (&str, &str) {
+        match &self.sources {
+            Sources::Machine {
+                codename,
+                backports,
+            } => (codename, backports),
+            Sources::Own => ("", ""),
+        }
     }
 
     fn options(&self) -> Vec<String> {
         let d = self.dir.display();
-        [
+        let mut o = vec![
             format!("Dir::Etc::SourceList={d}/sources.list"),
             format!("Dir::State::Lists={d}/lists"),
             format!("Dir::Cache={d}/cache"),
@@ -110,10 +261,17 @@ impl Apt {
             "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false".into(),
             "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false".into(),
             "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false".into(),
-        ]
-        .into_iter()
-        .flat_map(|o| ["-o".to_string(), o])
-        .collect()
+        ];
+        if let Sources::Own = self.sources {
+            // Nothing of the machine's: sources, pins, installed packages.
+            o.extend([
+                format!("Dir::Etc::SourceParts={d}/sources.list.d"),
+                format!("Dir::Etc::Preferences={d}/preferences"),
+                format!("Dir::Etc::PreferencesParts={d}/preferences.d"),
+                format!("Dir::State::status={d}/status"),
+            ]);
+        }
+        o.into_iter().flat_map(|o| ["-o".to_string(), o]).collect()
     }
 
     fn cmd(&self, tool: &str, release: Option<&str>) -> Command {
@@ -151,19 +309,25 @@ impl Apt {
             return Ok(());
         }
         eprintln!(
-            "xtask: vm-test: apt-get update (private lists in {}, plus {})",
+            "xtask: vm-test: apt-get update ({}; private lists in {})",
+            self.what,
             self.dir.join("lists").display(),
-            self.backports
         );
         let t0 = Instant::now();
         let r = util::run_output(self.cmd("apt-get", None).arg("update"));
         match r {
-            Ok(out) => {
+            // apt-get update exits 0 on some failures (a suite it could not
+            // fetch or verify): those count as failures here.
+            Ok(out)
+                if !out
+                    .lines()
+                    .any(|l| l.starts_with("E: ") || l.starts_with("Err:")) =>
+            {
                 eprintln!(
                     "xtask: vm-test: package lists updated in {:.1} s",
                     t0.elapsed().as_secs_f64()
                 );
-                if out.contains("W: ") || out.contains("E: ") {
+                if out.contains("W: ") {
                     eprint!("{out}");
                 }
                 std::fs::write(self.stamp(), "")
@@ -171,99 +335,144 @@ impl Apt {
                 self.updated.set(true);
                 Ok(())
             }
-            Err(e) if self.have_lists() => {
-                eprintln!(
-                    "xtask: vm-test: warning: apt-get update failed, using the old lists:\n{e}"
-                );
-                Ok(())
+            r => {
+                let e = r.unwrap_or_else(|e| e);
+                let hint = if e.contains("NO_PUBKEY") || e.contains("not signed") {
+                    format!(
+                        "\n{KEYRING} cannot verify {}: a newer debian-archive-keyring is needed \
+                         (its .gpg files from a suite this keyring verifies)",
+                        self.what
+                    )
+                } else {
+                    String::new()
+                };
+                if self.have_lists() {
+                    eprintln!(
+                        "xtask: vm-test: warning: apt-get update ({}) failed, using the old lists:\n{e}{hint}",
+                        self.what
+                    );
+                    Ok(())
+                } else {
+                    Err(format!("apt-get update ({}) failed:\n{e}{hint}", self.what))
+                }
             }
-            Err(e) => Err(format!("apt-get update failed:\n{e}")),
         }
     }
 
-    /// The current cloud kernel image of `flavour`, e.g.
-    /// `linux-image-6.1.0-56-cloud-amd64` 6.1.192-2.
-    pub fn resolve_kernel(&self, flavour: Flavour) -> Result<KernelPackage> {
-        let release = match flavour {
-            Flavour::Stable => None,
-            Flavour::Backports => Some(self.backports.as_str()),
-        };
-        let deps = util::run_output(
-            self.cmd("apt-cache", release)
-                .args(["depends", KERNEL_META]),
-        )?;
-        let name = first_kernel_dependency(&deps).ok_or_else(|| {
+    /// The suite's current cloud kernel, e.g. `linux-image-6.1.0-57-cloud-amd64`
+    /// 6.1.192-3, and which packages hold its files.
+    pub fn resolve_kernel(&self) -> Result<KernelPackage> {
+        let deps = util::run_output(self.cmd("apt-cache", None).args(["depends", KERNEL_META]))?;
+        let name = kernel_dependency(&deps).ok_or_else(|| {
             format!(
                 "`apt-cache depends {KERNEL_META}` ({}) names no linux-image package:\n{deps}",
-                release.unwrap_or(&self.codename)
+                self.what
             )
         })?;
-        let policy = util::run_output(self.cmd("apt-cache", release).args(["policy", &name]))?;
-        let version = candidate(&policy)
-            .ok_or_else(|| format!("no installable version of {name}:\n{policy}"))?;
-        let is_bpo = version.contains("~bpo");
-        if is_bpo != (flavour == Flavour::Backports) {
-            return Err(format!(
-                "resolved the {} kernel to {name} {version}, which is {}from {}",
-                flavour.name(),
-                if is_bpo { "" } else { "not " },
-                self.backports
-            ));
+        let version = self.candidate(&name)?;
+        let abi = name
+            .strip_prefix("linux-image-")
+            .unwrap_or(&name)
+            .to_string();
+        let image_deps = util::run_output(self.cmd("apt-cache", None).args(["depends", &name]))?;
+        let layout = layout_of(&image_deps, &abi);
+        let pkg = KernelPackage {
+            name,
+            version,
+            abi,
+            layout,
+        };
+        // The parts come from the same source build: same version.
+        if layout == Layout::Split {
+            for part in pkg.parts() {
+                let v = self.candidate(&part)?;
+                if v != pkg.version {
+                    return Err(format!(
+                        "{} {} needs {part} of the same version, the lists have {v} ({})",
+                        pkg.name, pkg.version, self.what
+                    ));
+                }
+            }
         }
-        Ok(KernelPackage { name, version })
+        Ok(pkg)
     }
 
-    /// Downloads and unpacks `pkg` into `cache/<name>/` unless it is there.
+    fn candidate(&self, name: &str) -> Result<String> {
+        let policy = util::run_output(self.cmd("apt-cache", None).args(["policy", name]))?;
+        candidate(&policy)
+            .ok_or_else(|| format!("no version of {name} in {}:\n{policy}", self.what))
+    }
+
+    /// Downloads and unpacks `pkg` into `cache/<name>/` (vmlinuz, config)
+    /// unless it is there.
     pub fn fetch_kernel(&self, pkg: &KernelPackage, cache: &Path) -> Result<Kernel> {
         let dest = cache.join(&pkg.name);
         let stamp = dest.join("PACKAGE");
-        let want = format!("{} {}\n", pkg.name, pkg.version);
+        let specs: Vec<String> = pkg
+            .parts()
+            .iter()
+            .map(|p| format!("{p}={}", pkg.version))
+            .collect();
+        let want = format!("{}\n", specs.join(" "));
         if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
             return unpacked(&dest, pkg);
         }
-        let work = cache.join(".download");
+        let work = cache.join(format!(".download-{}", pkg.name));
         let _ = std::fs::remove_dir_all(&work);
         let tmp = cache.join(format!(".{}.tmp", pkg.name));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
+        std::fs::create_dir_all(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
         let t0 = Instant::now();
-        let spec = format!("{}={}", pkg.name, pkg.version);
         util::run_output(
             self.cmd("apt-get", None)
-                .args(["download", &spec])
+                .arg("download")
+                .args(&specs)
                 .current_dir(&work),
         )
-        .map_err(|e| format!("apt-get download {spec}: {e}"))?;
-        let deb = std::fs::read_dir(&work)
+        .map_err(|e| format!("apt-get download {}: {e}", specs.join(" ")))?;
+        let debs: Vec<PathBuf> = std::fs::read_dir(&work)
             .map_err(|e| e.to_string())?
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "deb"))
-            .ok_or_else(|| format!("apt-get download {spec} left no .deb in {}", work.display()))?;
-        let size = std::fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
-        util::run_output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
-        // Only /boot is needed: the guest loads no modules.
-        for entry in std::fs::read_dir(&tmp)
-            .map_err(|e| e.to_string())?
-            .flatten()
-        {
-            if entry.file_name() != "boot" {
-                let p = entry.path();
-                let r = if p.is_dir() {
-                    std::fs::remove_dir_all(&p)
-                } else {
-                    std::fs::remove_file(&p)
-                };
-                r.map_err(|e| format!("remove {}: {e}", p.display()))?;
-            }
+            .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+            .collect();
+        if debs.len() != specs.len() {
+            return Err(format!(
+                "apt-get download {} left {} .deb files in {}",
+                specs.join(" "),
+                debs.len(),
+                work.display()
+            ));
         }
+        let unpack = tmp.join("unpack");
+        let mut size = 0;
+        for deb in &debs {
+            size += std::fs::metadata(deb).map(|m| m.len()).unwrap_or(0);
+            util::run_output(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&unpack))?;
+        }
+        // Only the kernel and its config are needed: the guest loads no modules.
+        let (vmlinuz, config) = pkg.files();
+        for (from, to) in [(vmlinuz, "vmlinuz"), (config, "config")] {
+            let from = unpack.join(from);
+            std::fs::rename(&from, tmp.join(to)).map_err(|e| {
+                format!(
+                    "{} has no {} ({e})",
+                    specs.join(" "),
+                    from.strip_prefix(&unpack).unwrap_or(&from).display()
+                )
+            })?;
+        }
+        std::fs::remove_dir_all(&unpack)
+            .map_err(|e| format!("remove {}: {e}", unpack.display()))?;
         std::fs::write(tmp.join("PACKAGE"), &want).map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(&dest);
         std::fs::rename(&tmp, &dest)
             .map_err(|e| format!("rename {} -> {}: {e}", tmp.display(), dest.display()))?;
         let _ = std::fs::remove_dir_all(&work);
         eprintln!(
-            "xtask: vm-test: downloaded {spec} ({:.1} MB) and unpacked it into {} in {:.1} s",
+            "xtask: vm-test: downloaded {} ({:.1} MB) and unpacked it into {} in {:.1} s",
+            specs.join(" "),
             size as f64 / 1e6,
             dest.display(),
             t0.elapsed().as_secs_f64()
@@ -276,13 +485,20 @@ impl Apt {
         if let Some(p) = find_in_path(QEMU_BINARY) {
             return Ok(p);
         }
+        if let Sources::Own = self.sources {
+            // A guest suite's state is for downloads only.
+            return Err(format!(
+                "{QEMU_PACKAGE} is only installed from the machine's own suites, not {}",
+                self.what
+            ));
+        }
         if !util::is_root() {
             return Err(format!(
                 "{QEMU_BINARY} not found. Install the Debian package {QEMU_PACKAGE} \
                  (as root: apt-get install --no-install-recommends {QEMU_PACKAGE}, \
                  from {} on a machine with backports' qemu-utils), or run vm-test as root \
                  to have it installed",
-                self.backports
+                self.machine().1
             ));
         }
         self.ensure_lists(false)?;
@@ -294,7 +510,7 @@ impl Apt {
                 self.pick_qemu_release()?
             }
         };
-        let from = release.unwrap_or(&self.codename).to_string();
+        let from = release.unwrap_or(self.machine().0).to_string();
         eprintln!(
             "xtask: vm-test: installing {QEMU_PACKAGE} from {from}: \
              apt-get install -y --no-install-recommends{} {QEMU_PACKAGE}",
@@ -335,14 +551,15 @@ impl Apt {
     /// qemu-utils), then backports.
     fn pick_qemu_release(&self) -> Result<Option<&str>> {
         let mut refused = Vec::new();
-        for release in [None, Some(self.backports.as_str())] {
+        let (codename, backports) = self.machine();
+        for release in [None, Some(backports)] {
             let sim = util::run_output(self.cmd("apt-get", release).args([
                 "install",
                 "-s",
                 "--no-install-recommends",
                 QEMU_PACKAGE,
             ]));
-            let from = release.unwrap_or(&self.codename);
+            let from = release.unwrap_or(codename);
             match sim {
                 Ok(out) => {
                     let removed = removals(&out);
@@ -365,23 +582,17 @@ impl Apt {
 }
 
 fn unpacked(dir: &Path, pkg: &KernelPackage) -> Result<Kernel> {
-    let boot = dir.join("boot");
-    let find = |prefix: &str| -> Result<PathBuf> {
-        std::fs::read_dir(&boot)
-            .map_err(|e| format!("{}: {e}", boot.display()))?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
-            })
-            .ok_or_else(|| format!("{} has no {prefix}* (from {})", boot.display(), pkg.name))
-    };
-    Ok(Kernel {
+    let k = Kernel {
         package: pkg.clone(),
-        vmlinuz: find("vmlinuz-")?,
-        config: find("config-")?,
-    })
+        vmlinuz: dir.join("vmlinuz"),
+        config: dir.join("config"),
+    };
+    for p in [&k.vmlinuz, &k.config] {
+        if !p.is_file() {
+            return Err(format!("{} is missing (from {})", p.display(), pkg.name));
+        }
+    }
+    Ok(k)
 }
 
 pub fn find_in_path(bin: &str) -> Option<PathBuf> {
@@ -425,14 +636,29 @@ fn sources_name_suite(text: &str, suite: &str) -> bool {
         .any(|l| l.split_whitespace().any(|w| w == suite))
 }
 
-/// The first `Depends: linux-image-...` of `apt-cache depends` output.
-fn first_kernel_dependency(out: &str) -> Option<String> {
-    out.lines().find_map(|l| {
+/// The names after `Depends:` in `apt-cache depends` output, in order.
+fn depends(out: &str) -> impl Iterator<Item = &str> {
+    out.lines().filter_map(|l| {
         let l = l.trim().trim_start_matches('|');
-        let dep = l.strip_prefix("Depends:")?.trim();
-        let name = dep.split_whitespace().next()?;
-        name.starts_with("linux-image-").then(|| name.to_string())
+        l.strip_prefix("Depends:")?.split_whitespace().next()
     })
+}
+
+/// The first `Depends: linux-image-...` of the meta-package.
+fn kernel_dependency(out: &str) -> Option<String> {
+    depends(out)
+        .find(|n| n.starts_with("linux-image-"))
+        .map(str::to_string)
+}
+
+/// Where `linux-image-<abi>` keeps its files, from its dependencies.
+fn layout_of(image_deps: &str, abi: &str) -> Layout {
+    let binary = format!("linux-binary-{abi}");
+    if depends(image_deps).any(|n| n == binary) {
+        Layout::Split
+    } else {
+        Layout::Boot
+    }
 }
 
 /// `Candidate:` of `apt-cache policy` output.
@@ -459,17 +685,20 @@ mod tests {
     fn parses_apt_output() {
         let deps = "linux-image-cloud-amd64\n  Depends: linux-image-6.12.95+deb12-cloud-amd64\n";
         assert_eq!(
-            first_kernel_dependency(deps).as_deref(),
+            kernel_dependency(deps).as_deref(),
             Some("linux-image-6.12.95+deb12-cloud-amd64")
         );
         let alt = "linux-image-cloud-amd64\n |Depends: linux-image-6.1.0-56-cloud-amd64\n  Depends: linux-image-6.1.0-55-cloud-amd64\n";
         assert_eq!(
-            first_kernel_dependency(alt).as_deref(),
+            kernel_dependency(alt).as_deref(),
             Some("linux-image-6.1.0-56-cloud-amd64")
         );
+        assert_eq!(kernel_dependency("x\n  Depends: initramfs-tools\n"), None);
+        // 7.x: the meta-package depends on linux-base-cloud-amd64 first.
+        let split_meta = "linux-image-cloud-amd64\n  Depends: linux-base-cloud-amd64\n  Depends: linux-image-7.2.13+deb14-cloud-amd64\n  Depends: linux-modules-cloud-amd64\n";
         assert_eq!(
-            first_kernel_dependency("x\n  Depends: initramfs-tools\n"),
-            None
+            kernel_dependency(split_meta).as_deref(),
+            Some("linux-image-7.2.13+deb14-cloud-amd64")
         );
 
         let policy = "linux-image-6.1.0-56-cloud-amd64:\n  Installed: (none)\n  Candidate: 6.1.192-2\n  Version table:\n";
@@ -482,6 +711,88 @@ mod tests {
         let sim = "Remv qemu-utils [1:10.0.2+ds-2+deb13u1~bpo12+1]\nInst seabios (1.16.2-1 Debian:12 [all])\n";
         assert_eq!(removals(sim), vec!["qemu-utils".to_string()]);
         assert!(removals("Inst a (1 x)\nConf a (1 x)\n").is_empty());
+    }
+
+    #[test]
+    fn kernel_layouts() {
+        // `apt-cache depends` of sid's image: the generic linux-base comes
+        // first (PreDepends), the per-ABI parts later.
+        let split = "linux-image-7.2.13+deb14-cloud-amd64
+  PreDepends: linux-base
+ |Depends: dracut
+  Depends: linux-base-7.2.13+deb14-cloud-amd64
+  Depends: linux-binary-7.2.13+deb14-cloud-amd64
+  Depends: linux-modules-7.2.13+deb14-cloud-amd64
+";
+        let abi = "7.2.13+deb14-cloud-amd64";
+        assert_eq!(layout_of(split, abi), Layout::Split);
+        let k = KernelPackage {
+            name: format!("linux-image-{abi}"),
+            version: "7.2.13-1".into(),
+            abi: abi.into(),
+            layout: Layout::Split,
+        };
+        assert_eq!(
+            k.parts(),
+            vec![
+                "linux-binary-7.2.13+deb14-cloud-amd64".to_string(),
+                "linux-base-7.2.13+deb14-cloud-amd64".to_string()
+            ]
+        );
+        assert_eq!(
+            k.files(),
+            (
+                PathBuf::from("usr/lib/modules/7.2.13+deb14-cloud-amd64/vmlinuz"),
+                PathBuf::from("usr/lib/modules/7.2.13+deb14-cloud-amd64/config")
+            )
+        );
+        assert_eq!(k.series(), "7.2");
+
+        let boot = "linux-image-6.1.0-57-cloud-amd64
+  PreDepends: kmod
+  PreDepends: linux-base
+  Depends: initramfs-tools
+";
+        let abi = "6.1.0-57-cloud-amd64";
+        assert_eq!(layout_of(boot, abi), Layout::Boot);
+        // Another ABI's binary package does not count.
+        assert_eq!(
+            layout_of("x\n  Depends: linux-binary-7.2.12+deb14-cloud-amd64\n", abi),
+            Layout::Boot
+        );
+        let k = KernelPackage {
+            name: format!("linux-image-{abi}"),
+            version: "6.1.192-3".into(),
+            abi: abi.into(),
+            layout: Layout::Boot,
+        };
+        assert_eq!(
+            k.parts(),
+            vec!["linux-image-6.1.0-57-cloud-amd64".to_string()]
+        );
+        assert_eq!(
+            k.files().0,
+            PathBuf::from("boot/vmlinuz-6.1.0-57-cloud-amd64")
+        );
+        assert_eq!(k.series(), "6.1");
+        let bpo = KernelPackage {
+            version: "7.3.4-1~bpo13+1".into(),
+            ..k.clone()
+        };
+        assert_eq!(bpo.series(), "7.3");
+    }
+
+    #[test]
+    fn guests_by_series_or_suite() {
+        assert_eq!(guest_named("5.10").unwrap().suite, "bullseye-security");
+        assert_eq!(guest_named("sid").unwrap().series, "7.2");
+        assert!(guest_named("stable").is_none());
+        // Every guest is named by both, and no two share a name.
+        for g in GUESTS {
+            assert_eq!(guest_named(g.series), Some(g));
+            assert_eq!(guest_named(g.suite), Some(g));
+            assert!(g.sources.iter().any(|(_, s)| *s == g.suite));
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Boots a guest under QEMU (TCG), streams its serial console to the
-//! terminal and a log file, and judges the markers vm-init printed.
+//! Boots a guest under QEMU (TCG), writes its serial console to a log file
+//! (and its markers to the terminal), and judges the markers vm-init printed.
 
 use crate::util::Result;
 use std::io::{Read, Write};
@@ -19,6 +19,8 @@ pub struct Boot<'a> {
     pub initrd: &'a Path,
     pub log: PathBuf,
     pub timeout: Duration,
+    /// Guest memory (MiB).
+    pub mem_mib: u32,
     /// Prefix of the console lines on the terminal.
     pub tag: String,
 }
@@ -43,8 +45,6 @@ impl Boot<'_> {
             "max",
             "-smp",
             "2",
-            "-m",
-            "1024",
             "-nic",
             "none",
             "-no-reboot",
@@ -60,6 +60,8 @@ impl Boot<'_> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        a.push("-m".into());
+        a.push(self.mem_mib.to_string());
         a.push("-kernel".into());
         a.push(self.kernel.display().to_string());
         a.push("-initrd".into());
@@ -91,7 +93,11 @@ impl Boot<'_> {
             let mut pending = Vec::new();
             let mut emit = |raw: &[u8]| {
                 let line = clean_line(raw);
-                println!("{tag}| {line}");
+                // Guests run side by side: only what tells the progress
+                // goes to the terminal, everything to the log.
+                if shows_live(&line) {
+                    println!("{tag}| {line}");
+                }
                 let _ = writeln!(log, "{line}");
                 sink.lock().map(|mut v| v.push(line)).ok();
             };
@@ -174,6 +180,15 @@ pub fn clean_line(raw: &[u8]) -> String {
     out
 }
 
+/// Whether a console line is shown on the terminal as it comes: markers
+/// (not the echoed output of the guest's programs) and kernel trouble.
+pub fn shows_live(line: &str) -> bool {
+    marker_text(line).is_some_and(|m| !m.starts_with("RUN "))
+        || ["Kernel panic", "BUG:", "Oops", "WARNING:", "Out of memory"]
+            .iter()
+            .any(|k| line.contains(k))
+}
+
 /// One `VMTEST PASS|FAIL name rest` marker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Marker {
@@ -182,13 +197,43 @@ pub struct Marker {
     pub detail: String,
 }
 
-/// What a good run reported.
+/// What the guest said about itself.
 #[derive(Debug, Default)]
 pub struct Report {
     pub release: String,
     pub version: String,
-    pub lockdown: String,
+    /// Each `LOCKDOWN` line: at boot, and after raising it.
+    pub lockdown: Vec<String>,
+}
+
+/// How one boot went: a result for every expected marker, in order (a
+/// missing one is a failure), and whatever else went wrong.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub report: Report,
     pub results: Vec<Marker>,
+    /// Failed markers nobody expected (the guest's own set-up).
+    pub unexpected: Vec<Marker>,
+    pub problems: Vec<String>,
+}
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        self.results.iter().all(|m| m.passed)
+            && self.unexpected.is_empty()
+            && self.problems.is_empty()
+    }
+
+    /// Every failure, one per line.
+    pub fn failures(&self) -> Vec<String> {
+        self.results
+            .iter()
+            .chain(&self.unexpected)
+            .filter(|m| !m.passed)
+            .map(|m| format!("{}: FAIL {}", m.name, m.detail))
+            .chain(self.problems.iter().cloned())
+            .collect()
+    }
 }
 
 /// The text after `VMTEST ` in a console line; echoed program output
@@ -203,28 +248,24 @@ fn marker_text(line: &str) -> Option<&str> {
 
 /// Passes only if every expected marker passed, DONE says 0 failed, and the
 /// guest reported success through isa-debug-exit.
-pub fn judge(
-    run: &Run,
-    expected: &[String],
-    timeout: Duration,
-) -> std::result::Result<Report, String> {
-    let mut problems = Vec::new();
-    let mut report = Report::default();
+pub fn judge(run: &Run, expected: &[String], timeout: Duration) -> Verdict {
+    let mut v = Verdict::default();
     let mut done = None;
     let mut markers: Vec<Marker> = Vec::new();
     for line in &run.lines {
         if line.contains("Kernel panic - not syncing") {
-            problems.push(format!("guest kernel panic: {}", line.trim()));
+            v.problems
+                .push(format!("guest kernel panic: {}", line.trim()));
         }
         let Some(m) = marker_text(line) else { continue };
         let (word, rest) = m.split_once(' ').unwrap_or((m, ""));
         match word {
             "KERNEL" => {
-                let (r, v) = rest.split_once(' ').unwrap_or((rest, ""));
-                report.release = r.to_string();
-                report.version = v.to_string();
+                let (r, ver) = rest.split_once(' ').unwrap_or((rest, ""));
+                v.report.release = r.to_string();
+                v.report.version = ver.to_string();
             }
-            "LOCKDOWN" => report.lockdown = rest.to_string(),
+            "LOCKDOWN" => v.report.lockdown.push(rest.to_string()),
             "PASS" | "FAIL" => {
                 let (name, detail) = rest.split_once(' ').unwrap_or((rest, ""));
                 markers.push(Marker {
@@ -238,50 +279,59 @@ pub fn judge(
         }
     }
     for name in expected {
+        let found = markers.iter().filter(|m| &m.name == name).count();
         match markers.iter().find(|m| &m.name == name) {
-            Some(m) if m.passed => report.results.push(m.clone()),
-            Some(m) => problems.push(format!("{name}: FAIL {}", m.detail)),
-            None => problems.push(format!("{name}: no marker")),
+            Some(_) if found > 1 => v.results.push(Marker {
+                passed: false,
+                name: name.clone(),
+                detail: format!("reported {found} times"),
+            }),
+            Some(m) => v.results.push(m.clone()),
+            None => v.results.push(Marker {
+                passed: false,
+                name: name.clone(),
+                detail: "no marker".into(),
+            }),
         }
     }
-    for m in markers.iter().filter(|m| !expected.contains(&m.name)) {
-        if !m.passed {
-            problems.push(format!("{}: FAIL {}", m.name, m.detail));
-        }
-    }
+    v.unexpected = markers
+        .iter()
+        .filter(|m| !m.passed && !expected.contains(&m.name))
+        .cloned()
+        .collect();
     let want_done = format!("{} passed, 0 failed", expected.len());
     match &done {
         Some(d) if *d == want_done => {}
-        Some(d) => problems.push(format!("DONE says {d:?}, expected {want_done:?}")),
-        None => problems.push("no DONE marker".into()),
+        Some(d) => v
+            .problems
+            .push(format!("DONE says {d:?}, expected {want_done:?}")),
+        None => v.problems.push("no DONE marker".into()),
     }
     if run.timed_out {
-        problems.push(format!("timed out after {} s", timeout.as_secs()));
+        v.problems
+            .push(format!("timed out after {} s", timeout.as_secs()));
     } else {
         match run.status {
             Some(EXIT_GUEST_PASSED) => {}
-            Some(EXIT_GUEST_FAILED) => problems
+            Some(EXIT_GUEST_FAILED) => v
+                .problems
                 .push("the guest reported failure through isa-debug-exit (qemu status 3)".into()),
-            Some(0) => problems.push(
+            Some(0) => v.problems.push(
                 "qemu exited with status 0: the guest rebooted, powered off or panicked \
                  without reporting through isa-debug-exit"
                     .into(),
             ),
-            Some(c) => problems.push(format!(
+            Some(c) => v.problems.push(format!(
                 "qemu failed with status {c}: {}",
                 run.qemu_stderr.trim()
             )),
-            None => problems.push("qemu was killed by a signal".into()),
+            None => v.problems.push("qemu was killed by a signal".into()),
         }
     }
-    if report.release.is_empty() && !run.timed_out {
-        problems.push("no KERNEL marker".into());
+    if v.report.release.is_empty() && !run.timed_out {
+        v.problems.push("no KERNEL marker".into());
     }
-    if problems.is_empty() {
-        Ok(report)
-    } else {
-        Err(problems.join("\n"))
-    }
+    v
 }
 
 #[cfg(test)]
@@ -301,14 +351,24 @@ SeaBIOS (version 1.16.3)
 VMTEST INIT vm-init 0.1.0
 VMTEST KERNEL 6.1.0-56-cloud-amd64 #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2
 VMTEST LOCKDOWN [none] integrity confidentiality
-VMTEST PASS doctor bpf_probe_write_user=ok
+VMTEST PASS bpf/doctor bpf_probe_write_user=ok
   | VMTEST FAIL a echoed line does not count
-VMTEST PASS heap-small restore=bpf pages_bpf=108 pages_user=0
-VMTEST DONE 2 passed, 0 failed
+VMTEST PASS bpf/heap-small restore=bpf pages_bpf=108 pages_user=0
+VMTEST LOCKDOWN none [integrity] confidentiality
+VMTEST PASS user/lockdown raised to integrity
+VMTEST PASS user/heap-small restore=user pages_bpf=0 pages_user=108
+VMTEST DONE 4 passed, 0 failed
 ";
 
     fn expected() -> Vec<String> {
-        vec!["doctor".into(), "heap-small".into()]
+        [
+            "bpf/doctor",
+            "bpf/heap-small",
+            "user/lockdown",
+            "user/heap-small",
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     #[test]
@@ -323,59 +383,100 @@ VMTEST DONE 2 passed, 0 failed
     }
 
     #[test]
+    fn live_lines_are_markers_and_kernel_trouble() {
+        assert!(shows_live("VMTEST PASS bpf/heap-small restore=bpf"));
+        assert!(shows_live("[ 1.0] x VMTEST FAIL user/soak why"));
+        assert!(!shows_live("VMTEST RUN bpf/heap-small /bin/bpfckpt run"));
+        assert!(!shows_live("  | VMTEST PASS echoed"));
+        assert!(!shows_live("  | {\"event\":\"restore\"}"));
+        assert!(shows_live("[ 9.9] Kernel panic - not syncing: x"));
+        assert!(shows_live("[ 9.9] BUG: unable to handle page fault"));
+    }
+
+    #[test]
     fn a_good_run_passes() {
         let t = Duration::from_secs(600);
-        let r = judge(&run(GOOD, Some(EXIT_GUEST_PASSED)), &expected(), t).unwrap();
-        assert_eq!(r.release, "6.1.0-56-cloud-amd64");
-        assert!(r.version.contains("Debian 6.1.192-2"));
-        assert_eq!(r.lockdown, "[none] integrity confidentiality");
-        assert_eq!(r.results.len(), 2);
+        let v = judge(&run(GOOD, Some(EXIT_GUEST_PASSED)), &expected(), t);
+        assert!(v.passed(), "{:?}", v.failures());
+        assert_eq!(v.report.release, "6.1.0-56-cloud-amd64");
+        assert!(v.report.version.contains("Debian 6.1.192-2"));
         assert_eq!(
-            r.results[1].detail,
+            v.report.lockdown,
+            [
+                "[none] integrity confidentiality",
+                "none [integrity] confidentiality"
+            ]
+        );
+        assert_eq!(v.results.len(), 4);
+        assert_eq!(
+            v.results[1].detail,
             "restore=bpf pages_bpf=108 pages_user=0"
         );
+        assert_eq!(v.results[3].name, "user/heap-small");
         // A kernel message glued in front of a marker is tolerated.
-        let glued = GOOD.replace("VMTEST PASS heap", "[   3.1] random: x VMTEST PASS heap");
-        assert!(judge(&run(&glued, Some(1)), &expected(), t).is_ok());
+        let glued = GOOD.replace(
+            "VMTEST PASS bpf/heap",
+            "[   3.1] random: x VMTEST PASS bpf/heap",
+        );
+        assert!(judge(&run(&glued, Some(1)), &expected(), t).passed());
     }
 
     #[test]
     fn every_kind_of_failure_is_caught() {
         let t = Duration::from_secs(600);
-        let e = |console: &str, status| judge(&run(console, status), &expected(), t).unwrap_err();
+        let e = |console: &str, status| {
+            let v = judge(&run(console, status), &expected(), t);
+            assert!(!v.passed());
+            v.failures().join("\n")
+        };
         assert!(e(GOOD, Some(0)).contains("without reporting through isa-debug-exit"));
         assert!(e(GOOD, Some(3)).contains("reported failure"));
         assert!(e(GOOD, Some(2)).contains("qemu failed with status 2"));
-        let missing = GOOD.replace("VMTEST PASS heap-small", "something else");
-        assert!(e(&missing, Some(1)).contains("heap-small: no marker"));
+        let missing = GOOD.replace("VMTEST PASS user/heap-small", "something else");
+        assert!(e(&missing, Some(1)).contains("user/heap-small: FAIL no marker"));
         let failed = GOOD
             .replace(
-                "PASS heap-small restore=bpf",
-                "FAIL heap-small restore 1: pages_bpf=0",
+                "PASS bpf/heap-small restore=bpf",
+                "FAIL bpf/heap-small restore 1: pages_bpf=0",
             )
-            .replace("2 passed, 0 failed", "1 passed, 1 failed");
-        let msg = e(&failed, Some(3));
+            .replace("4 passed, 0 failed", "3 passed, 1 failed");
+        let v = judge(&run(&failed, Some(3)), &expected(), t);
+        let msg = v.failures().join("\n");
         assert!(
-            msg.contains("heap-small: FAIL restore 1: pages_bpf=0"),
+            msg.contains("bpf/heap-small: FAIL restore 1: pages_bpf=0"),
             "{msg}"
         );
         assert!(msg.contains("DONE says"), "{msg}");
+        // The failure stays attached to its marker, the others pass.
+        assert_eq!(
+            v.results.iter().map(|m| m.passed).collect::<Vec<_>>(),
+            [true, false, true, true]
+        );
+        // A path whose every check failed (a kernel bpfckpt cannot load its
+        // probes on) fails, whatever the other path did.
+        let all_user_failed = GOOD
+            .replace("PASS user/", "FAIL user/")
+            .replace("4 passed, 0 failed", "2 passed, 2 failed");
+        assert!(e(&all_user_failed, Some(3)).contains("user/lockdown: FAIL"));
         let setup = GOOD.replace(
-            "VMTEST LOCKDOWN",
-            "VMTEST FAIL mount-tracefs ENODEV\nVMTEST LOCKDOWN",
+            "VMTEST LOCKDOWN [none]",
+            "VMTEST FAIL mount-tracefs ENODEV\nVMTEST LOCKDOWN [none]",
         );
         assert!(e(&setup, Some(1)).contains("mount-tracefs: FAIL ENODEV"));
-        let no_done = GOOD.replace("VMTEST DONE 2 passed, 0 failed", "");
+        let twice = GOOD.replace(
+            "VMTEST DONE",
+            "VMTEST PASS bpf/heap-small again\nVMTEST DONE",
+        );
+        assert!(e(&twice, Some(1)).contains("bpf/heap-small: FAIL reported 2 times"));
+        let no_done = GOOD.replace("VMTEST DONE 4 passed, 0 failed", "");
         assert!(e(&no_done, Some(1)).contains("no DONE marker"));
         let panic =
             format!("{GOOD}[    9.9] Kernel panic - not syncing: Attempted to kill init!\n");
         assert!(e(&panic, Some(0)).contains("guest kernel panic"));
         let mut timeout = run(GOOD, None);
         timeout.timed_out = true;
-        assert!(
-            judge(&timeout, &expected(), t)
-                .unwrap_err()
-                .contains("timed out after 600 s")
-        );
+        let v = judge(&timeout, &expected(), t);
+        assert!(!v.passed());
+        assert!(v.failures().join("\n").contains("timed out after 600 s"));
     }
 }

@@ -190,7 +190,10 @@ impl Engine {
         let (pid, image) = (t.pid, self.image_gen()?);
         match dirty {
             Rearmed::Pages(pages) => self.probes.bitmaps().clear_since(pid, image, pages)?,
-            Rearmed::All(regions) => {
+            // The scan found every page written since the last re-arm, and
+            // all of them are clean now: the whole chunks that huge-page
+            // faults marked too.
+            Rearmed::Scanned(regions) | Rearmed::All(regions) => {
                 self.probes.bitmaps().clear_since_all(pid, image)?;
                 // Regions saved whole (others may write them): always
                 // changed, for a restore in BPF; and never listed.
@@ -201,6 +204,7 @@ impl Engine {
         }
         self.probes.set_state(StateField::NDirty, 0)?;
         self.probes.set_state(StateField::DirtySpans, 0)?;
+        self.probes.set_state(StateField::Scan, 0)?;
         if quiet {
             self.probes.set_state(StateField::GupAcked, pre.gup)?;
             self.probes.set_state(StateField::Rescan, 0)?;
@@ -217,19 +221,26 @@ impl Engine {
         Ok(())
     }
 
-    /// The dirty set can be trusted as a list (not a walk of the bitmaps).
-    fn listed(&self) -> Result<Option<Vec<u64>>> {
+    /// The dirty set, if it is known page by page (not a walk of the
+    /// bitmaps): the list, and whether it is short (the tracker's scan
+    /// completes it).
+    fn listed(&self) -> Result<Option<(Vec<u64>, bool)>> {
         let p = &self.probes;
         let n = p.state(StateField::NDirty)?;
         if p.state(StateField::DirtySpans)? != 0
             || p.state(StateField::GupSticky)? != 0
             || p.state(StateField::Rescan)? != 0
             || p.state(StateField::Untracked)? != 0
-            || n > u64::from(abi::DIRTY_MAX)
         {
             return Ok(None);
         }
-        Ok(Some(p.dirty_list(n)))
+        Ok(Some((p.dirty_list(n), self.short_list(n)?)))
+    }
+
+    /// Whether pages may have been written beyond the probes' list of `n`
+    /// entries: a huge-page fault, or an overflow.
+    fn short_list(&self, n: u64) -> Result<bool> {
+        Ok(self.probes.state(StateField::Scan)? != 0 || n > u64::from(abi::DIRTY_MAX))
     }
 
     /// After a checkpoint that took every page (the BPF walk or a user-space
@@ -342,12 +353,16 @@ impl Engine {
         let pre = self.window()?;
         let n = self.probes.state(StateField::NDirty)?;
         let listed = self.probes.dirty_list(n);
+        // The list is short: the tracker's scan finds the rest (BPF copied
+        // nothing then).
+        let short = self.short_list(n)?;
+        let scanned = pre.scan() || short;
         let taken = self.take_free_top(t, c.saved as usize)?;
         let mut dirty = listed.clone();
         let regions = t.regions.clone();
         let tr = t.tracker.as_mut().ok_or_else(|| Error::new("no tracker"))?;
         let uffd = tr.mechanism() == Mechanism::Uffd;
-        if pre.scan() {
+        if scanned {
             dirty.extend(tr.written(&regions)?);
         }
         dirty.sort_unstable();
@@ -362,7 +377,7 @@ impl Engine {
         dirty.retain(|&a| in_tracked(&tracked, a));
         // A userfaultfd scan protected what it found already (the listed
         // pages among it).
-        if !(pre.scan() && uffd) {
+        if !(scanned && uffd) {
             tr.rearm(&dirty)?;
         }
         let quiet = self.quiet(pre)?;
@@ -395,7 +410,12 @@ impl Engine {
         // Soft-dirty re-arms the whole process: a page written meanwhile
         // outside the set may be wiped. A userfaultfd re-arms only the set,
         // all of which was read after.
-        self.settle(t, pre, quiet, Rearmed::Pages(&dirty), !uffd)?;
+        let rearmed = if short {
+            Rearmed::Scanned(&tracked)
+        } else {
+            Rearmed::Pages(&dirty)
+        };
+        self.settle(t, pre, quiet, rearmed, !uffd)?;
         self.top_up_free(t)?;
         self.publish_incremental(t)?;
         Ok(m)
@@ -612,11 +632,11 @@ impl Engine {
         if partial || t.tracker.is_none() || self.layout_moved()? {
             return Ok(None);
         }
-        let Some(mut dirty) = self.listed()? else {
+        let Some((mut dirty, short)) = self.listed()? else {
             return Ok(None);
         };
         let pre = self.window()?;
-        if pre.scan()
+        if (pre.scan() || short)
             && let Some(tr) = t.tracker.as_mut()
         {
             dirty.extend(tr.written(&t.regions.clone())?);
@@ -644,6 +664,7 @@ impl Engine {
             saved,
             blank,
             pre,
+            scanned: short.then(|| image.regions.clone()),
         }))
     }
 
@@ -655,7 +676,11 @@ impl Engine {
             tr.rearm(&d.dirty)?;
         }
         let quiet = self.quiet(d.pre)?;
-        self.settle(t, d.pre, quiet, Rearmed::Pages(&d.dirty), true)
+        let rearmed = match &d.scanned {
+            Some(r) => Rearmed::Scanned(r),
+            None => Rearmed::Pages(&d.dirty),
+        };
+        self.settle(t, d.pre, quiet, rearmed, true)
     }
 
     /// After a restore that wrote every saved page and blanked every blank
@@ -705,6 +730,9 @@ enum Rearmed<'a> {
     Pages(&'a [u64]),
     /// Every page of these regions.
     All(&'a [Region]),
+    /// Every page written since the last re-arm, as the tracker's scan of
+    /// these regions found them: all of their pages are clean now.
+    Scanned(&'a [Region]),
 }
 
 /// Pages of the image's regions that are saved whole at every request
@@ -723,6 +751,9 @@ pub(super) struct RestoredDirty {
     pub saved: Vec<(u64, u64)>,
     pub blank: Vec<(u64, bool)>,
     pre: Window,
+    /// The image's regions, if the probes' list was short and the
+    /// tracker's scan of them completed it.
+    scanned: Option<std::rc::Rc<Vec<Region>>>,
 }
 
 /// Whether `addr` lies in one of the tracked `regions` (ascending).

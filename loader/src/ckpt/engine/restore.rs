@@ -174,10 +174,13 @@ impl Engine {
         } else {
             None
         };
-        // BPF wrote nothing (no write helper, or it left the request to
-        // user space): the dirty set, if it is known as a list.
-        let bpf_wrote = self.bpf_write && (r.written > 0 || r.zeroed > 0 || r.write_failed > 0);
-        let dirty = if tracked && !bpf_wrote {
+        // The dirty set, if it is known as a list: whether BPF wrote nothing
+        // (no write helper, or it left the request to user space) or wrote
+        // the changed pages but some writes failed (read-only now, or
+        // copy-on-write after a fork): BPF only ever writes within that
+        // set, so writing the set again covers the failures without
+        // rewriting the whole image.
+        let dirty = if tracked {
             self.restore_dirty(t, image, r.partial)?
         } else {
             None
