@@ -143,7 +143,7 @@ impl Probes {
                 maps: inner_templates(&templates),
             },
         )
-        .map_err(|e| e.context("loading the probes"))?;
+        .map_err(|e| super::memlock::explain(e).context("loading the probes"))?;
         let (links, tracking) = attach_all(&loaded, report, quiet_tracking)?;
         let own = |name: &str| -> Result<Map> {
             let fd = loaded.map(name)?.as_fd().try_clone_to_owned()?;

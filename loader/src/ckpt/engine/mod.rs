@@ -111,6 +111,9 @@ impl Engine {
     /// Checks privileges, picks the restore path, loads and attaches the probes.
     pub fn new(opts: Options) -> Result<Self> {
         check_privileges()?;
+        // Before any map exists (the doctor's probes in the restore-path
+        // choice create some too).
+        super::memlock::raise();
         let mut triggers = Triggers::new(&opts.trigger_dir, abi::PATH_MAX)?;
         let (bpf_write, write_why) = choose_restore_path(opts.restore_path)?;
         let signals = signals_as_events()?;
