@@ -1160,6 +1160,7 @@ PASS heap-small cycles=2 bytes=4096
         held.maps.insert(41);
         held.links.insert(42);
         rel::KillFacts {
+            links_expected: true,
             window: "held by bpfckpt".into(),
             held,
             gone_secs: 0.2,
@@ -1197,6 +1198,12 @@ PASS heap-small cycles=2 bytes=4096
         let mut f = kill_facts();
         f.held = rel::Objs::default();
         assert!(e(true, &f, &kill_out(true)).contains("cannot see them"));
+        // Before 5.15 tracepoints are attached without BPF links.
+        let mut f = kill_facts();
+        f.held.links.clear();
+        assert!(e(true, &f, &kill_out(true)).contains("cannot see them"));
+        f.links_expected = false;
+        assert!(rel::kill_verdict(true, &f, &kill_out(true)).is_ok());
         let mut f = kill_facts();
         f.got_marker = true;
         assert!(e(true, &f, &kill_out(true)).contains("missed its window"));
