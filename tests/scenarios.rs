@@ -8,7 +8,7 @@ use std::time::Duration;
 mod support;
 use bpfckpt_protocol::CHECKPOINT_DONE;
 use support::{
-    Dir, Run, assert_pass, both_modes, bpfckpt, json_num, modes_pass, need_root, run,
+    Dir, Run, assert_pass, both_modes, bpfckpt, json_num, modes_pass, need_root, run, run_env,
     spawn_bpfckpt, summary_field, wait_line, wait_timeout,
 };
 
@@ -298,4 +298,109 @@ fn watch_by_executable_path_once() {
     // --once: bpfckpt exits on its own after the target.
     let st = wait_timeout(&mut watcher, Duration::from_secs(30));
     assert!(st.success(), "watch --once status {st}");
+}
+
+/// Degraded mode (forced here with the test hook; the mode of kernels
+/// without bpf_loop, callbacks or the fetching atomics): the probes only
+/// hold the target, user space copies and writes every page, and every byte
+/// is still restored. One warning line says so and why.
+fn degraded(tag: &str, program: &str, args: &[&str], pass: &str, cycles: u32) {
+    let dir = Dir::new(tag);
+    let mut a = args.to_vec();
+    let n = cycles.to_string();
+    a.extend(["--cycles", &n]);
+    let r = run_env(&dir, &[("BPFCKPT_DEGRADED", "1")], &[], program, &a);
+    assert_pass(&r, pass, cycles);
+    let warnings: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.contains("\"event\":\"warning\"") && l.contains("degraded mode"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", r.stdout);
+    assert!(
+        warnings[0].contains("forced by BPFCKPT_DEGRADED=1"),
+        "{}",
+        warnings[0]
+    );
+    let start = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("\"event\":\"start\""))
+        .expect("a start event");
+    assert!(
+        start.contains("\"restore_path\":\"user\"") && start.contains("\"degraded\":true"),
+        "{start}"
+    );
+    // User space did it all, at the held target's trigger.
+    assert_eq!(summary_field(&r, "pages_saved_bpf"), 0);
+    assert_eq!(summary_field(&r, "pages_restored_bpf"), 0);
+    assert!(summary_field(&r, "pages_saved_user") > 0);
+    assert!(summary_field(&r, "pages_restored_user") > 0);
+    assert_eq!(summary_field(&r, "holds"), 2 * u64::from(cycles));
+}
+
+#[test]
+fn degraded_mode_restores_every_byte_with_damage_of_every_kind() {
+    degraded("degraded-all", TARGET, &["all"], "all", 10);
+}
+
+#[test]
+fn degraded_mode_leaves_other_threads_stacks_alone() {
+    degraded("degraded-threads", TARGET, &["threads"], "threads", 3);
+}
+
+#[test]
+fn degraded_mode_bss_array_of_400_mb() {
+    degraded("degraded-bss400", BSS_TARGET, &[], "bss-400m", 2);
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK: bpfckpt raises
+/// it before it creates any map, to infinity with CAP_SYS_RESOURCE, else
+/// the soft limit to the hard one (all a container without that
+/// capability allows).
+#[test]
+fn memlock_limit_is_raised_before_maps_are_created() {
+    use std::os::unix::process::CommandExt;
+    need_root();
+    let dir = Dir::new("memlock");
+    let mut cmd = Command::new(bpfckpt());
+    cmd.args(["run", "--json", "--trigger-dir", &dir.s(), "--"])
+        .args([TARGET, "hold", "--dir", &dir.s()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut low = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut low) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            low.rlim_cur = 64 << 10;
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &low) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn bpfckpt");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        child.stdout.take().expect("stdout"),
+    ));
+    let target = wait_line(&mut lines, "\"event\":\"target\"");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).expect("limits");
+    let target_pid = json_num(&target, "pid").expect("target pid");
+    let _ = Command::new("kill")
+        .args(["-9", &target_pid.to_string()])
+        .status();
+    let _ = wait_timeout(&mut child, Duration::from_secs(30));
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))
+        .expect("a memlock line");
+    // "Max locked memory <soft> <hard> bytes": raised, to the hard limit.
+    let w: Vec<&str> = line.split_whitespace().collect();
+    assert!(w.len() >= 5 && w[3] == w[4] && w[3] != "65536", "{line}");
 }

@@ -18,6 +18,8 @@ use bpfload::{Error, attach, btf, sys};
 pub struct Check {
     pub name: String,
     pub ok: bool,
+    /// When not ok: bpfckpt still works, in degraded mode (`warn`).
+    pub degrades: bool,
     /// Facts (when ok) or the reason (when not).
     pub detail: String,
 }
@@ -27,13 +29,57 @@ impl Check {
         Self {
             name: name.to_string(),
             ok,
+            degrades: false,
             detail: detail.into(),
         }
+    }
+
+    /// The same check, which only degrades bpfckpt when it fails.
+    fn degrading(self) -> Self {
+        Self {
+            degrades: true,
+            ..self
+        }
+    }
+}
+
+/// What the full probe set needs beyond what Linux 5.10 has; without any
+/// of it bpfckpt runs in degraded mode (see `ckpt::probes::Set`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// bpf_loop (5.17).
+    pub loop_helper: bool,
+    /// BPF callbacks, `BPF_PSEUDO_FUNC` (5.13).
+    pub callbacks: bool,
+    /// Atomic fetch/xchg/or (5.12).
+    pub atomics: bool,
+}
+
+impl Features {
+    /// What is missing, in words (empty: nothing).
+    pub fn missing(&self) -> Vec<&'static str> {
+        bpfload::insn::Needs {
+            loop_helper: !self.loop_helper,
+            callbacks: !self.callbacks,
+            atomics: !self.atomics,
+        }
+        .describe()
+    }
+}
+
+/// Probes each feature of [`Features`] by loading a tiny program using it.
+pub fn features() -> Features {
+    Features {
+        loop_helper: loop_check().ok,
+        callbacks: callbacks_check().ok,
+        atomics: atomics_check().ok,
     }
 }
 
 /// Runs every check.
 pub fn run() -> Vec<Check> {
+    // Kernels before 5.11 charge maps to RLIMIT_MEMLOCK: the checks below create some.
+    crate::ckpt::memlock::raise();
     let lockdown = lockdown_mode();
     let mut out = vec![
         kernel(),
@@ -42,32 +88,51 @@ pub fn run() -> Vec<Check> {
         btf(),
         privileges(),
     ];
-    let helper = |name: &str, prog: Result<Vec<Insn>, String>, btf: bool| -> Check {
+    let helper = |name: &str, prog: Vec<Insn>| -> Check {
         let name = format!("{name} helper");
-        match prog.and_then(|p| try_load(&p, btf)) {
+        match try_load(&prog, None) {
             Ok(()) => Check::new(&name, true, ""),
             Err(why) => Check::new(&name, false, why),
         }
     };
     out.push(helper(
         "bpf_get_current_pid_tgid",
-        Ok(prog_call0(sys::BPF_FUNC_GET_CURRENT_PID_TGID)),
-        false,
+        prog_call0(sys::BPF_FUNC_GET_CURRENT_PID_TGID),
     ));
     out.push(helper(
         "bpf_probe_read_user",
-        Ok(prog_probe_read(sys::BPF_FUNC_PROBE_READ_USER)),
-        false,
+        prog_probe_read(sys::BPF_FUNC_PROBE_READ_USER),
     ));
     out.push(helper(
         "bpf_probe_read_user_str",
-        Ok(prog_probe_read(sys::BPF_FUNC_PROBE_READ_USER_STR)),
-        false,
+        prog_probe_read(sys::BPF_FUNC_PROBE_READ_USER_STR),
     ));
     out.push(probe_write_user_check(&lockdown));
-    out.push(helper("bpf_loop", Ok(prog_loop()), true));
     out.push(ringbuf_check());
-    out.push(helper("bpf_send_signal", Ok(prog_send_signal()), false));
+    out.push(helper("bpf_send_signal", prog_send_signal()));
+    out.push(map_in_map_check());
+    let features = [loop_check(), callbacks_check(), atomics_check()];
+    let missing: Vec<&str> = features
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.name.as_str())
+        .collect();
+    let mode = if missing.is_empty() {
+        Check::new("mode", true, "full (BPF copies and writes, writes tracked)")
+    } else {
+        Check::new(
+            "mode",
+            false,
+            format!(
+                "degraded: no {}; the probes only hold the target, user space copies and writes every page, every page is tried",
+                missing.join(", ")
+            ),
+        )
+        .degrading()
+    };
+    out.extend(features);
+    out.push(fault_tracepoints_check());
+    out.push(mode);
     out.push(dirty_tracking());
     out
 }
@@ -88,7 +153,11 @@ fn dirty_tracking() -> Check {
 pub fn format(checks: &[Check]) -> String {
     let mut s = String::new();
     for c in checks {
-        let verdict = if c.ok { "ok  " } else { "FAIL" };
+        let verdict = match (c.ok, c.degrades) {
+            (true, _) => "ok  ",
+            (false, true) => "warn",
+            (false, false) => "FAIL",
+        };
         // Multi-line details (never expected) are folded so each check stays one line.
         let detail = c
             .detail
@@ -127,16 +196,13 @@ fn kernel() -> Check {
                 .split(|c: char| !c.is_ascii_digit())
                 .filter_map(|p| p.parse::<u32>().ok());
             let (maj, min) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
-            // bpf_loop (5.17) is the newest feature the probes need.
-            if (maj, min) >= (5, 17) {
-                Check::new(name, true, format!("{release} {machine}"))
+            // Information only: each feature is probed on its own below.
+            let note = if (maj, min) >= (5, 17) {
+                ""
             } else {
-                Check::new(
-                    name,
-                    false,
-                    format!("{release}: bpfckpt needs Linux >= 5.17 (bpf_loop)"),
-                )
-            }
+                " (older than 5.17: see the feature checks)"
+            };
+            Check::new(name, true, format!("{release} {machine}{note}"))
         }
         Err(e) => Check::new(name, false, e.msg),
     }
@@ -264,7 +330,7 @@ fn privileges() -> Check {
 
 fn probe_write_user_check(lockdown: &Result<String, String>) -> Check {
     let name = "bpf_probe_write_user helper";
-    match try_load(&prog_probe_write(), false) {
+    match try_load(&prog_probe_write(), None) {
         Ok(()) => Check::new(name, true, ""),
         Err(mut why) => {
             if let Ok(m) = lockdown
@@ -285,10 +351,140 @@ fn ringbuf_check() -> Check {
         Err(e) => return Check::new(name, false, e.msg),
     };
     use std::os::fd::{AsFd, AsRawFd};
-    match try_load(&prog_ringbuf(map.as_fd().as_raw_fd()), false) {
+    match try_load(&prog_ringbuf(map.as_fd().as_raw_fd()), None) {
         Ok(()) => Check::new(name, true, ""),
         Err(why) => Check::new(name, false, why),
     }
+}
+
+/// A helper or instruction whose absence only degrades bpfckpt.
+fn feature(name: &str, prog: &[Insn], callback_at: Option<u32>) -> Check {
+    match try_load(prog, callback_at) {
+        Ok(()) => Check::new(name, true, ""),
+        Err(why) => Check::new(name, false, why).degrading(),
+    }
+}
+
+fn loop_check() -> Check {
+    feature("bpf_loop helper", &prog_loop(), Some(LOOP_CB_INSN))
+}
+
+/// Callbacks through `bpf_for_each_map_elem` (5.13), which needs no bpf_loop.
+fn callbacks_check() -> Check {
+    let name = "BPF callbacks (bpf_for_each_map_elem)";
+    let map = match Map::array("doctor_cb", 8, 1, 0) {
+        Ok(m) => m,
+        Err(e) => return Check::new(name, false, e.msg).degrading(),
+    };
+    use std::os::fd::{AsFd, AsRawFd};
+    feature(
+        name,
+        &prog_for_each(map.as_fd().as_raw_fd()),
+        Some(FOR_EACH_CB_INSN),
+    )
+}
+
+fn atomics_check() -> Check {
+    feature("atomic fetch-or and xchg", &prog_atomics(), None)
+}
+
+/// The page store and the region tables: mmapable arrays of different sizes
+/// as inner maps of one array of maps (5.10 has it; checked all the same).
+fn map_in_map_check() -> Check {
+    let name = "map-in-map with mmapable inner arrays";
+    let run = || -> bpfload::Result<()> {
+        let t = crate::ckpt::probes::inner_map_templates()?;
+        let outer = Map::create(&sys::MapCreateAttr {
+            map_type: BPF_MAP_TYPE_ARRAY_OF_MAPS,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+            map_flags: 0,
+            name: "doctor_outer",
+            inner_map_fd: Some(std::os::fd::AsFd::as_fd(&t[0])),
+        })?;
+        let inner = crate::ckpt::storage::inner_array("doctor_inner", 4096, 2)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&inner)) as u32;
+        outer.update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), sys::BPF_ANY)?;
+        inner.mmap()?.write_u64(4096, 1)
+    };
+    match run() {
+        Ok(()) => Check::new(name, true, ""),
+        Err(e) => Check::new(name, false, e.msg),
+    }
+}
+
+/// The raw `page_fault_user`/`_kernel` tracepoints the write tracking hangs
+/// on (x86): without them every page is tried.
+fn fault_tracepoints_check() -> Check {
+    let name = "raw page-fault tracepoints";
+    let prog = [asm::mov64_imm(0, 0), asm::exit()];
+    let run = || -> Result<(), String> {
+        let fd = sys::prog_load(&sys::ProgLoadAttr {
+            prog_type: sys::BPF_PROG_TYPE_RAW_TRACEPOINT,
+            insns: &prog,
+            license: "GPL",
+            name: "bpfckpt_doctor",
+            prog_btf_fd: None,
+            func_info_rec_size: 0,
+            func_info_cnt: 0,
+            func_info: &[],
+        })
+        .map_err(|e| refusal(&e))?;
+        for tp in ["page_fault_user", "page_fault_kernel"] {
+            attach::attach_raw_tracepoint(&fd, tp).map_err(|e| format!("{tp}: {}", e.msg))?;
+        }
+        Ok(())
+    };
+    match run() {
+        Ok(()) => Check::new(name, true, "page_fault_user, page_fault_kernel"),
+        Err(why) => Check::new(
+            name,
+            false,
+            format!("{why}; writes cannot be tracked, every page is tried"),
+        )
+        .degrading(),
+    }
+}
+
+/// `BPF_MAP_TYPE_ARRAY_OF_MAPS`.
+const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+/// `BPF_FUNC_for_each_map_elem`.
+const BPF_FUNC_FOR_EACH_MAP_ELEM: i32 = 164;
+/// Index of the callback in [`prog_for_each`].
+const FOR_EACH_CB_INSN: u32 = 9;
+
+/// `bpf_for_each_map_elem(&map, cb, NULL, 0); return 0` with a static `cb`
+/// returning 0.
+fn prog_for_each(map_fd: i32) -> Vec<Insn> {
+    let mut p = asm::ld_map_fd(1, map_fd).to_vec();
+    // ld_func at insn 2: target = 2 + rel + 1.
+    p.extend(asm::ld_func(2, FOR_EACH_CB_INSN as i32 - 3));
+    p.extend([
+        asm::mov64_imm(3, 0),
+        asm::mov64_imm(4, 0),
+        asm::call_helper(BPF_FUNC_FOR_EACH_MAP_ELEM),
+        asm::mov64_imm(0, 0),
+        asm::exit(),
+        // callback
+        asm::mov64_imm(0, 0),
+        asm::exit(),
+    ]);
+    debug_assert_eq!(p.len(), FOR_EACH_CB_INSN as usize + 2);
+    p
+}
+
+/// `u64 x = 0; atomic_fetch_or(&x, 1); xchg(&x, 1); return 0`
+fn prog_atomics() -> Vec<Insn> {
+    vec![
+        asm::st_dw(10, -8, 0),
+        asm::mov64_imm(1, 1),
+        asm::atomic_fetch_or_dw(10, -8, 1),
+        asm::mov64_imm(1, 1),
+        asm::atomic_xchg_dw(10, -8, 1),
+        asm::mov64_imm(0, 0),
+        asm::exit(),
+    ]
 }
 
 /// `r0 = helper(); return 0`
@@ -371,8 +567,9 @@ fn prog_loop() -> Vec<Insn> {
     p
 }
 
-/// The two functions of [`prog_loop`]: the callback must be static.
-fn loop_funcs() -> [FuncInfo; 2] {
+/// The two functions of a program whose callback starts at `cb`: the
+/// callback must be static.
+fn callback_funcs(cb: u32) -> [FuncInfo; 2] {
     [
         FuncInfo {
             insn_off: 0,
@@ -380,20 +577,20 @@ fn loop_funcs() -> [FuncInfo; 2] {
             is_main: true,
         },
         FuncInfo {
-            insn_off: LOOP_CB_INSN,
+            insn_off: cb,
             name: "cb".into(),
             is_main: false,
         },
     ]
 }
 
-/// Loads `insns` as a tracepoint program (with the two-function BTF of [`prog_loop`] if
-/// `with_btf`) and closes it again. `Err` says why it was refused.
-fn try_load(insns: &[Insn], with_btf: bool) -> Result<(), String> {
+/// Loads `insns` as a tracepoint program (with a two-function BTF if it has a callback
+/// at `callback_at`) and closes it again. `Err` says why it was refused.
+fn try_load(insns: &[Insn], callback_at: Option<u32>) -> Result<(), String> {
     let mut btf_fd = None;
     let mut b = None;
-    if with_btf {
-        let funcs = loop_funcs();
+    if let Some(cb) = callback_at {
+        let funcs = callback_funcs(cb);
         let built = btf::funcs_btf(&funcs);
         let fd = sys::btf_load(&built.blob)
             .map_err(|e| format!("BTF refused: {}", first_line(&e.msg)))?;
@@ -449,8 +646,9 @@ mod tests {
         let s = format(&[
             Check::new("a", true, ""),
             Check::new("b", false, "why\nmore"),
+            Check::new("c", false, "no bpf_loop").degrading(),
         ]);
-        assert_eq!(s, "ok    a\nFAIL  b: why | more\n");
+        assert_eq!(s, "ok    a\nFAIL  b: why | more\nwarn  c: no bpf_loop\n");
     }
 
     #[test]
@@ -473,6 +671,13 @@ mod tests {
         assert_eq!(p.len(), 10);
         // ld_imm64 at 1 points at the callback.
         assert_eq!(1 + p[1].imm + 1, LOOP_CB_INSN as i32);
-        assert_eq!(btf::funcs_btf(&loop_funcs()).func_info_cnt(), 2);
+        assert_eq!(
+            btf::funcs_btf(&callback_funcs(LOOP_CB_INSN)).func_info_cnt(),
+            2
+        );
+        let p = prog_for_each(3);
+        assert_eq!(2 + p[2].imm + 1, FOR_EACH_CB_INSN as i32);
+        assert!(bpfload::insn::Needs::of(&p).callbacks);
+        assert!(bpfload::insn::Needs::of(&prog_atomics()).atomics);
     }
 }

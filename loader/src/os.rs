@@ -981,6 +981,50 @@ pub fn mknod_file(path: &std::path::Path, mode: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Raises RLIMIT_MEMLOCK as far as allowed: to infinity if permitted (root
+/// with CAP_SYS_RESOURCE), else the soft limit up to the hard one. Kernels
+/// before 5.11 charge BPF maps and programs to this limit instead of the
+/// memory cgroup, and its default (64 KiB or 8 MiB) fits no page store.
+/// `Ok` with the soft limit now in force (`None` = infinity).
+pub fn raise_memlock() -> Result<Option<u64>> {
+    let inf = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit value, read by the kernel during the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &inf) } == 0 {
+        return Ok(None);
+    }
+    let first = last_errno();
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `cur` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) } != 0 {
+        return Err(Error::sys("getrlimit(RLIMIT_MEMLOCK)", last_errno()));
+    }
+    let hard = libc::rlimit {
+        rlim_cur: cur.rlim_max,
+        rlim_max: cur.rlim_max,
+    };
+    // SAFETY: as above; lowering nothing, the soft limit only rises to the hard one.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &hard) } != 0 {
+        return Err(Error::sys("setrlimit(RLIMIT_MEMLOCK)", last_errno()));
+    }
+    if cur.rlim_max == libc::RLIM_INFINITY {
+        return Ok(None);
+    }
+    // Not infinity: say why, the caller shows it if a map is refused.
+    Err(Error::sys(
+        format!(
+            "setrlimit(RLIMIT_MEMLOCK, infinity) (raised to the hard limit, {} bytes, instead)",
+            cur.rlim_max
+        ),
+        first,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

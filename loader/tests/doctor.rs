@@ -29,9 +29,20 @@ fn sys_doctor_reports_this_machine() {
         "tracefs",
         "privileges",
         "kernel BTF",
+        "BPF callbacks (bpf_for_each_map_elem)",
+        "atomic fetch-or and xchg",
+        "map-in-map with mmapable inner arrays",
+        "raw page-fault tracepoints",
+        "mode",
     ] {
         assert!(get(ok).ok, "{text}");
     }
+    // This kernel has every feature: the full set, and the version is information.
+    assert!(
+        text.lines().any(|l| l.starts_with("ok    mode: full")),
+        "{text}"
+    );
+    assert!(get("kernel version").ok, "{text}");
     let lockdown = std::fs::read_to_string("/sys/kernel/security/lockdown").unwrap_or_default();
     let (avail, why) = doctor::probe_write_user_available();
     let pwu = get("bpf_probe_write_user helper");

@@ -68,3 +68,31 @@ fn probes_obj_seed_links() {
     let sig = fuzzing::replay(Path::new("probes"), PROBES_OBJ);
     assert!(sig.starts_with("ok:"), "probes: {sig}");
 }
+
+/// The degraded set must load where 5.10 is all there is: no bpf_loop, no
+/// callback, no atomic but the plain add, in any program of it (with the
+/// subprograms each reaches). The full set does use them, which shows the
+/// scan sees them.
+#[test]
+fn degraded_programs_need_nothing_newer_than_5_10() {
+    use bpfckpt::ckpt::probes::{Set, program_names};
+    use bpfload::insn::Needs;
+    let spec = obj::parse(PROBES_OBJ).unwrap();
+    let needs = |n: &str| {
+        let p = spec
+            .program(n)
+            .unwrap_or_else(|| panic!("no program `{n}`"));
+        Needs::of(&linker::link_program(&spec, p).unwrap().insns)
+    };
+    let degraded = program_names(Set::Degraded);
+    assert_eq!(degraded.len(), 13, "{degraded:?}");
+    for n in &degraded {
+        assert!(n.ends_with("_d"), "{n}");
+        assert_eq!(needs(n), Needs::default(), "{n}");
+    }
+    let full = program_names(Set::Full { bpf_write: true });
+    let n = needs("trigger_openat_w");
+    assert!(n.loop_helper && n.callbacks, "{n:?}");
+    assert!(needs("layout_mmap").atomics);
+    assert!(full.iter().any(|n| needs(n).atomics));
+}

@@ -331,6 +331,7 @@ fn all_probe_programs_load_on_this_kernel() {
     let opts = |programs: Vec<String>| LoadOptions {
         programs,
         maps: bpfckpt::ckpt::probes::inner_templates(&templates),
+        ..Default::default()
     };
 
     // The bpf_probe_write_user triggers load exactly when the kernel allows that helper.

@@ -16,6 +16,7 @@
 
 mod abi;
 mod checkpoint;
+mod degraded;
 mod gup;
 mod helpers;
 mod layout;

@@ -31,11 +31,16 @@ fn same_path(a: &PathBuf, b: *const [u8; PATH_MAX]) -> bool {
     true
 }
 
+/// `W`: restore with the write helper; `D`: the degraded programs (see
+/// degraded.rs), which only hold the target; they skip the foreign-write
+/// watch too, as their requests never trust tracking.
 #[inline(always)]
-unsafe fn on_open<const W: bool>(path: u64, flags: u64, creat: bool) -> u32 {
+unsafe fn on_open<const W: bool, const D: bool>(path: u64, flags: u64, creat: bool) -> u32 {
     // SAFETY: pointers come from map lookups (null checked) or the stack.
     unsafe {
-        crate::gup::on_open_flags(path, if creat { O_CREAT | 1 } else { flags });
+        if !D {
+            crate::gup::on_open_flags(path, if creat { O_CREAT | 1 } else { flags });
+        }
         let cfg = served();
         if cfg.is_null() || (!creat && flags & O_CREAT == 0) {
             return 0;
@@ -50,25 +55,34 @@ unsafe fn on_open<const W: bool>(path: u64, flags: u64, creat: bool) -> u32 {
             return 0;
         }
         if same_path(&buf, &raw const (*cfg).ckpt_path) {
-            checkpoint(cfg);
+            if D {
+                crate::degraded::checkpoint(cfg);
+            } else {
+                checkpoint(cfg);
+            }
         } else if same_path(&buf, &raw const (*cfg).restore_path) {
-            restore::<W>(cfg);
+            if D {
+                crate::degraded::restore(cfg);
+            } else {
+                restore::<W>(cfg);
+            }
         }
     }
     0
 }
 
-/// The trigger programs come in two sets: `*_w` restores with
-/// `bpf_probe_write_user`, the others only hold the target for a user-space
-/// restore. The kernel refuses to load any program that merely contains the
-/// write helper under lockdown, so the choice is made by loading one set.
+/// The trigger programs come in three sets: `*_w` restores with
+/// `bpf_probe_write_user`, the plain ones only hold the target for a
+/// user-space restore. The kernel refuses to load any program that merely
+/// contains the write helper under lockdown, so the choice is made by
+/// loading one set. `*_d` are the degraded set (see degraded.rs).
 macro_rules! triggers {
-    ($w:literal, $openat:ident, $open:ident, $creat:ident) => {
+    ($w:literal, $d:literal, $openat:ident, $open:ident, $creat:ident) => {
         #[unsafe(no_mangle)]
         #[unsafe(link_section = "tracepoint/syscalls/sys_enter_openat")]
         pub extern "C" fn $openat(ctx: *const SysEnter) -> u32 {
             // SAFETY: the tracepoint context is readable at these offsets.
-            unsafe { on_open::<$w>((*ctx).args[1], (*ctx).args[2], false) }
+            unsafe { on_open::<$w, $d>((*ctx).args[1], (*ctx).args[2], false) }
         }
 
         /// musl's open() uses SYS_open, not openat.
@@ -76,17 +90,30 @@ macro_rules! triggers {
         #[unsafe(link_section = "tracepoint/syscalls/sys_enter_open")]
         pub extern "C" fn $open(ctx: *const SysEnter) -> u32 {
             // SAFETY: as above.
-            unsafe { on_open::<$w>((*ctx).args[0], (*ctx).args[1], false) }
+            unsafe { on_open::<$w, $d>((*ctx).args[0], (*ctx).args[1], false) }
         }
 
         #[unsafe(no_mangle)]
         #[unsafe(link_section = "tracepoint/syscalls/sys_enter_creat")]
         pub extern "C" fn $creat(ctx: *const SysEnter) -> u32 {
             // SAFETY: as above.
-            unsafe { on_open::<$w>((*ctx).args[0], 0, true) }
+            unsafe { on_open::<$w, $d>((*ctx).args[0], 0, true) }
         }
     };
 }
 
-triggers!(false, trigger_openat, trigger_open, trigger_creat);
-triggers!(true, trigger_openat_w, trigger_open_w, trigger_creat_w);
+triggers!(false, false, trigger_openat, trigger_open, trigger_creat);
+triggers!(
+    true,
+    false,
+    trigger_openat_w,
+    trigger_open_w,
+    trigger_creat_w
+);
+triggers!(
+    false,
+    true,
+    trigger_openat_d,
+    trigger_open_d,
+    trigger_creat_d
+);

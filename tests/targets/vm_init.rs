@@ -37,7 +37,11 @@
 //! path every restore of a `target` has `pages_bpf` > 0, and at least one
 //! of an `adv` scenario (its layout changes send some to user space) unless
 //! it is `moved` (a restore in another layout than the image's is user
-//! space's by design); on the user-space path no restore has BPF writes. `soak` runs `--seconds S`,
+//! space's by design); on the user-space path no restore has BPF writes.
+//! When `doctor` reports degraded mode (a kernel without bpf_loop,
+//! callbacks or the fetching atomics: no probe writes), the checks of the
+//! BPF path run with `--restore-path auto` and are judged as user-space
+//! runs; the doctor's marker says so. `soak` runs `--seconds S`,
 //! must report zero corruptions and at least one BPF restore on the BPF
 //! path. `kill` and `symlink` are described in vm_guest/rel.rs. `dirty`
 //! runs a `dirty-target` scenario with `--dirty-tracking <tracking>`: it
@@ -132,18 +136,26 @@ fn main() {
                 }
                 let t0 = Instant::now();
                 let name = format!("{}/doctor", path.name());
+                // In degraded mode no probe writes: the checks of either
+                // path expect the user-space restore.
+                let mut judged = path;
                 match doctor(path, conf.timeout) {
-                    Ok(d) => results.pass(
-                        &name,
-                        &format!("{d} secs={:.1}", t0.elapsed().as_secs_f64()),
-                    ),
+                    Ok((d, degraded)) => {
+                        if degraded {
+                            judged = RestorePath::User;
+                        }
+                        results.pass(
+                            &name,
+                            &format!("{d} secs={:.1}", t0.elapsed().as_secs_f64()),
+                        )
+                    }
                     Err(e) => results.fail(&name, &e),
                 }
                 for c in checks {
                     let name = format!("{}/{}", path.name(), c.name);
                     let t0 = Instant::now();
                     let secs = || t0.elapsed().as_secs_f64();
-                    match run_check(path, c, conf.timeout) {
+                    match run_check(path, judged, c, conf.timeout) {
                         Ok(d) => results.pass(&name, &format!("{d} secs={:.1}", secs())),
                         Err(why) => results.fail(&name, &format!("{why} (after {:.1} s)", secs())),
                     }
@@ -411,11 +423,30 @@ fn parse_conf(text: &str) -> Result<Conf, String> {
 
 /// `bpfckpt doctor` on `path`: on the BPF path every check must pass; with
 /// lockdown raised, exactly the write helper must be refused, for lockdown.
-fn doctor(path: RestorePath, timeout: Duration) -> Result<String, String> {
+/// `warn` lines (features whose absence only degrades bpfckpt) are no
+/// failures; the second value says whether the doctor found degraded mode.
+fn doctor(path: RestorePath, timeout: Duration) -> Result<(String, bool), String> {
     let mut cmd = Command::new(BPFCKPT);
     cmd.arg("doctor");
     let c = run_captured(cmd, timeout)?;
-    doctor_verdict(path, &c.stdout)
+    let degraded = degraded_mode(&c.stdout);
+    let v = doctor_verdict(path, &c.stdout)?;
+    Ok(match degraded {
+        Some(why) => (
+            format!("{v}; {why}: the checks of this path expect the user-space restore"),
+            true,
+        ),
+        None => (v, false),
+    })
+}
+
+/// The doctor's `warn  mode: degraded: ...` line, without its verdict word.
+fn degraded_mode(lines: &[String]) -> Option<String> {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("warn  mode: "))
+        .filter(|m| m.starts_with("degraded"))
+        .map(|m| format!("mode {m}"))
 }
 
 fn doctor_verdict(path: RestorePath, lines: &[String]) -> Result<String, String> {
@@ -466,7 +497,14 @@ fn doctor_verdict(path: RestorePath, lines: &[String]) -> Result<String, String>
     })
 }
 
-fn run_check(path: RestorePath, c: &Check, timeout: Duration) -> Result<String, String> {
+/// Runs check `c` of `path`, judged as a run of the `judged` path (the
+/// user path on either path in degraded mode), with `judged`'s option.
+fn run_check(
+    path: RestorePath,
+    judged: RestorePath,
+    c: &Check,
+    timeout: Duration,
+) -> Result<String, String> {
     let dir = format!("/tmp/{}-{}", path.name(), c.name);
     println!(
         "VMTEST RUN {}/{} {:?} {}",
@@ -477,10 +515,10 @@ fn run_check(path: RestorePath, c: &Check, timeout: Duration) -> Result<String, 
     );
     let (extra, args): (&[&str], Vec<String>) = match &c.kind {
         Kind::Kill { restore, mib } => {
-            return rel::kill(path.option(), &dir, *restore, *mib, &c.program, timeout);
+            return rel::kill(judged.option(), &dir, *restore, *mib, &c.program, timeout);
         }
         Kind::Symlink { dangling } => {
-            return rel::symlink(path.option(), &dir, *dangling, &c.program, timeout);
+            return rel::symlink(judged.option(), &dir, *dangling, &c.program, timeout);
         }
         Kind::Target { cycles, exhaustive }
         | Kind::Adv {
@@ -500,7 +538,7 @@ fn run_check(path: RestorePath, c: &Check, timeout: Duration) -> Result<String, 
     cmd.args([
         "run",
         "--restore-path",
-        path.option(),
+        judged.option(),
         "--json",
         "--trigger-dir",
         &dir,
@@ -511,7 +549,7 @@ fn run_check(path: RestorePath, c: &Check, timeout: Duration) -> Result<String, 
     .args(args)
     .args(["--dir", &dir]);
     let captured = run_captured(cmd, timeout)?;
-    verdict(path, &c.kind, &captured, timeout)
+    verdict(judged, &c.kind, &captured, timeout)
 }
 
 /// Runs a `dirty-target` check: `bpfckpt run --dirty-tracking tracking`.
@@ -1213,6 +1251,23 @@ PASS heap-small cycles=2 bytes=4096
         let e = doctor_verdict(RestorePath::Bpf, &old).unwrap_err();
         assert!(e.contains("FAIL  bpf_loop helper: unknown func"), "{e}");
         assert!(doctor_verdict(RestorePath::Bpf, &lines("ok    bpf_loop helper")).is_err());
+        // A feature whose absence only degrades is a `warn`, no failure,
+        // and the mode line says degraded.
+        let k510 = lines(
+            "ok    kernel version: 5.10.0-46-cloud-amd64 x86_64 (older than 5.17: see the feature checks)\nok    kernel lockdown: none\nok    bpf_probe_write_user helper\nwarn  bpf_loop helper: refused by the verifier: number of funcs in func_info doesn't match number of subprogs\nwarn  mode: degraded: no bpf_loop helper; the probes only hold the target",
+        );
+        assert!(doctor_verdict(RestorePath::Bpf, &k510).is_ok());
+        assert_eq!(
+            degraded_mode(&k510).unwrap(),
+            "mode degraded: no bpf_loop helper; the probes only hold the target"
+        );
+        assert_eq!(degraded_mode(&bpf_ok), None);
+        assert_eq!(
+            degraded_mode(&lines(
+                "ok    mode: full (BPF copies and writes, writes tracked)"
+            )),
+            None
+        );
     }
 
     fn kill_out(restore: bool) -> Captured {
@@ -1237,6 +1292,7 @@ PASS heap-small cycles=2 bytes=4096
         held.maps.insert(41);
         held.links.insert(42);
         rel::KillFacts {
+            links_expected: true,
             window: "held by bpfckpt".into(),
             held,
             gone_secs: 0.2,
@@ -1274,6 +1330,12 @@ PASS heap-small cycles=2 bytes=4096
         let mut f = kill_facts();
         f.held = rel::Objs::default();
         assert!(e(true, &f, &kill_out(true)).contains("cannot see them"));
+        // Before 5.15 tracepoints are attached without BPF links.
+        let mut f = kill_facts();
+        f.held.links.clear();
+        assert!(e(true, &f, &kill_out(true)).contains("cannot see them"));
+        f.links_expected = false;
+        assert!(rel::kill_verdict(true, &f, &kill_out(true)).is_ok());
         let mut f = kill_facts();
         f.got_marker = true;
         assert!(e(true, &f, &kill_out(true)).contains("missed its window"));

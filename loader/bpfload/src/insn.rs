@@ -75,6 +75,61 @@ impl Insn {
     }
 }
 
+/// `bpf_loop`'s helper id.
+const FUNC_LOOP: i32 = 181;
+/// `BPF_STX | BPF_ATOMIC` with the size bits masked out (W or DW).
+const ATOMIC_MASK: u8 = 0xe7;
+const ATOMIC: u8 = 0xc3;
+/// The atomic operation every kernel has (the old `BPF_XADD`): add, no fetch.
+const ATOMIC_ADD: i32 = 0x00;
+
+/// Kernel features an instruction stream uses beyond what 5.10 has; each
+/// names the release that brought it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The `bpf_loop` helper (5.17).
+    pub loop_helper: bool,
+    /// `ld_imm64` of a function address, a callback (5.13).
+    pub callbacks: bool,
+    /// Atomics other than the plain add: fetch, and, or, xor, xchg,
+    /// cmpxchg (5.12).
+    pub atomics: bool,
+}
+
+impl Needs {
+    /// What `insns` use.
+    pub fn of(insns: &[Insn]) -> Self {
+        let mut n = Needs::default();
+        for i in insns {
+            if i.code == CALL && i.src() == 0 && i.imm == FUNC_LOOP {
+                n.loop_helper = true;
+            } else if i.code == LD_IMM64 && i.src() == PSEUDO_FUNC {
+                n.callbacks = true;
+            } else if i.code & ATOMIC_MASK == ATOMIC && i.imm != ATOMIC_ADD {
+                n.atomics = true;
+            }
+        }
+        n
+    }
+
+    pub fn any(self) -> bool {
+        self.loop_helper || self.callbacks || self.atomics
+    }
+
+    /// The features, in words (empty if none).
+    pub fn describe(self) -> Vec<&'static str> {
+        [
+            (self.loop_helper, "bpf_loop (Linux 5.17)"),
+            (self.callbacks, "BPF callbacks (5.13)"),
+            (self.atomics, "atomic fetch/xchg/or/and (5.12)"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, w)| *w)
+        .collect()
+    }
+}
+
 /// Decodes a byte slice whose length is a multiple of 8.
 pub(crate) fn decode(bytes: &[u8]) -> Option<Vec<Insn>> {
     if !bytes.len().is_multiple_of(INSN_SIZE) {
@@ -146,6 +201,15 @@ pub mod asm {
     pub const fn atomic_add_dw(dst: u8, off: i16, src: u8) -> Insn {
         Insn::new(0xdb, dst, src, off, 0)
     }
+    /// `lock dst_old = atomic_fetch_or((u64 *)(dst + off), src)`: `src`
+    /// receives the old value (5.12).
+    pub const fn atomic_fetch_or_dw(dst: u8, off: i16, src: u8) -> Insn {
+        Insn::new(0xdb, dst, src, off, 0x40 | 0x01)
+    }
+    /// `src = xchg((u64 *)(dst + off), src)` (5.12).
+    pub const fn atomic_xchg_dw(dst: u8, off: i16, src: u8) -> Insn {
+        Insn::new(0xdb, dst, src, off, 0xe0 | 0x01)
+    }
     /// `dst >>= imm` (64-bit, logical).
     pub const fn rsh64_imm(dst: u8, imm: i32) -> Insn {
         Insn::new(0x77, dst, 0, 0, imm)
@@ -180,5 +244,38 @@ mod tests {
         );
         assert!(decode(&[0u8; 7]).is_none());
         assert_eq!(decode(&[0u8; 16]).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn needs_of_each_feature() {
+        use asm::*;
+        let base = [mov64_imm(0, 0), atomic_add_dw(10, -8, 1), exit()];
+        assert_eq!(Needs::of(&base), Needs::default());
+        assert!(!Needs::of(&base).any());
+        // A 32-bit plain add is baseline too.
+        assert!(!Needs::of(&[Insn::new(0xc3, 10, 1, -8, 0)]).any());
+        let n = Needs::of(&[call_helper(FUNC_LOOP)]);
+        assert!(n.loop_helper && !n.callbacks && !n.atomics);
+        // Helper 181 called as a bpf-to-bpf call is not bpf_loop.
+        assert!(!Needs::of(&[Insn::new(CALL, 0, PSEUDO_CALL, 0, FUNC_LOOP)]).any());
+        let n = Needs::of(&ld_func(2, 3));
+        assert!(n.callbacks && !n.loop_helper);
+        assert!(!Needs::of(&ld_map_fd(1, 3)).any());
+        for i in [
+            atomic_fetch_or_dw(10, -8, 1),
+            atomic_xchg_dw(10, -8, 1),
+            Insn::new(0xdb, 10, 1, -8, 0x01),
+            Insn::new(0xc3, 10, 1, -8, 0x50),
+        ] {
+            assert!(Needs::of(&[i]).atomics, "{i:?}");
+        }
+        let all = Needs {
+            loop_helper: true,
+            callbacks: true,
+            atomics: true,
+        };
+        assert_eq!(all.describe().len(), 3);
+        assert!(all.describe()[0].contains("5.17"));
+        assert!(Needs::default().describe().is_empty());
     }
 }

@@ -26,6 +26,9 @@ pub struct LoadOptions<'a> {
     pub programs: Vec<String>,
     /// By map name (as [`ObjectSpec::map_index`] resolves it).
     pub maps: HashMap<String, MapOverride<'a>>,
+    /// Maps to create even if no selected program uses them (user space
+    /// reads them whichever programs a kernel accepts).
+    pub also_maps: Vec<String>,
 }
 
 /// A loaded program and where it wants to be attached.
@@ -97,11 +100,17 @@ pub fn load(bytes: &[u8], opts: &LoadOptions<'_>) -> Result<Loaded> {
         }
     }
 
-    // Only the maps the selected programs use.
-    let used: BTreeSet<usize> = progs
+    // Only the maps the selected programs use, and those asked for.
+    let mut used: BTreeSet<usize> = progs
         .iter()
         .flat_map(|p| p.map_refs.iter().map(|r| r.map))
         .collect();
+    for name in &opts.also_maps {
+        let i = spec
+            .map_index(name)
+            .ok_or_else(|| Error::new(format!("the object has no map `{name}`")))?;
+        used.insert(i);
+    }
     let mut fds = vec![-1; spec.maps.len()];
     let mut maps = Vec::with_capacity(used.len());
     for &i in &used {
@@ -179,10 +188,27 @@ pub fn load_program(p: &LinkedProgram, license: &str) -> Result<Program> {
         func_info: &b.func_info,
         func_info_rec_size: b.func_info_rec_size,
         func_info_cnt: b.func_info_cnt(),
-    })?;
+    })
+    .map_err(|e| refused_hint(e, p))?;
     Ok(Program {
         name: p.name.clone(),
         attach: p.attach.clone(),
         fd,
     })
+}
+
+/// A refused program that uses features older kernels lack says so: their
+/// verifiers give misleading reasons (5.10 counts no callback as a
+/// subprogram, so it complains that func_info does not match).
+fn refused_hint(e: Error, p: &LinkedProgram) -> Error {
+    let needs = crate::insn::Needs::of(&p.insns).describe();
+    if needs.is_empty() || e.errno != Some(libc::EINVAL) {
+        return e;
+    }
+    let msg = format!(
+        "{} (the program uses {}: a kernel without them refuses it)",
+        e.msg,
+        needs.join(", ")
+    );
+    Error { msg, ..e }
 }

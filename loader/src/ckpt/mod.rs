@@ -11,6 +11,7 @@ pub mod gate;
 pub mod inject;
 pub mod markers;
 pub mod memio;
+pub mod memlock;
 pub mod probes;
 pub mod procfs;
 pub mod report;

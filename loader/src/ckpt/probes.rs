@@ -57,6 +57,34 @@ const TRACK_NAMES: [&str; 18] = [
     "gup_userfaultfd",
 ];
 
+/// The maps user space reads, created whichever programs are loaded.
+const SHARED_MAPS: [&str; 11] = [
+    "EVENTS",
+    "CONFIG",
+    "STATE",
+    "REGIONS_OUTER",
+    "ZERO_OUTER",
+    "ZERO_TODO",
+    "DIRTY",
+    "FREE",
+    "PAGES_OUTER",
+    "ADDRS_OUTER",
+    "TOUCHED",
+];
+
+/// Which probe programs a kernel gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Set {
+    /// The triggers copy and write in BPF (`bpf_write`: with
+    /// `bpf_probe_write_user`), and writes are tracked.
+    Full { bpf_write: bool },
+    /// For kernels without bpf_loop, callbacks or the fetching atomics: the
+    /// `_d` triggers only hold the target (user space copies and writes
+    /// every page), the `_d` layout probes keep the layout current, and
+    /// nothing is tracked (every page is tried).
+    Degraded,
+}
+
 /// A field of the probes' `State`, read and written through its mapping.
 #[derive(Debug, Clone, Copy)]
 pub enum StateField {
@@ -132,22 +160,24 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads the trigger set that matches the restore path (`bpf_write`),
-    /// the layout probes and the tracking probes, and attaches them all.
-    /// A tracking probe that cannot attach is reported once (unless
-    /// `quiet_tracking`) and leaves `tracking()` false; any other failure is
-    /// an error.
-    pub fn load(bpf_write: bool, report: Reporter, quiet_tracking: bool) -> Result<Self> {
+    /// Loads the programs of `set`: the trigger set that matches the
+    /// restore path, the layout probes and (full set) the tracking probes,
+    /// and attaches them all. A tracking probe that cannot attach is
+    /// reported once (unless `quiet_tracking`) and leaves `tracking()`
+    /// false; any other failure is an error.
+    pub fn load(set: Set, report: Reporter, quiet_tracking: bool) -> Result<Self> {
         let templates = inner_map_templates()?;
         let loaded = load::load(
             crate::PROBES_OBJ,
             &LoadOptions {
-                programs: program_names(bpf_write),
+                programs: program_names(set),
                 maps: inner_templates(&templates),
+                also_maps: SHARED_MAPS.iter().map(|m| m.to_string()).collect(),
             },
         )
-        .map_err(|e| e.context("loading the probes"))?;
-        let (links, tracking) = attach_all(&loaded, report, quiet_tracking)?;
+        .map_err(|e| super::memlock::explain(e).context("loading the probes"))?;
+        let (links, attached) = attach_all(&loaded, report, quiet_tracking)?;
+        let tracking = attached && set != Set::Degraded;
         let own = |name: &str| -> Result<Map> {
             let fd = loaded.map(name)?.as_fd().try_clone_to_owned()?;
             Map::from_fd(fd)
@@ -291,18 +321,28 @@ impl Drop for Probes {
     }
 }
 
-fn program_names(bpf_write: bool) -> Vec<String> {
-    let suffix = if bpf_write { "_w" } else { "" };
-    TRIGGER_NAMES
-        .iter()
-        .map(|p| format!("{p}{suffix}"))
-        .chain(
-            LAYOUT_NAMES
+/// The programs of `set`, by name.
+pub fn program_names(set: Set) -> Vec<String> {
+    match set {
+        Set::Full { bpf_write } => {
+            let suffix = if bpf_write { "_w" } else { "" };
+            TRIGGER_NAMES
                 .iter()
-                .chain(&TRACK_NAMES)
-                .map(|s| s.to_string()),
-        )
-        .collect()
+                .map(|p| format!("{p}{suffix}"))
+                .chain(
+                    LAYOUT_NAMES
+                        .iter()
+                        .chain(&TRACK_NAMES)
+                        .map(|s| s.to_string()),
+                )
+                .collect()
+        }
+        Set::Degraded => TRIGGER_NAMES
+            .iter()
+            .chain(&LAYOUT_NAMES)
+            .map(|p| format!("{p}_d"))
+            .collect(),
+    }
 }
 
 /// Template inner maps for the probes' map-in-map outers, in the order

@@ -21,6 +21,7 @@ pub fn inner_array(name: &str, value_size: u32, entries: u32) -> Result<Map> {
         entries.max(1),
         BPF_F_MMAPABLE | BPF_F_INNER_MAP,
     )
+    .map_err(super::memlock::explain)
 }
 
 /// Template inner maps the outer maps are created with.

@@ -125,6 +125,8 @@ fn fresh_dir(p: &str) -> Result<(), String> {
     std::fs::create_dir_all(p).map_err(|e| format!("create {p}: {e}"))
 }
 
+/// `bpfckpt run ... --trigger-dir DIR [-- program...]` (no `--` without a
+/// program: the caller adds options first).
 fn bpfckpt_run(restore_path: &str, dir: &str, program: &[String]) -> Command {
     let mut cmd = Command::new(crate::BPFCKPT);
     cmd.args([
@@ -134,10 +136,26 @@ fn bpfckpt_run(restore_path: &str, dir: &str, program: &[String]) -> Command {
         "--json",
         "--trigger-dir",
         dir,
-        "--",
-    ])
-    .args(program);
+    ]);
+    if !program.is_empty() {
+        cmd.arg("--").args(program);
+    }
     cmd
+}
+
+/// Whether the kernel attaches tracepoint programs through BPF links
+/// (`BPF_LINK_CREATE` for perf events, 5.15); before, bpfload falls back to
+/// `PERF_EVENT_IOC_SET_BPF`, which makes no link object.
+fn kernel_makes_links() -> bool {
+    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    links_since(&rel)
+}
+
+fn links_since(release: &str) -> bool {
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    (it.next().unwrap_or(0), it.next().unwrap_or(0)) >= (5, 15)
 }
 
 /// What the kill check saw, for [`kill_verdict`].
@@ -156,6 +174,8 @@ pub struct KillFacts {
     pub left_stopped: bool,
     /// The completion marker of the killed request exists.
     pub got_marker: bool,
+    /// The kernel makes BPF links for bpfckpt's attachments (5.15+).
+    pub links_expected: bool,
 }
 
 /// Kills bpfckpt in the middle of the checkpoint (`restore` false) or the
@@ -184,7 +204,11 @@ pub fn kill(
         ]
         .map(String::from),
     );
-    let mut r = Running::spawn(bpfckpt_run(restore_path, dir, &prog))?;
+    // Held with SIGSTOP, not in its open: the window is found by the
+    // target's stopped state, and the watchdog's continuing it is checked.
+    let mut cmd = bpfckpt_run(restore_path, dir, &[]);
+    cmd.args(["--hold", "signal", "--"]).args(&prog);
+    let mut r = Running::spawn(cmd)?;
     let ready = r.wait_for("the target's READY", deadline, |l| {
         l.starts_with("READY pid=")
     })?;
@@ -249,6 +273,7 @@ pub fn kill(
     });
     let c = r.finish(deadline);
     let facts = KillFacts {
+        links_expected: kernel_makes_links(),
         window,
         held,
         left: if gone { Objs::default() } else { left },
@@ -264,7 +289,10 @@ pub fn kill(
 pub fn kill_verdict(restore: bool, f: &KillFacts, c: &Captured) -> Result<String, String> {
     let phase = if restore { "restore" } else { "checkpoint" };
     let mut problems = Vec::new();
-    if f.held.progs.is_empty() || f.held.maps.is_empty() || f.held.links.is_empty() {
+    if f.held.progs.is_empty()
+        || f.held.maps.is_empty()
+        || (f.links_expected && f.held.links.is_empty())
+    {
         problems.push(format!(
             "bpfckpt held no BPF programs, maps or links before the kill ({}): the check cannot see them",
             f.held.counts()
@@ -427,4 +455,18 @@ pub fn symlink_verdict(f: &SymlinkFacts, c: &Captured) -> Result<String, String>
         "refused, not followed: {}",
         error.map(|l| l.trim()).unwrap_or_default()
     ))
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::links_since;
+
+    #[test]
+    fn links_from_5_15() {
+        assert!(!links_since("5.10.0-46-cloud-amd64"));
+        assert!(!links_since("5.14.21"));
+        assert!(links_since("5.15.0"));
+        assert!(links_since("6.1.0-40-cloud-amd64"));
+        assert!(!links_since(""));
+    }
 }

@@ -28,7 +28,7 @@ pub use hold::cont;
 
 use super::abi::{self, Config};
 use super::markers::{self, Triggers};
-use super::probes::Probes;
+use super::probes::{Probes, Set};
 use super::report::{J, Reporter, Stats};
 use super::watchdog::Watchdog;
 use super::wire;
@@ -111,12 +111,39 @@ impl Engine {
     /// Checks privileges, picks the restore path, loads and attaches the probes.
     pub fn new(opts: Options) -> Result<Self> {
         check_privileges()?;
+        // Before any map exists (the doctor's probes in the restore-path
+        // choice create some too).
+        super::memlock::raise();
         let mut triggers = Triggers::new(&opts.trigger_dir, abi::PATH_MAX)?;
-        let (bpf_write, write_why) = choose_restore_path(opts.restore_path)?;
+        let degraded = degraded_why(
+            &crate::doctor::features(),
+            std::env::var_os(DEGRADED_ENV).is_some_and(|v| v == "1"),
+        );
+        let (bpf_write, write_why) = match &degraded {
+            Some(why) if opts.restore_path == RestorePath::Bpf => {
+                return Err(Error::new(format!(
+                    "--restore-path bpf: degraded mode ({why}) has no BPF write path; \
+                     use --restore-path user or auto"
+                )));
+            }
+            Some(why) => (false, format!("degraded mode ({why})")),
+            None => choose_restore_path(opts.restore_path)?,
+        };
         let signals = signals_as_events()?;
         // After the mask: the watchdog inherits SIGINT/SIGTERM blocked.
         let watchdog = Watchdog::spawn()?;
-        let probes = Probes::load(bpf_write, opts.report, opts.exhaustive)?;
+        let set = match degraded {
+            Some(_) => Set::Degraded,
+            None => Set::Full { bpf_write },
+        };
+        if let Some(why) = &degraded {
+            opts.report.warn(&format!(
+                "degraded mode: {why}; the probes only hold the target at each request, \
+                 user space copies and writes every page, and writes are not tracked \
+                 (every page is tried)"
+            ));
+        }
+        let probes = Probes::load(set, opts.report, opts.exhaustive)?;
         let tracked = !opts.exhaustive && probes.tracking();
         let mut base_flags = base_flags(!tracked);
         // Every checkpoint is held while a re-arming tracker may be set up:
@@ -151,6 +178,10 @@ impl Engine {
     fn announce_restore_path(&self, write_why: &str, hold_why: &str) {
         let path = if self.bpf_write {
             "restore path: BPF (bpf_probe_write_user in the target's context)".to_string()
+        } else if write_why.starts_with("degraded mode") {
+            format!(
+                "restore path: user space (process_vm_writev, /proc/PID/mem) with the target held, in {write_why}"
+            )
         } else if self.opts.restore_path == RestorePath::User {
             "restore path: user space (requested)".to_string()
         } else {
@@ -172,6 +203,7 @@ impl Engine {
                     "restore_path",
                     J::S(if self.bpf_write { "bpf" } else { "user" }),
                 ),
+                ("degraded", J::B(write_why.starts_with("degraded mode"))),
                 (
                     "trigger_dir",
                     J::S(&self.opts.trigger_dir.display().to_string()),
@@ -216,6 +248,23 @@ impl Engine {
         self.watchdog.watching(comm);
         self.cfg.watch_comm = wire::fixed(comm.as_bytes());
         self.push_config()
+    }
+}
+
+/// Forces degraded mode on any kernel when set to 1: the test hook that
+/// proves the degraded path on a host that has every feature.
+pub const DEGRADED_ENV: &str = "BPFCKPT_DEGRADED";
+
+/// Why the probes run degraded (`features` lacks what the full set needs,
+/// or `forced`), or `None` for the full set.
+fn degraded_why(features: &crate::doctor::Features, forced: bool) -> Option<String> {
+    let missing = features.missing();
+    if !missing.is_empty() {
+        Some(format!("this kernel lacks {}", missing.join(", ")))
+    } else if forced {
+        Some(format!("forced by {DEGRADED_ENV}=1"))
+    } else {
+        None
     }
 }
 
@@ -331,6 +380,46 @@ fn check_privileges() -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod degraded_tests {
+    use super::*;
+    use crate::doctor::Features;
+
+    #[test]
+    fn degraded_names_what_is_missing() {
+        let all = Features {
+            loop_helper: true,
+            callbacks: true,
+            atomics: true,
+        };
+        assert_eq!(degraded_why(&all, false), None);
+        assert_eq!(
+            degraded_why(&all, true).unwrap(),
+            "forced by BPFCKPT_DEGRADED=1"
+        );
+        let k510 = Features {
+            loop_helper: false,
+            callbacks: false,
+            atomics: false,
+        };
+        let why = degraded_why(&k510, false).unwrap();
+        assert!(
+            why.starts_with(
+                "this kernel lacks bpf_loop (Linux 5.17), BPF callbacks (5.13), atomic"
+            ),
+            "{why}"
+        );
+        let k515 = Features {
+            loop_helper: false,
+            ..all
+        };
+        assert_eq!(
+            degraded_why(&k515, true).unwrap(),
+            "this kernel lacks bpf_loop (Linux 5.17)"
+        );
+    }
 }
 
 #[cfg(test)]
