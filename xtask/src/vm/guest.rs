@@ -99,6 +99,10 @@ pub const UFFD_MIN_SERIES: [u32; 2] = [6, 7];
 /// `PAGEMAP_SCAN` (Linux 6.7).
 pub const ADV_MIN_SERIES: [u32; 2] = [6, 7];
 
+/// The oldest kernel series with every feature the probes need (`bpf_loop`,
+/// 5.17): before it bpfckpt runs degraded, with no tracking to test.
+pub const FULL_MIN_SERIES: [u32; 2] = [5, 17];
+
 /// Whether `series` (`6.12`) is at least `min`.
 pub fn series_at_least(series: &str, min: [u32; 2]) -> bool {
     let v: Vec<u32> = series.split('.').map(|p| p.parse().unwrap_or(0)).collect();
@@ -193,10 +197,12 @@ pub fn checks(z: Sizes, path: &str, series: &str, soft_dirty: bool) -> Vec<Check
         program: vec!["/bin/rel-soak".into()],
     });
     let uffd = series_at_least(series, UFFD_MIN_SERIES);
-    let auto = match (soft_dirty, uffd) {
-        (true, _) => Some("soft-dirty"),
-        (false, true) => Some("uffd"),
-        (false, false) => None,
+    let full = series_at_least(series, FULL_MIN_SERIES);
+    let auto = match (full, soft_dirty, uffd) {
+        (false, _, _) => None,
+        (true, true, _) => Some("soft-dirty"),
+        (true, false, true) => Some("uffd"),
+        (true, false, false) => None,
     };
     let runs = [
         ("", "auto", auto),
@@ -632,6 +638,8 @@ mod tests {
                 .all(|(_, k)| *k == kind("auto", "uffd") || *k == kind("uffd", "uffd"))
         );
         assert!(dirty("6.1", false).is_empty());
+        // Degraded (no bpf_loop): nothing is tracked.
+        assert!(dirty("5.10", true).is_empty());
     }
 
     #[test]
