@@ -379,7 +379,7 @@ fn reg_kernel_sse2(seed: u64, iters: u64, out: &mut [u64; 18], sentinels: &[u64;
 /// must not make it: the kernel restarts it).
 pub fn nanosleep(d: std::time::Duration) -> Result<(), i32> {
     let ts = libc::timespec {
-        tv_sec: d.as_secs() as libc::time_t,
+        tv_sec: d.as_secs() as _,
         tv_nsec: d.subsec_nanos() as libc::c_long,
     };
     // SAFETY: `ts` is a valid timespec that outlives the call; no remainder
