@@ -1405,8 +1405,10 @@ PASS heap-small cycles=2 bytes=4096
 {"event":"tracking","pid":7,"mechanism":"soft-dirty"}
 {"event":"checkpoint","pid":7,"pages_bpf":4200,"pages_user":0}
 {"event":"restore","pid":7,"pages_bpf":20,"zeroed_bpf":0,"pages_user":0,"zeroed_user":0,"held":false,"incremental":false}
+DIRTIED pages=12 blocks=1
 {"event":"checkpoint","pid":7,"incremental":true,"pages_bpf":12,"pages_user":3}
 {"event":"restore","pid":7,"pages_bpf":15,"zeroed_bpf":0,"pages_user":0,"zeroed_user":0,"held":false,"incremental":false}
+DIRTIED pages=9 blocks=1
 PASS steady cycles=2 pages=4096"#;
 
     #[test]
