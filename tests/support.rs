@@ -224,8 +224,20 @@ pub fn collect(mut child: Child, limit: Duration) -> Run {
 
 /// `bpfckpt run --json [extra] -- program args --dir DIR`
 pub fn run(dir: &Dir, extra: &[&str], program: &str, args: &[&str]) -> Run {
+    run_env(dir, &[], extra, program, args)
+}
+
+/// `run` with variables `env` set for bpfckpt (and the target).
+pub fn run_env(
+    dir: &Dir,
+    env: &[(&str, &str)],
+    extra: &[&str],
+    program: &str,
+    args: &[&str],
+) -> Run {
     need_root();
     let child = Command::new(bpfckpt())
+        .envs(env.iter().copied())
         .arg("run")
         .arg("--json")
         .args(["--trigger-dir", &dir.s()])
