@@ -104,6 +104,33 @@ fn read_only_pages_are_written_as_the_tracer() {
             r.stdout
         );
     }
+    // Inaccessible pages: read at the checkpoint, written at the restore,
+    // both as the tracer.
+    for hold in ["signal", "open"] {
+        let dir = Dir::new(&format!("ptrace-reader-{hold}"));
+        let r = run_env(
+            &dir,
+            &[FORCE_PTRACE],
+            &["--hold", hold],
+            TARGET,
+            &["inaccessible", "--cycles", "1"],
+        );
+        assert_pass(&r, "inaccessible", 1);
+        let reads: Vec<u64> = r
+            .checkpoints()
+            .iter()
+            .map(|l| json_num(l, "ptrace_reads").unwrap_or(0))
+            .collect();
+        assert!(
+            reads.iter().sum::<u64>() >= 64,
+            "--hold {hold}: ptrace_reads {reads:?}"
+        );
+        let w = ptrace_writes(&r);
+        assert!(
+            w.len() == 1 && w[0] >= 64,
+            "--hold {hold}: ptrace_writes {w:?}"
+        );
+    }
     // Without the hook this kernel (PROC_MEM_ALWAYS_FORCE) needs no tracer.
     let dir = Dir::new("ptrace-writer-none");
     let r = run(&dir, &[], TARGET, &["readonly", "--cycles", "1"]);

@@ -4,7 +4,7 @@
 //!
 //! Kernels built with `CONFIG_PROC_MEM_FORCE_PTRACE` (Debian's 7.x) give
 //! FOLL_FORCE only to the target's tracer: there a write to a read-only page
-//! fails with EIO, and is done again as the tracer ([`Writer`]): the held
+//! fails with EIO, and is done again as the tracer ([`Access`]): the held
 //! target seized, written, detached back into its stop.
 
 use super::inject::Seized;
@@ -33,6 +33,20 @@ impl Mem {
             .open(format!("/proc/{pid}/mem"))
             .map_err(|e| Error::from(e).context(format!("open /proc/{pid}/mem")))?;
         Ok(Self { pid, mem })
+    }
+
+    /// What `process_vm_readv` reads of `buf.len()` bytes at `addr`: how many.
+    fn read_fast(&self, addr: u64, buf: &mut [u8]) -> usize {
+        let len = buf.len();
+        process_vm_readv(
+            Pid::from_raw(self.pid),
+            &mut [IoSliceMut::new(buf)],
+            &[RemoteIoVec {
+                base: addr as usize,
+                len,
+            }],
+        )
+        .unwrap_or(0)
     }
 
     /// Reads `buf.len()` bytes at `addr`.
@@ -106,11 +120,11 @@ fn probe_self() -> Option<bool> {
     }
 }
 
-/// Writes the held target's memory for one request; what needs FOLL_FORCE
+/// Writes (and reads) the held target's memory for one request; what needs FOLL_FORCE
 /// where only a tracer gets it, as its tracer: attached at the first page
 /// that needs it (after `prepare`, which makes sure the target is
-/// group-stopped), detached by [`Writer::finish`] or on drop.
-pub struct Writer<'a> {
+/// group-stopped), detached by [`Access::finish`] or on drop.
+pub struct Access<'a> {
     mem: &'a Mem,
     pid: i32,
     force: Force,
@@ -120,7 +134,7 @@ pub struct Writer<'a> {
     pages: u64,
 }
 
-impl<'a> Writer<'a> {
+impl<'a> Access<'a> {
     pub fn new(mem: &'a Mem, force: Force, prepare: impl FnOnce() -> Result<()> + 'a) -> Self {
         Self {
             mem,
@@ -229,8 +243,36 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Reads `buf.len()` bytes at `addr` (the target held), as the tracer
+    /// if the kernel gives FOLL_FORCE (reading inaccessible pages) only to it.
+    pub fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        let at = |done: usize| addr + done as u64;
+        let done = match self.force {
+            Force::Anyone => return self.mem.read(addr, buf),
+            _ => self.mem.read_fast(addr, buf),
+        };
+        if done == buf.len() {
+            return Ok(());
+        }
+        if self.force == Force::Hook {
+            self.attach(at(done))?;
+        }
+        let mut r = self.mem.mem.read_exact_at(&mut buf[done..], at(done));
+        let eio = r
+            .as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::EIO));
+        if eio && self.seized.is_none() {
+            self.attach(at(done))?;
+            r = self.mem.mem.read_exact_at(&mut buf[done..], at(done));
+        }
+        if r.is_ok() && self.seized.is_some() {
+            self.pages += (buf.len() - done).div_ceil(PAGE as usize) as u64;
+        }
+        r.map_err(|e| Error::from(e).context(format!("read target memory at {:#x}", at(done))))
+    }
+
     /// Detaches, if attached: the target is group-stopped again. Returns
-    /// the pages written as the tracer.
+    /// the pages written (or read) as the tracer.
     pub fn finish(mut self) -> Result<u64> {
         if let Some(s) = self.seized.take() {
             s.detach()?;

@@ -9,7 +9,7 @@ use super::target::{Blank, Image, Target};
 use crate::ckpt::abi;
 use crate::ckpt::events::{Restore, ZeroTodo};
 use crate::ckpt::markers;
-use crate::ckpt::memio::{Writer, ZERO_PAGE};
+use crate::ckpt::memio::{Access, ZERO_PAGE};
 use crate::ckpt::probes::StateField;
 use crate::ckpt::procfs::{self, Kind, Mapping, P_GUARD, PAGE, Residency};
 use crate::ckpt::report::J;
@@ -207,7 +207,7 @@ impl Engine {
         // stopped first (ptrace cannot trap a thread waiting there).
         let (hold, pid, stat) = (self.open_hold.as_ref(), t.pid, t.files.stat.as_ref());
         let (open_held, opens) = (&mut t.open_held, &mut t.opens);
-        let mut w = Writer::new(&mem, self.force, move || {
+        let mut w = Access::new(&mem, self.force, move || {
             open_to_stop(hold, open_held, opens, pid, stat)
         });
         if let Some(d) = dirty {
@@ -254,7 +254,7 @@ impl Engine {
         pid: i32,
         store: &mut Option<crate::ckpt::storage::Storage>,
         now: &Now<'_>,
-        w: &mut Writer<'_>,
+        w: &mut Access<'_>,
         res: &Residency,
         candidates: Vec<(u64, u64)>,
     ) -> Result<UserWrites> {
@@ -299,7 +299,7 @@ impl Engine {
         &self,
         pid: i32,
         now: &Now<'_>,
-        w: &mut Writer<'_>,
+        w: &mut Access<'_>,
         res: &Residency,
         pages: &[(u64, bool)],
         done: &mut UserWrites,
