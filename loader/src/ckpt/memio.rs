@@ -146,16 +146,19 @@ impl<'a> Access<'a> {
         }
     }
 
-    /// Attaches (once) for writing the page at `addr`.
-    fn attach(&mut self, addr: u64) -> Result<()> {
+    /// Attaches (once) for writing (or reading) the page at `addr`.
+    fn attach(&mut self, addr: u64, write: bool) -> Result<()> {
         if self.seized.is_some() {
             return Ok(());
         }
+        let (verb, page) = match write {
+            true => ("write", "a read-only page"),
+            false => ("read", "an inaccessible page"),
+        };
         let why = |e: String| {
             Error::new(format!(
-                "cannot write the target's memory at {addr:#x}: writing what the target may \
-                 not write (a read-only page) takes its tracer on this kernel \
-                 (CONFIG_PROC_MEM_FORCE_PTRACE), and {e}",
+                "cannot {verb} the target's memory at {addr:#x}: {page} takes the target's \
+                 tracer on this kernel (CONFIG_PROC_MEM_FORCE_PTRACE), and {e}",
             ))
         };
         if let Some(p) = self.prepare.take() {
@@ -214,7 +217,7 @@ impl<'a> Access<'a> {
             for (k, page) in data[from..].chunks(PAGE as usize).enumerate() {
                 let at = addr + from as u64 + k as u64 * PAGE;
                 if self.force == Force::Hook {
-                    self.attach(at)?;
+                    self.attach(at, true)?;
                 }
                 let mut r = self.mem.mem.write_all_at(page, at);
                 // Refused FOLL_FORCE, or a guard page: as the tracer, once more.
@@ -222,7 +225,7 @@ impl<'a> Access<'a> {
                     .as_ref()
                     .is_err_and(|e| e.raw_os_error() == Some(libc::EIO));
                 if eio && self.force == Force::TracerOnly && self.seized.is_none() {
-                    self.attach(at)?;
+                    self.attach(at, true)?;
                     r = self.mem.mem.write_all_at(page, at);
                 }
                 match r {
@@ -255,14 +258,14 @@ impl<'a> Access<'a> {
             return Ok(());
         }
         if self.force == Force::Hook {
-            self.attach(at(done))?;
+            self.attach(at(done), false)?;
         }
         let mut r = self.mem.mem.read_exact_at(&mut buf[done..], at(done));
         let eio = r
             .as_ref()
             .is_err_and(|e| e.raw_os_error() == Some(libc::EIO));
         if eio && self.seized.is_none() {
-            self.attach(at(done))?;
+            self.attach(at(done), false)?;
             r = self.mem.mem.read_exact_at(&mut buf[done..], at(done));
         }
         if r.is_ok() && self.seized.is_some() {
