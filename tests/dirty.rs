@@ -12,7 +12,7 @@
 mod dirty_expect;
 mod support;
 use dirty_expect::{Path, Seen, pass_line};
-use support::{Dir, Run, assert_pass, run};
+use support::{Dir, Run, assert_pass, run, run_env};
 
 const T: &str = env!("CARGO_BIN_EXE_dirty-target");
 
@@ -177,4 +177,33 @@ fn held_by_signal() {
 #[test]
 fn a_traced_target_falls_back_with_one_line() {
     incremental("steady", &["traced"], 6);
+}
+
+/// A debugger attached, and read-only pages to write on a kernel that
+/// lets only a tracer write them (the test hook): bpfckpt cannot become
+/// the tracer, and says so in one error naming the page and the reason;
+/// it never skips the page silently.
+#[test]
+fn a_traced_target_read_only_pages_fail_clearly() {
+    let dir = Dir::new("dirty-traced-ro-");
+    let r = run_env(
+        &dir,
+        &[("BPFCKPT_FORCE_PTRACE_WRITER", "1")],
+        &["--dirty-tracking", "off"],
+        T,
+        &["mprotect", "traced", "--cycles", "2"],
+    );
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(!all.contains("PASS mprotect"), "{all}");
+    let lines: Vec<&str> = all
+        .lines()
+        .filter(|l| l.contains("cannot write the target's memory at 0x"))
+        .collect();
+    assert!(!lines.is_empty(), "{all}");
+    assert!(
+        lines[0].contains("already traced by pid")
+            && lines[0].contains("CONFIG_PROC_MEM_FORCE_PTRACE"),
+        "{}",
+        lines[0]
+    );
 }

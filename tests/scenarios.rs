@@ -62,6 +62,102 @@ fn read_only_pages_are_restored() {
     scenario("readonly", 1);
 }
 
+/// The test hook of kernels that let only a tracer write read-only pages
+/// through /proc/PID/mem (CONFIG_PROC_MEM_FORCE_PTRACE).
+const FORCE_PTRACE: (&str, &str) = ("BPFCKPT_FORCE_PTRACE_WRITER", "1");
+
+/// The `ptrace_writes` of each restore event.
+fn ptrace_writes(r: &support::Run) -> Vec<u64> {
+    r.stdout
+        .lines()
+        .filter(|l| l.contains("\"event\":\"restore\""))
+        .map(|l| json_num(l, "ptrace_writes").unwrap_or(0))
+        .collect()
+}
+
+/// Read-only pages written as the target's tracer, as on Debian's 7.x
+/// kernels: held by SIGSTOP or in its open, tracked or not, every byte is
+/// back (the target checks), the 256 read-only pages went through the
+/// tracer, and the target was left stopped after each detach (bpfckpt
+/// checks its state and fails the restore otherwise).
+#[test]
+fn read_only_pages_are_written_as_the_tracer() {
+    for (hold, extra) in [
+        ("signal", &["--hold", "signal"][..]),
+        ("signal-x", &["--hold", "signal", "--exhaustive"]),
+        ("open", &["--hold", "open"]),
+        ("open-x", &["--hold", "open", "--exhaustive"]),
+    ] {
+        let dir = Dir::new(&format!("ptrace-writer-{hold}"));
+        let r = run_env(
+            &dir,
+            &[FORCE_PTRACE],
+            extra,
+            TARGET,
+            &["readonly", "--cycles", "1"],
+        );
+        assert_pass(&r, "readonly", 1);
+        let w = ptrace_writes(&r);
+        assert!(
+            w.len() == 1 && w[0] >= 256,
+            "--hold {hold}: ptrace_writes {w:?}\n{}",
+            r.stdout
+        );
+    }
+    // Inaccessible pages: read at the checkpoint, written at the restore,
+    // both as the tracer.
+    for hold in ["signal", "open"] {
+        let dir = Dir::new(&format!("ptrace-reader-{hold}"));
+        let r = run_env(
+            &dir,
+            &[FORCE_PTRACE],
+            &["--hold", hold],
+            TARGET,
+            &["inaccessible", "--cycles", "1"],
+        );
+        assert_pass(&r, "inaccessible", 1);
+        let reads: Vec<u64> = r
+            .checkpoints()
+            .iter()
+            .map(|l| json_num(l, "ptrace_reads").unwrap_or(0))
+            .collect();
+        assert!(
+            reads.iter().sum::<u64>() >= 64,
+            "--hold {hold}: ptrace_reads {reads:?}"
+        );
+        let w = ptrace_writes(&r);
+        assert!(
+            w.len() == 1 && w[0] >= 64,
+            "--hold {hold}: ptrace_writes {w:?}"
+        );
+    }
+    // Without the hook this kernel (PROC_MEM_ALWAYS_FORCE) needs no tracer.
+    let dir = Dir::new("ptrace-writer-none");
+    let r = run(&dir, &[], TARGET, &["readonly", "--cycles", "1"]);
+    assert_pass(&r, "readonly", 1);
+    assert_eq!(ptrace_writes(&r), [0], "{}", r.stdout);
+}
+
+/// Many cycles through the tracer, held by SIGSTOP: each restore attaches
+/// and detaches once, and the target goes on from its stop every time.
+#[test]
+fn the_tracer_writer_leaves_the_target_as_it_was() {
+    let dir = Dir::new("ptrace-writer-all");
+    let r = run_env(
+        &dir,
+        &[FORCE_PTRACE],
+        &["--hold", "signal"],
+        TARGET,
+        &["all", "--cycles", "8"],
+    );
+    assert_pass(&r, "all", 8);
+    let w = ptrace_writes(&r);
+    assert!(
+        w.len() == 8 && w.iter().all(|&n| n > 0),
+        "ptrace_writes {w:?}"
+    );
+}
+
 #[test]
 fn other_threads_stacks_are_left_alone() {
     scenario("threads", 5);

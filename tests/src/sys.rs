@@ -97,6 +97,15 @@ pub fn protect(r: &Region, writable: bool) {
     assert_eq!(rc, 0, "mprotect: {}", std::io::Error::last_os_error());
 }
 
+/// Makes `r` inaccessible (PROT_NONE): nothing may touch it until
+/// `protect` gives access back.
+pub fn protect_none(r: &Region) {
+    // SAFETY: changes the protection of our own mapping; no Rust reference
+    // into it is used while it is inaccessible.
+    let rc = unsafe { libc::mprotect(r.ptr.as_ptr() as *mut libc::c_void, r.len, 0) };
+    assert_eq!(rc, 0, "mprotect: {}", std::io::Error::last_os_error());
+}
+
 /// A region over a static array (the caller passes its address and size).
 pub fn from_static(ptr: *mut u8, len: usize) -> Region {
     Region {

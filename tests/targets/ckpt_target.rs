@@ -135,6 +135,21 @@ fn main() {
             sys::protect(&r, true);
             bytes += r.len;
         }
+        "inaccessible" => {
+            // Inaccessible at the checkpoint and at the restore: only
+            // /proc/PID/mem (FOLL_FORCE) reads and writes it.
+            let mut r = sys::mmap_anon(256 * 1024, false, None);
+            fill(r.bytes_mut(), 13);
+            sys::protect_none(&r);
+            m.checkpoint();
+            sys::protect(&r, true);
+            fill(r.bytes_mut(), 14);
+            sys::protect_none(&r);
+            m.restore();
+            sys::protect(&r, true);
+            verify("inaccessible region", r.bytes(), 13);
+            bytes += r.len;
+        }
         "all" => {
             // Every kind of memory, damaged every way, over many cycles.
             let mut rs = [

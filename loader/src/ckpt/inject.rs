@@ -835,14 +835,17 @@ fn wait_group_stop(pid: i32, limit: Duration) -> Result<()> {
     }
 }
 
-impl<'a> Injection<'a> {
-    /// Seizes thread `tid` of process `pid` and saves its state; stops the
-    /// process first (SIGSTOP) if it is not group-stopped already.
-    pub fn begin(
-        pid: i32,
-        tid: i32,
-        opts: Options<'a>,
-    ) -> std::result::Result<Injection<'a>, Refusal> {
+/// What speaks for or against tracing a thread, found before trying.
+struct Access {
+    st: ProcStatus,
+    yama: Option<u32>,
+    cap: bool,
+}
+
+impl Access {
+    /// Reads the thread's status; refuses what cannot be traced (another
+    /// tracer, gone, strict seccomp, Yama).
+    fn check(pid: i32, tid: i32) -> std::result::Result<Access, Refusal> {
         let refuse = |reason| Refusal { pid, tid, reason };
         let mut st = match read_status(pid, tid) {
             Some(st) => st,
@@ -856,6 +859,130 @@ impl<'a> Injection<'a> {
         if let Some(r) = precheck(&st, yama, cap) {
             return Err(refuse(r));
         }
+        Ok(Access { st, yama, cap })
+    }
+
+    /// `PTRACE_SEIZE` with `options`, a refusal saying why it failed.
+    fn seize(&self, pid: i32, tid: i32, options: u64) -> std::result::Result<(), Refusal> {
+        let refuse = |reason| Refusal { pid, tid, reason };
+        match os::ptrace_seize(tid, options) {
+            Ok(()) => Ok(()),
+            Err(e) if e.errno == Some(libc::EPERM) => {
+                let now = read_status(pid, tid).map_or(0, |s| tgid_of(s.tracer));
+                Err(refuse(explain_eperm(now, self.yama, self.cap)))
+            }
+            Err(e) if e.errno == Some(libc::ESRCH) => Err(refuse(Reason::Gone)),
+            Err(e) => Err(refuse(Reason::Failed(e))),
+        }
+    }
+}
+
+/// After `PTRACE_SEIZE` of a thread of a group-stopped process: its trap.
+/// ESRCH if it exited (then it is no longer traced).
+fn await_trap(pid: i32, tid: i32) -> Result<()> {
+    // Seizing a stopped thread traps it before PTRACE_SEIZE returns.
+    match os::waitpid_thread(tid, true)? {
+        Some(WaitStatus::Stopped {
+            sig,
+            event: os::PTRACE_EVENT_STOP,
+        }) if sig != libc::SIGTRAP => Ok(()),
+        None => {
+            // Someone continued it in between: trap it to detach cleanly.
+            os::ptrace_interrupt(tid)?;
+            os::waitpid_thread(tid, false)?;
+            Err(Error::new(format!(
+                "pid {pid} was continued by someone else while being seized"
+            )))
+        }
+        Some(WaitStatus::Exited(_)) | Some(WaitStatus::Signaled(_)) => {
+            Err(Error::sys(format!("thread {tid}"), libc::ESRCH))
+        }
+        Some(other) => Err(Error::new(format!(
+            "thread {tid}: unexpected first stop {other:?}"
+        ))),
+    }
+}
+
+/// A group-stopped process's main thread, seized without options (it
+/// behaves as before) and trapped: what `/proc/PID/mem` lets only the
+/// tracer do, it may do now (CONFIG_PROC_MEM_FORCE_PTRACE checks the
+/// tracer's *thread*, so from this thread only). Detached on drop, back
+/// into the group stop; bpfckpt dying detaches it the same way.
+pub struct Seized {
+    pid: i32,
+    attached: bool,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Seized {
+    /// Seizes `pid`, which must be group-stopped already (held): nothing
+    /// here stops or continues it.
+    pub fn group_stopped(pid: i32) -> std::result::Result<Seized, Refusal> {
+        let refuse = |reason| Refusal {
+            pid,
+            tid: pid,
+            reason,
+        };
+        let access = Access::check(pid, pid)?;
+        if access.st.state != 'T' {
+            return Err(refuse(Reason::Failed(Error::new(format!(
+                "it is not stopped (state {})",
+                access.st.state
+            )))));
+        }
+        access.seize(pid, pid, 0)?;
+        let mut s = Seized {
+            pid,
+            attached: true,
+            _not_send: PhantomData,
+        };
+        await_trap(pid, pid).map_err(|e| {
+            if e.errno == Some(libc::ESRCH) {
+                s.attached = false;
+                refuse(Reason::Gone)
+            } else {
+                refuse(Reason::Failed(e))
+            }
+        })?;
+        Ok(s)
+    }
+
+    /// Detaches and waits until the thread is back in the group stop.
+    pub fn detach(mut self) -> Result<()> {
+        self.end()
+    }
+
+    fn end(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.attached) {
+            return Ok(());
+        }
+        // The kernel puts a detached thread of a group-stopped process
+        // back into the group stop (no signal is given with the detach).
+        os::ptrace_detach(self.pid, 0)?;
+        wait_group_stop(self.pid, Duration::from_secs(2))
+            .map_err(|e| e.context(format!("pid {} after detaching", self.pid)))
+    }
+}
+
+impl Drop for Seized {
+    fn drop(&mut self) {
+        if let Err(e) = self.end() {
+            eprintln!("bpfckpt: warning: detaching from pid {}: {e}", self.pid);
+        }
+    }
+}
+
+impl<'a> Injection<'a> {
+    /// Seizes thread `tid` of process `pid` and saves its state; stops the
+    /// process first (SIGSTOP) if it is not group-stopped already.
+    pub fn begin(
+        pid: i32,
+        tid: i32,
+        opts: Options<'a>,
+    ) -> std::result::Result<Injection<'a>, Refusal> {
+        let refuse = |reason| Refusal { pid, tid, reason };
+        let access = Access::check(pid, tid)?;
+        let (st, yama, cap) = (&access.st, access.yama, access.cap);
         let pidfd = os::pidfd_open(pid).map_err(|_| refuse(Reason::Gone))?;
         // Before anything is done to the target: pidfd_getfd makes the very
         // access check of a ptrace attach (credentials, capabilities,
@@ -888,16 +1015,9 @@ impl<'a> Injection<'a> {
             _not_send: PhantomData,
         };
         // From here on, dropping `inj` undoes what was done.
-        inj.hold(&st).map_err(|e| refuse(Reason::Failed(e)))?;
-        match os::ptrace_seize(tid, os::PTRACE_O_TRACESYSGOOD) {
-            Ok(()) => inj.attached = true,
-            Err(e) if e.errno == Some(libc::EPERM) => {
-                let now = read_status(pid, tid).map_or(0, |s| tgid_of(s.tracer));
-                return Err(refuse(explain_eperm(now, yama, cap)));
-            }
-            Err(e) if e.errno == Some(libc::ESRCH) => return Err(refuse(Reason::Gone)),
-            Err(e) => return Err(refuse(Reason::Failed(e))),
-        }
+        inj.hold(st).map_err(|e| refuse(Reason::Failed(e)))?;
+        access.seize(pid, tid, os::PTRACE_O_TRACESYSGOOD)?;
+        inj.attached = true;
         inj.trapped().map_err(|e| match e.errno {
             Some(libc::ESRCH) => refuse(Reason::Gone),
             _ => refuse(Reason::Failed(e)),
@@ -948,30 +1068,11 @@ impl<'a> Injection<'a> {
 
     /// After `PTRACE_SEIZE`: the thread must be in a group-stop trap.
     fn trapped(&mut self) -> Result<()> {
-        let tid = self.t.tid;
-        // Seizing a stopped thread traps it before PTRACE_SEIZE returns.
-        match os::waitpid_thread(tid, true)? {
-            Some(WaitStatus::Stopped {
-                sig,
-                event: os::PTRACE_EVENT_STOP,
-            }) if sig != libc::SIGTRAP => Ok(()),
-            None => {
-                // Someone continued it in between: trap it to detach cleanly.
-                os::ptrace_interrupt(tid)?;
-                os::waitpid_thread(tid, false)?;
-                Err(Error::new(format!(
-                    "pid {} was continued by someone else while being seized",
-                    self.t.pid
-                )))
-            }
-            Some(WaitStatus::Exited(_)) | Some(WaitStatus::Signaled(_)) => {
-                self.attached = false;
-                Err(Error::sys(format!("thread {tid}"), libc::ESRCH))
-            }
-            Some(other) => Err(Error::new(format!(
-                "thread {tid}: unexpected first stop {other:?}"
-            ))),
+        let r = await_trap(self.t.pid, self.t.tid);
+        if r.as_ref().is_err_and(|e| e.errno == Some(libc::ESRCH)) {
+            self.attached = false;
         }
+        r
     }
 
     /// Saves the state, hands it to the watchdog, then blocks the signals

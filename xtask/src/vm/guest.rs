@@ -59,7 +59,7 @@ pub const PATHS: [&str; 2] = ["bpf", "user"];
 
 /// Every scenario of `ckpt-target` and its cycles (0: the `--cycles`
 /// option); some scenarios are one cycle by construction.
-pub const CKPT_TARGET_SCENARIOS: [(&str, u32); 10] = [
+pub const CKPT_TARGET_SCENARIOS: [(&str, u32); 11] = [
     ("heap-small", 0),
     ("heap-big", 0),
     ("shared-fixed", 0),
@@ -68,6 +68,7 @@ pub const CKPT_TARGET_SCENARIOS: [(&str, u32); 10] = [
     ("untouched", 1),
     ("zapped", 0),
     ("readonly", 1),
+    ("inaccessible", 1),
     ("threads", 0),
     ("all", 0),
 ];
@@ -545,9 +546,16 @@ mod tests {
         // ckpt-target and bss400 tracked and (BPF path only) exhaustive,
         // 2 kill, the symlink, the soak, the dirty-target scenarios and the
         // traced one (auto and uffd), the adversarial subset.
+        let targets = CKPT_TARGET_SCENARIOS.len() + 1;
         let dirty = 2 * (dirty_expect::SCENARIOS.len() + 1);
-        assert_eq!(bpf.len(), 2 * 11 + 2 + 1 + 1 + dirty + ADV_SCENARIOS.len());
-        assert_eq!(user.len(), 11 + 2 + 1 + 1 + dirty + ADV_SCENARIOS.len());
+        assert_eq!(
+            bpf.len(),
+            2 * targets + 2 + 1 + 1 + dirty + ADV_SCENARIOS.len()
+        );
+        assert_eq!(
+            user.len(),
+            targets + 2 + 1 + 1 + dirty + ADV_SCENARIOS.len()
+        );
         let c = conf(&plan(), 240);
         assert!(
             c.starts_with("# written by cargo xtask vm-test\ntimeout 240\npath bpf\n"),

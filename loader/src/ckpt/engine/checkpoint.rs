@@ -3,11 +3,12 @@
 //! own at the checkpoint: absent anonymous pages, untouched file pages).
 
 use super::Engine;
+use super::hold::open_to_stop;
 use super::target::{Blank, Image, Target};
 use crate::ckpt::abi;
 use crate::ckpt::events::{Checkpoint, Stale};
 use crate::ckpt::markers;
-use crate::ckpt::memio::Mem;
+use crate::ckpt::memio::{Access, Mem};
 use crate::ckpt::procfs::{Kind, P_GUARD, P_PRESENT, PAGE, Region, Residency, Run};
 use crate::ckpt::report::J;
 use crate::ckpt::storage::{Storage, human};
@@ -29,6 +30,9 @@ struct Saved {
     /// Pages read from user space that held data yet were never marked
     /// written (a write the tracking missed; should stay 0).
     unmarked: u64,
+    /// Pages read as the target's tracer (inaccessible pages on kernels
+    /// that give FOLL_FORCE to the tracer only).
+    ptrace: u64,
 }
 
 impl Engine {
@@ -135,6 +139,7 @@ impl Engine {
                     regions,
                     seq: c.table_seq,
                     unmarked: 0,
+                    ptrace: 0,
                 });
             }
             // The table it walked is no longer known: the target still
@@ -209,6 +214,7 @@ impl Engine {
                 ("pid", J::N(t.pid as u64)),
                 ("pages_bpf", J::N(s.bpf)),
                 ("pages_user", J::N(s.user)),
+                ("ptrace_reads", J::N(s.ptrace)),
                 ("pages_absent", J::N(blank_pages)),
                 ("pages_unmarked_data", J::N(s.unmarked)),
                 ("kernel_ns", J::N(c.ns)),
@@ -234,6 +240,12 @@ impl Engine {
         // Opened per request: /proc/PID/mem stays bound to the mm it was
         // opened on, and the target may have exec'd since.
         let mem = Mem::open(t.pid)?;
+        // Inaccessible pages are read as the tracer where only it may.
+        let (hold, pid, stat) = (self.open_hold.as_ref(), t.pid, t.files.stat.as_ref());
+        let (open_held, opens) = (&mut t.open_held, &mut t.opens);
+        let mut mem = Access::new(&mem, self.force, move || {
+            open_to_stop(hold, open_held, opens, pid, stat)
+        });
         let todo = &plan.read;
         // Read runs of consecutive pages straight into consecutive slots.
         let mut i = 0;
@@ -249,6 +261,7 @@ impl Engine {
             }
             i += n;
         }
+        let ptrace = mem.finish()?;
         let unmarked = plan
             .unmarked
             .iter()
@@ -264,6 +277,7 @@ impl Engine {
             regions: t.regions.clone(),
             seq: t.applied_seq,
             unmarked,
+            ptrace,
         })
     }
 

@@ -3,11 +3,13 @@
 //! and letting it go on.
 
 use super::Engine;
+use super::openhold::{HeldOpen, OpenHold};
 use super::target::Target;
 use crate::ckpt::procfs::{self, StatFile};
 use crate::{Error, Result};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Lets a held target run on.
@@ -59,6 +61,56 @@ fn wait_stopped_for(pid: i32, stat: Option<&StatFile>, limit: Duration) -> Resul
             std::thread::yield_now();
         }
     }
+}
+
+/// Waits until the stop of `pid` has taken every thread; without an
+/// open-hold as `wait_stopped`, with one answering its opens meanwhile
+/// (`opens`, the ones taken already, first).
+pub(super) fn wait_stopped_answering(
+    hold: Option<&OpenHold>,
+    opens: &mut VecDeque<HeldOpen>,
+    pid: i32,
+    stat: Option<&StatFile>,
+) -> Result<()> {
+    let Some(h) = hold else {
+        return wait_stopped(pid, stat);
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        opens.extend(h.opens_of(pid)?);
+        while let Some(o) = opens.pop_front() {
+            h.allow(o)?;
+        }
+        match wait_stopped_for(pid, stat, Duration::from_millis(1))? {
+            true => return Ok(()),
+            false if Instant::now() < deadline => {}
+            false => {
+                return Err(Error::new(format!(
+                    "pid {pid} did not stop at its trigger within 10 s"
+                )));
+            }
+        }
+    }
+}
+
+/// Turns a hold in the trigger open (`held`) into a stop: the stop is
+/// taken on the way out of the open, before the target runs an
+/// instruction of its own. Nothing to do if it is not held in its open.
+pub(super) fn open_to_stop(
+    hold: Option<&OpenHold>,
+    held: &mut Option<HeldOpen>,
+    opens: &mut VecDeque<HeldOpen>,
+    pid: i32,
+    stat: Option<&StatFile>,
+) -> Result<()> {
+    let Some(o) = held.take() else {
+        return Ok(());
+    };
+    let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
+    if let Some(h) = hold {
+        h.allow(o)?;
+    }
+    wait_stopped_answering(hold, opens, pid, stat)
 }
 
 impl Engine {
@@ -130,40 +182,25 @@ impl Engine {
         if t.open_held.is_some() {
             return Ok(());
         }
-        if self.open_hold.is_none() {
-            return wait_stopped(t.pid, t.files.stat.as_ref());
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            self.take_opens(t)?;
-            self.allow_stray_opens(t)?;
-            match wait_stopped_for(t.pid, t.files.stat.as_ref(), Duration::from_millis(1)) {
-                Ok(true) => return Ok(()),
-                Ok(false) if Instant::now() < deadline => {}
-                Ok(false) => {
-                    return Err(Error::new(format!(
-                        "pid {} did not stop at its trigger within 10 s",
-                        t.pid
-                    )));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        wait_stopped_answering(
+            self.open_hold.as_ref(),
+            &mut t.opens,
+            t.pid,
+            t.files.stat.as_ref(),
+        )
     }
 
     /// Turns a hold in the trigger open into a stop, for what needs the
     /// target stopped (ptrace cannot stop a thread that waits for the
-    /// answer: that wait is killable only). The stop is taken on the way
-    /// out of the open, before the target runs an instruction of its own.
+    /// answer: that wait is killable only).
     pub(super) fn stop_instead_of_open(&mut self, t: &mut Target) -> Result<()> {
-        let Some(o) = t.open_held.take() else {
-            return Ok(());
-        };
-        let _ = kill(Pid::from_raw(t.pid), Signal::SIGSTOP);
-        if let Some(h) = &self.open_hold {
-            h.allow(o)?;
-        }
-        self.wait_held(t)
+        open_to_stop(
+            self.open_hold.as_ref(),
+            &mut t.open_held,
+            &mut t.opens,
+            t.pid,
+            t.files.stat.as_ref(),
+        )
     }
 
     /// The request is done: the target goes on (its open answered, or

@@ -19,12 +19,13 @@
 //! the program image.
 
 use super::Engine;
+use super::hold::open_to_stop;
 use super::target::{Image, Index, Target, blank_contains, blank_insert, blank_remove};
 use crate::ckpt::abi;
 use crate::ckpt::dirty::{Mechanism, Tracker};
 use crate::ckpt::events::{Checkpoint, Stale};
 use crate::ckpt::inject;
-use crate::ckpt::memio::Mem;
+use crate::ckpt::memio::{Access, Mem};
 use crate::ckpt::probes::StateField;
 use crate::ckpt::procfs::{Kind, P_GUARD, PAGE, Region, Residency};
 use crate::ckpt::report::J;
@@ -303,6 +304,12 @@ impl Engine {
         let (Some(image), Some(store)) = (t.image.as_ref(), t.store.as_mut()) else {
             return Ok(());
         };
+        // Inaccessible pages are read as the tracer where only it may.
+        let (hold, pid, stat) = (self.open_hold.as_ref(), t.pid, t.files.stat.as_ref());
+        let (open_held, opens) = (&mut t.open_held, &mut t.opens);
+        let mut mem = Access::new(&mem, self.force, move || {
+            open_to_stop(hold, open_held, opens, pid, stat)
+        });
         for s in 0..image.slots {
             let a = store.addr(s);
             if a == 0 || a & abi::ADDR_FAILED != 0 {
@@ -310,7 +317,7 @@ impl Engine {
             }
             mem.read(a, store.pages_mut(s, 1)?)?;
         }
-        Ok(())
+        mem.finish().map(|_| ())
     }
 
     /// Reads the regions saved whole into their slots again (target held).
@@ -328,6 +335,11 @@ impl Engine {
             .store
             .as_mut()
             .ok_or_else(|| Error::new("no page store"))?;
+        let (hold, pid, stat) = (self.open_hold.as_ref(), t.pid, t.files.stat.as_ref());
+        let (open_held, opens) = (&mut t.open_held, &mut t.opens);
+        let mut mem = Access::new(mem, self.force, move || {
+            open_to_stop(hold, open_held, opens, pid, stat)
+        });
         // Runs of consecutive pages in consecutive slots, as saved.
         let mut i = 0;
         while i < pages.len() {
@@ -339,7 +351,7 @@ impl Engine {
             mem.read(a, store.pages_mut(s, n as u64)?)?;
             i += n;
         }
-        Ok(())
+        mem.finish().map(|_| ())
     }
 
     /// An incremental checkpoint (target held): the listed dirty pages, and
@@ -449,7 +461,17 @@ impl Engine {
             .store
             .as_mut()
             .ok_or_else(|| Error::new("no page store"))?;
-        match mem.read(addr, store.pages_mut(slot, 1)?) {
+        // An inaccessible page is read as the tracer where only it may.
+        let read = {
+            let (hold, pid, stat) = (self.open_hold.as_ref(), t.pid, t.files.stat.as_ref());
+            let (open_held, opens) = (&mut t.open_held, &mut t.opens);
+            let mut mem = Access::new(mem, self.force, move || {
+                open_to_stop(hold, open_held, opens, pid, stat)
+            });
+            let page = store.pages_mut(slot, 1)?;
+            mem.read(addr, page).and_then(|()| mem.finish().map(|_| ()))
+        };
+        match read {
             Ok(()) => {}
             Err(e) => {
                 self.release_slot(t, slot)?;

@@ -97,6 +97,8 @@ pub struct Engine {
     soft_dirty: bool,
     /// Frame of the shared zero page, if pagemap shows frames.
     zero_pfn: Option<u64>,
+    /// Who may write read-only pages through `/proc/PID/mem`.
+    force: crate::ckpt::memio::Force,
     opts: Options,
     triggers: Triggers,
     signals: SignalFd,
@@ -163,6 +165,7 @@ impl Engine {
             bpf_write,
             soft_dirty: crate::ckpt::dirty::soft_dirty_available(),
             zero_pfn: super::procfs::zero_pfn(),
+            force: crate::ckpt::memio::Force::get(),
             opts,
             triggers,
             signals,

@@ -4,11 +4,12 @@
 //! checkpoint: anonymous ones zeroed, file ones read back from the file.
 
 use super::Engine;
+use super::hold::open_to_stop;
 use super::target::{Blank, Image, Target};
 use crate::ckpt::abi;
 use crate::ckpt::events::{Restore, ZeroTodo};
 use crate::ckpt::markers;
-use crate::ckpt::memio::{Mem, ZERO_PAGE};
+use crate::ckpt::memio::{Access, ZERO_PAGE};
 use crate::ckpt::probes::StateField;
 use crate::ckpt::procfs::{self, Kind, Mapping, P_GUARD, PAGE, Residency};
 use crate::ckpt::report::J;
@@ -32,6 +33,9 @@ struct UserWrites {
     guarded: u64,
     /// Only the pages dirtied since the checkpoint were restored.
     incremental: bool,
+    /// Pages written as the target's tracer (read-only pages on kernels
+    /// that give FOLL_FORCE to the tracer only).
+    ptrace: u64,
 }
 
 /// Why a page of the image is not written back.
@@ -202,12 +206,20 @@ impl Engine {
             image,
             dirty_only: dirty.is_some(),
         };
+        // Attached only if a page needs it; a target held in its open is
+        // stopped first (ptrace cannot trap a thread waiting there).
+        let (hold, pid, stat) = (self.open_hold.as_ref(), t.pid, t.files.stat.as_ref());
+        let (open_held, opens) = (&mut t.open_held, &mut t.opens);
+        let mut w = Access::new(&mem, self.force, move || {
+            open_to_stop(hold, open_held, opens, pid, stat)
+        });
         if let Some(d) = dirty {
             // Only what changed since the checkpoint, then clean again.
             let mut done =
-                self.write_slots(t.pid, &mut t.store, &now, &mem, &res, d.saved.clone())?;
+                self.write_slots(pid, &mut t.store, &now, &mut w, &res, d.saved.clone())?;
             let blank = present_blanks(&res, &d.blank)?;
-            self.rewrite_blanks(t.pid, &now, &mem, &res, &blank, &mut done)?;
+            self.rewrite_blanks(pid, &now, &mut w, &res, &blank, &mut done)?;
+            done.ptrace = w.finish()?;
             self.rearm_after_restore(t, &d)?;
             done.incremental = true;
             return Ok(done);
@@ -218,7 +230,7 @@ impl Engine {
             .store
             .as_ref()
             .map_or(Vec::new(), |s| saved_slots(s, image.slots, all));
-        let mut done = self.write_slots(t.pid, &mut t.store, &now, &mem, &res, slots)?;
+        let mut done = self.write_slots(pid, &mut t.store, &now, &mut w, &res, slots)?;
         let blank = match r.zero_todo {
             ZeroTodo::Listed(n) if !self.bpf_write && !r.partial && !tracked => {
                 let listed: Vec<u64> = self.probes.zero_todo(n).collect();
@@ -231,7 +243,8 @@ impl Engine {
             }
             _ => scan_blanks(&res, &image.blank)?,
         };
-        self.rewrite_blanks(t.pid, &now, &mem, &res, &blank, &mut done)?;
+        self.rewrite_blanks(pid, &now, &mut w, &res, &blank, &mut done)?;
+        done.ptrace = w.finish()?;
         if let Some(pre) = pre {
             self.rearm_after_full_restore(t, image, pre)?;
         }
@@ -244,7 +257,7 @@ impl Engine {
         pid: i32,
         store: &mut Option<crate::ckpt::storage::Storage>,
         now: &Now<'_>,
-        mem: &Mem,
+        w: &mut Access<'_>,
         res: &Residency,
         candidates: Vec<(u64, u64)>,
     ) -> Result<UserWrites> {
@@ -259,7 +272,7 @@ impl Engine {
         }
         // Consecutive slots holding consecutive pages go as one iovec:
         // per-page iovecs cost the kernel a page pin each.
-        let failed = mem.write_pages(runs(&slots).map(|(s, a, n)| (a, store.pages(s, n))))?;
+        let failed = w.write_pages(runs(&slots).map(|(s, a, n)| (a, store.pages(s, n))))?;
         let mut files = FileIo::new(pid);
         let mut lost = Vec::new();
         for &a in &failed {
@@ -289,7 +302,7 @@ impl Engine {
         &self,
         pid: i32,
         now: &Now<'_>,
-        mem: &Mem,
+        w: &mut Access<'_>,
         res: &Residency,
         pages: &[(u64, bool)],
         done: &mut UserWrites,
@@ -304,8 +317,8 @@ impl Engine {
                 Ok(_) => zeros.push(a),
             }
         }
-        let mut failed = mem.write_pages(zeros.iter().map(|&a| (a, &ZERO_PAGE[..])))?;
-        failed.extend(mem.write_pages(contents.iter().map(|(a, d)| (*a, &d[..])))?);
+        let mut failed = w.write_pages(zeros.iter().map(|&a| (a, &ZERO_PAGE[..])))?;
+        failed.extend(w.write_pages(contents.iter().map(|(a, d)| (*a, &d[..])))?);
         done.guarded += guards_only(res, &failed)?;
         let written = zeros.iter().chain(contents.iter().map(|(a, _)| a));
         self.mark_written(pid, written.copied().filter(|a| !failed.contains(a)))?;
@@ -337,6 +350,7 @@ impl Engine {
                 ("skipped_unmapped", J::N(d.gone)),
                 ("skipped_live_stack", J::N(d.live_stack)),
                 ("skipped_guard", J::N(d.guarded)),
+                ("ptrace_writes", J::N(d.ptrace)),
                 ("kernel_ns", J::N(r.ns)),
                 ("held", J::B(r.held)),
                 ("partial", J::B(r.partial)),
