@@ -243,14 +243,13 @@ pub unsafe fn restore<const W: bool>(cfg: *mut Config) {
         // find such pages).
         let incremental = flags & F_INCREMENTAL != 0;
         let foreign = foreign_writes(st);
-        // The `since` bits also hold whole chunks a huge-page fault marked:
-        // user space asks the tracker which of their pages were written.
+        // A huge-page fault or an overflowing list (`scan`) needs no hold
+        // here: the `since` bits then hold whole chunks, more than was
+        // written, and BPF writes those back (the next checkpoint scans).
         let unseen = incremental
             && (foreign
                 || read_volatile(&(*st).rescan) != 0
-                || read_volatile(&(*st).untracked) != 0
-                || read_volatile(&(*st).scan) != 0
-                || read_volatile(&(*st).ndirty) > DIRTY_MAX as u64);
+                || read_volatile(&(*st).untracked) != 0);
         let changed_only = incremental as u64;
         let mut pages = WriteCtx {
             n: z,
