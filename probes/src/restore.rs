@@ -246,11 +246,12 @@ pub unsafe fn restore<const W: bool>(cfg: *mut Config) {
         // A huge-page fault or an overflowing list (`scan`) needs no hold
         // here: the `since` bits then hold whole chunks, more than was
         // written, and BPF writes those back (the next checkpoint scans).
-        let unseen = incremental
-            && (foreign
-                || read_volatile(&(*st).rescan) != 0
-                || read_volatile(&(*st).untracked) != 0);
-        let changed_only = incremental as u64;
+        let unseen = incremental && foreign;
+        // A re-arm in doubt or untracked regions: the `since` bits may miss
+        // pages, so the write helper puts back every saved page (user space
+        // scans at the next held request).
+        let trusted = read_volatile(&(*st).rescan) == 0 && read_volatile(&(*st).untracked) == 0;
+        let changed_only = (incremental && trusted) as u64;
         let mut pages = WriteCtx {
             n: z,
             fails: z,

@@ -209,7 +209,12 @@ pub fn checks(z: Sizes, path: &str, series: &str, soft_dirty: bool) -> Vec<Check
         ("", "auto", auto),
         ("+uffd", "uffd", uffd.then_some("uffd")),
     ];
-    for (suffix, tracking, mechanism) in runs {
+    // On the user-space path only: on the BPF path a huge-page fault marks
+    // its whole 2 MiB chunk, which the write helper puts back whole, so the
+    // per-page bounds do not hold there (exactness on that path is what the
+    // ckpt-target checks above prove, tracking on).
+    let dirty_runs = if path == "user" { &runs[..] } else { &[] };
+    for &(suffix, tracking, mechanism) in dirty_runs {
         let Some(mechanism) = mechanism else { continue };
         let scenarios = dirty_expect::SCENARIOS.iter().map(|s| (*s, *s, false));
         for (name, scenario, traced) in scenarios.chain([(DIRTY_TRACED, "steady", true)]) {
@@ -548,10 +553,7 @@ mod tests {
         // traced one (auto and uffd), the adversarial subset.
         let targets = CKPT_TARGET_SCENARIOS.len() + 1;
         let dirty = 2 * (dirty_expect::SCENARIOS.len() + 1);
-        assert_eq!(
-            bpf.len(),
-            2 * targets + 2 + 1 + 1 + dirty + ADV_SCENARIOS.len()
-        );
+        assert_eq!(bpf.len(), 2 * targets + 2 + 1 + 1 + ADV_SCENARIOS.len());
         assert_eq!(
             user.len(),
             targets + 2 + 1 + 1 + dirty + ADV_SCENARIOS.len()
@@ -572,13 +574,17 @@ mod tests {
             "soak soak 20 /bin/rel-soak\n",
             "adv adv-shm 2 tracked some-bpf /bin/adv-target shm\n",
             "adv adv-maps07-between 2 tracked moved /bin/adv-target maps07-between\n",
-            "dirty dirty-thp 6 auto soft-dirty /bin/dirty-target thp\n",
-            "dirty dirty-steady-traced+uffd 6 uffd uffd /bin/dirty-target steady traced\n",
         ] {
             assert!(
                 b.contains(line) && u.contains(line),
                 "{line:?} not in both of\n{c}"
             );
+        }
+        for line in [
+            "dirty dirty-thp 6 auto soft-dirty /bin/dirty-target thp\n",
+            "dirty dirty-steady-traced+uffd 6 uffd uffd /bin/dirty-target steady traced\n",
+        ] {
+            assert!(!b.contains(line) && u.contains(line), "{line:?}\n{c}");
         }
         for line in [
             "target heap-small+exhaustive 3 exhaustive /bin/ckpt-target heap-small\n",
