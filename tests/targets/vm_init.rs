@@ -661,6 +661,8 @@ fn dirty_verdict(
 struct Restore {
     pages_bpf: u64,
     zeroed_bpf: u64,
+    /// Pages the probe tried to write and could not (left to user space).
+    failed_bpf: u64,
     pages_user: u64,
     zeroed_user: u64,
 }
@@ -728,6 +730,7 @@ fn verdict(
                 restores.push(Restore {
                     pages_bpf,
                     zeroed_bpf: n("zeroed_bpf").unwrap_or(0),
+                    failed_bpf: n("failed_bpf").unwrap_or(0),
                     pages_user: n("pages_user").unwrap_or(0),
                     zeroed_user: n("zeroed_user").unwrap_or(0),
                 });
@@ -811,10 +814,14 @@ fn verdict(
     match path {
         RestorePath::Bpf => {
             if let Kind::Target { .. } = kind {
+                // With dirty tracking BPF writes back only the dirtied pages:
+                // when those are exactly the ones it cannot write (read-only,
+                // absent, untouched file pages), it tried and user space
+                // finished. It must have taken part.
                 for (i, r) in restores.iter().enumerate() {
-                    if r.pages_bpf == 0 {
+                    if r.pages_bpf == 0 && r.zeroed_bpf == 0 && r.failed_bpf == 0 {
                         problems.push(format!(
-                            "restore {}: pages_bpf=0 (BPF wrote nothing; pages_user={})",
+                            "restore {}: pages_bpf=0 (BPF wrote nothing and tried nothing; pages_user={})",
                             i + 1,
                             r.pages_user
                         ));

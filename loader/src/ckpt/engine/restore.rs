@@ -344,6 +344,7 @@ impl Engine {
                 ("pid", J::N(t.pid as u64)),
                 ("pages_bpf", J::N(r.written)),
                 ("zeroed_bpf", J::N(r.zeroed)),
+                ("failed_bpf", J::N(r.write_failed + r.zero_failed)),
                 ("pages_user", J::N(d.written)),
                 ("zeroed_user", J::N(d.zeroed)),
                 ("reverted_user", J::N(d.reverted)),
