@@ -1,5 +1,5 @@
 //! Injection tests: system calls run inside real target processes by the
-//! real binary's hidden `bpfckpt __inject-selftest` (loader/src/ckpt/inject.rs),
+//! real binary's hidden `bpfckpt __inject-selftest` (loader/src/ckpt/inject/selftest.rs),
 //! into running and SIGSTOP-held targets, refused for a traced one, and with
 //! bpfckpt killed at every step. Needs root.
 //!

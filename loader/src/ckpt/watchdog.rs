@@ -18,7 +18,7 @@
 //!                bpfckpt has learnt their pid (`watch` waiting)
 //! ```
 //!
-//! and, around a system call injected into a target (`ckpt/inject.rs`),
+//! and, around a system call injected into a target (`ckpt/inject/`),
 //! the lines of `inject::Note`:
 //!
 //! ```text
