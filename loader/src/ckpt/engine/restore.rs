@@ -192,19 +192,18 @@ impl Engine {
         // BPF wrote back every page marked since the checkpoint (a superset
         // of the dirty set) and zeroed the blank ones, with no failure:
         // nothing is left to write, only to re-arm.
-        if let Some(d) = &dirty {
-            if self.bpf_write
-                && !r.partial
-                && r.write_failed == 0
-                && r.zero_failed == 0
-                && r.written + r.zeroed > 0
-            {
-                self.rearm_after_restore(t, d)?;
-                return Ok(UserWrites {
-                    incremental: true,
-                    ..Default::default()
-                });
-            }
+        if let Some(d) = &dirty
+            && self.bpf_write
+            && !r.partial
+            && r.write_failed == 0
+            && r.zero_failed == 0
+            && r.written + r.zeroed > 0
+        {
+            self.rearm_after_restore(t, d)?;
+            return Ok(UserWrites {
+                incremental: true,
+                ..Default::default()
+            });
         }
         // Kept open for the program image (an exec drops them).
         let mem = t.mem()?;
