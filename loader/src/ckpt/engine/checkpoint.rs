@@ -73,7 +73,7 @@ impl Engine {
         t.image = None;
         // Counted before user space looks: writes from elsewhere after this
         // may be missed by the scan, and keep the next requests scanning.
-        let pre = self.window_now()?;
+        let pre = self.window()?;
         let saved = if c.incremental {
             self.redo(t)?
         } else {

@@ -173,11 +173,7 @@ impl Engine {
         // Held with tracking armed: the counts of writes from elsewhere
         // before anything is written, and the dirty set if it is a list.
         let tracked = t.tracker.is_some() && image.index.is_some();
-        let pre = if tracked {
-            Some(self.window_now()?)
-        } else {
-            None
-        };
+        let pre = if tracked { Some(self.window()?) } else { None };
         // The dirty set, if it is known as a list: whether BPF wrote nothing
         // (no write helper, or it left the request to user space) or wrote
         // the changed pages but some writes failed (read-only now, or

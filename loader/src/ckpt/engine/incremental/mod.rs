@@ -161,7 +161,7 @@ impl Engine {
     }
 
     /// What the probes counted of writes bypassing faults (target held).
-    fn window(&self) -> Result<Window> {
+    pub(super) fn window(&self) -> Result<Window> {
         Ok(Window {
             gup: self.probes.state(StateField::Gup)?,
             inflight: self.probes.state(StateField::GupInflight)?,
@@ -616,11 +616,6 @@ impl Engine {
     /// Whether the target's mappings changed since the image was taken.
     fn layout_moved(&self) -> Result<bool> {
         Ok(self.probes.state(StateField::LayoutSeq)? != self.cfg.image_seq)
-    }
-
-    /// The counts at the start of a held request, for `rearm_after_full_restore`.
-    pub(super) fn window_now(&self) -> Result<Window> {
-        self.window()
     }
 
     /// User space has read every page that holds data, the writes from
