@@ -100,6 +100,15 @@ fn mprotect_both_ways() {
     incremental("mprotect", &[], 20);
 }
 
+/// Read-only at the checkpoint, then writable and written by another
+/// process: the scan must cover the regions the image armed, not the
+/// mappings as last read (where the now writable file mapping is not
+/// tracked page by page).
+#[test]
+fn private_file_mapping_made_writable_and_written_from_outside() {
+    incremental("mprotect-file", &[], 10);
+}
+
 #[test]
 fn transparent_huge_pages() {
     let thp =

@@ -7,8 +7,16 @@
 #![allow(dead_code)]
 
 /// The scenarios of `dirty-target` (tests/targets/dirty_target.rs).
-pub const SCENARIOS: [&str; 8] = [
-    "steady", "read", "foreign", "fork", "exec", "grow", "mprotect", "thp",
+pub const SCENARIOS: [&str; 9] = [
+    "steady",
+    "read",
+    "foreign",
+    "fork",
+    "exec",
+    "grow",
+    "mprotect",
+    "mprotect-file",
+    "thp",
 ];
 
 /// A restore that wrote this many pages or more was not incremental: each

@@ -146,6 +146,38 @@ pub fn mmap_file_shared(len: usize) -> Region {
     }
 }
 
+/// A `MAP_PRIVATE`, writable mapping of a new temporary file of `len`
+/// bytes: file-backed memory whose written pages become the process's own.
+pub fn mmap_file_private(len: usize) -> Region {
+    let path = std::env::temp_dir().join(format!("dirty-target-private-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("create private file");
+    let _ = std::fs::remove_file(&path);
+    f.set_len(len as u64).expect("size private file");
+    use std::os::fd::AsRawFd;
+    // SAFETY: a new private mapping of our own file; the mapping outlives
+    // the descriptor, which may be closed afterwards.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    Region {
+        ptr: check(p, "mmap private file"),
+        len,
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Process and mapping faults for the reliability targets (rel-target, rel-soak).
 

@@ -24,6 +24,10 @@
 //!   region grows over a `PROT_NONE` tail (which must read as zero again).
 //! - `mprotect`: a region dirtied and made read-only before the restore;
 //!   another read-only at the checkpoint, made writable and written.
+//! - `mprotect-file`: a private file mapping (its pages written: the
+//!   process's own copies), read-only at the checkpoint, made writable and
+//!   written by another process with `process_vm_writev` before the
+//!   restore, read-only again after it.
 //! - `thp`: a 2 MiB-aligned region with `MADV_HUGEPAGE`; and another,
 //!   untouched before the first checkpoint, in a new 2 MiB block of which
 //!   each cycle writes a few pages (the first write may map a whole huge
@@ -222,6 +226,7 @@ fn main() {
         "exec-rest" => steady(&m, a.cycles),
         "grow" => grow(&m, a.cycles),
         "mprotect" => mprotect(&m, a.cycles),
+        "mprotect-file" => mprotect_file(&m, a.cycles),
         "thp" => thp(&m, a.cycles),
         other => fail(&format!("unknown scenario {other}")),
     };
@@ -315,43 +320,70 @@ fn read(m: &Markers, cycles: u32) -> usize {
 }
 
 /// Commands to the writer child: `(address, seed)`; it answers one byte.
-fn foreign(m: &Markers, cycles: u32) -> usize {
-    use std::io::{Read, Write};
-    let mut mem = Mem::new();
-    let b = mem.add(big());
-    let z = mem.add(sys::mmap_anon(256 * PAGE, false, None));
-    let parent = std::process::id() as i32;
-    let (mut cmd_rd, mut cmd_wr) = std::io::pipe().expect("pipe");
-    let (mut ack_rd, mut ack_wr) = std::io::pipe().expect("pipe");
-    let child = sys::fork();
-    if child == 0 {
-        // Only the parent writes commands: EOF once it is done.
-        drop(cmd_wr);
-        drop(ack_rd);
-        let mut buf = [0u8; 16];
-        let mut page = [0u8; PAGE];
-        while cmd_rd.read_exact(&mut buf).is_ok() {
-            let addr = u64::from_le_bytes(buf[..8].try_into().unwrap()) as usize;
-            let seed = u64::from_le_bytes(buf[8..].try_into().unwrap());
-            fill(&mut page, seed);
-            let ok = sys::vm_write(parent, addr, &page) == PAGE as isize;
-            let _ = ack_wr.write_all(&[ok as u8]);
+/// A child process that writes pages into this one with
+/// `process_vm_writev` (no fault in the target's context) when asked.
+struct Writer {
+    child: i32,
+    cmd: std::io::PipeWriter,
+    ack: std::io::PipeReader,
+}
+
+impl Writer {
+    fn start() -> Writer {
+        use std::io::{Read, Write};
+        let parent = std::process::id() as i32;
+        let (mut cmd_rd, cmd_wr) = std::io::pipe().expect("pipe");
+        let (ack_rd, mut ack_wr) = std::io::pipe().expect("pipe");
+        let child = sys::fork();
+        if child == 0 {
+            // Only the parent writes commands: EOF once it is done.
+            drop(cmd_wr);
+            drop(ack_rd);
+            let mut buf = [0u8; 16];
+            let mut page = [0u8; PAGE];
+            while cmd_rd.read_exact(&mut buf).is_ok() {
+                let addr = u64::from_le_bytes(buf[..8].try_into().unwrap()) as usize;
+                let seed = u64::from_le_bytes(buf[8..].try_into().unwrap());
+                fill(&mut page, seed);
+                let ok = sys::vm_write(parent, addr, &page) == PAGE as isize;
+                let _ = ack_wr.write_all(&[ok as u8]);
+            }
+            sys::exit_now(0);
         }
-        sys::exit_now(0);
+        Writer {
+            child,
+            cmd: cmd_wr,
+            ack: ack_rd,
+        }
     }
-    drop(cmd_rd);
-    drop(ack_wr);
-    let mut write_remote = |addr: usize, seed: u64| {
+
+    /// Has the child fill the page at `addr` from `seed`.
+    fn write(&mut self, addr: usize, seed: u64) {
+        use std::io::{Read, Write};
         let mut buf = [0u8; 16];
         buf[..8].copy_from_slice(&(addr as u64).to_le_bytes());
         buf[8..].copy_from_slice(&seed.to_le_bytes());
-        cmd_wr.write_all(&buf).expect("command the writer");
+        self.cmd.write_all(&buf).expect("command the writer");
         let mut ok = [0u8];
-        ack_rd.read_exact(&mut ok).expect("writer answers");
+        self.ack.read_exact(&mut ok).expect("writer answers");
         if ok[0] != 1 {
             fail("process_vm_writev into the target failed");
         }
-    };
+    }
+
+    fn finish(self) {
+        drop(self.cmd);
+        if sys::wait_child(self.child) != 0 {
+            fail("the writer child failed");
+        }
+    }
+}
+
+fn foreign(m: &Markers, cycles: u32) -> usize {
+    let mut mem = Mem::new();
+    let b = mem.add(big());
+    let z = mem.add(sys::mmap_anon(256 * PAGE, false, None));
+    let mut writer = Writer::start();
     let mut rng = Rng(0xf0e1);
     for c in 0..cycles {
         let (rb, rz) = (mem.get(b), mem.get(z));
@@ -368,8 +400,8 @@ fn foreign(m: &Markers, cycles: u32) -> usize {
             } else {
                 (picks[2], picks[3])
             };
-            write_remote(rb.addr() + pb * PAGE, s ^ before as u64);
-            write_remote(rz.addr() + pz * PAGE, !s ^ before as u64);
+            writer.write(rb.addr() + pb * PAGE, s ^ before as u64);
+            writer.write(rz.addr() + pz * PAGE, !s ^ before as u64);
         };
         let mut want = [0u64; MAX_PAGES];
         mem.hash(&mut want);
@@ -383,10 +415,39 @@ fn foreign(m: &Markers, cycles: u32) -> usize {
         // checkpoint must take these pages in.
         ops(false);
     }
-    drop(cmd_wr);
-    if sys::wait_child(child) != 0 {
-        fail("the writer child failed");
+    writer.finish();
+    total_pages(&mem)
+}
+
+/// A private file mapping, written (its pages the process's own copies)
+/// and read-only at the checkpoint, so tracked page by page; made writable
+/// (a writable file mapping is saved whole from the next layout read on)
+/// and written by another process before the restore, which must find
+/// those pages by scanning the regions the image armed.
+fn mprotect_file(m: &Markers, cycles: u32) -> usize {
+    let mut mem = Mem::new();
+    let b = mem.add(big());
+    let mut f = sys::mmap_file_private(64 * PAGE);
+    fill(f.bytes_mut(), 0xf11e);
+    sys::protect(&f, false);
+    let fi = mem.add(f);
+    let mut writer = Writer::start();
+    let mut rng = Rng(0xf11e);
+    for c in 0..cycles {
+        let (r, f) = (mem.get(b), mem.get(fi));
+        let (p, q, s) = (rng.below(r.len / PAGE), rng.below(64), rng.next());
+        let mut between = || {
+            dirty_page(r, p, s);
+            sys::protect(&f, true);
+            // Long enough for bpfckpt to read the mappings again, now with
+            // the file mapping writable.
+            let _ = sys::nanosleep(std::time::Duration::from_millis(100));
+            writer.write(f.addr() + q * PAGE, !s);
+        };
+        let mut after = || sys::protect(&f, false);
+        cycle(m, &mem, c, &mut between, &mut after);
     }
+    writer.finish();
     total_pages(&mem)
 }
 

@@ -373,21 +373,22 @@ impl Engine {
         let scanned = pre.scan() || short;
         let taken = self.take_free_top(t, c.saved as usize)?;
         let mut dirty = listed.clone();
-        let regions = t.regions.clone();
-        let tr = t.tracker.as_mut().ok_or_else(|| Error::new("no tracker"))?;
-        let uffd = tr.mechanism() == Mechanism::Uffd;
-        if scanned {
-            dirty.extend(tr.written(&regions)?);
-        }
-        dirty.sort_unstable();
-        dirty.dedup();
         // Faults anywhere list pages (a stack after a fork): only the
-        // image's tracked regions are armed and indexed.
+        // image's tracked regions are armed and indexed, and only they are
+        // scanned (the mappings as last read may count a region untracked
+        // that was armed: see restore_dirty).
         let tracked = t
             .image
             .as_ref()
             .map(|i| i.regions.clone())
             .unwrap_or_default();
+        let tr = t.tracker.as_mut().ok_or_else(|| Error::new("no tracker"))?;
+        let uffd = tr.mechanism() == Mechanism::Uffd;
+        if scanned {
+            dirty.extend(tr.written(&tracked)?);
+        }
+        dirty.sort_unstable();
+        dirty.dedup();
         dirty.retain(|&a| in_tracked(&tracked, a));
         // A userfaultfd scan protected what it found already (the listed
         // pages among it).
@@ -544,10 +545,13 @@ impl Engine {
             return Ok(None);
         };
         let pre = self.window()?;
+        // The image's regions, as armed: the mappings as last read may
+        // differ in which are tracked (a private file mapping read while
+        // writable is not, yet was armed while read-only).
         if (pre.scan() || short)
             && let Some(tr) = t.tracker.as_mut()
         {
-            dirty.extend(tr.written(&t.regions.clone())?);
+            dirty.extend(tr.written(&image.regions)?);
         }
         dirty.sort_unstable();
         dirty.dedup();
