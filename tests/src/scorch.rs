@@ -306,8 +306,8 @@ pub fn peek(r: &Region, off: usize) -> u64 {
 // ---------------------------------------------------------------------------------------
 // The captured mappings, as this process sees them.
 
-/// Kinds of mappings a checkpoint must capture (DESIGN.md section 5), plus
-/// the shared memory bpfckpt ought to capture as well.
+/// Kinds of mappings a checkpoint must capture (ARCHITECTURE.md, "What is
+/// captured"), plus the shared memory bpfckpt ought to capture as well.
 pub const K_PRIV_ANON: u8 = 1;
 /// `MAP_SHARED|MAP_ANONYMOUS`, SysV shared memory, shared hugetlb.
 pub const K_SHARED_ANON: u8 = 2;
