@@ -22,14 +22,18 @@
 //!     and what user space then does (pages the probe could not copy, zero
 //!     ranges), and the marker. Every measured cycle counts.
 //!     `checkpoint_e2e_vs_memcpy` is the target it is judged by.
-//!   - `checkpoint_gbps`, a detail: the same bytes / `kernel_ns` of the
-//!     `checkpoint` event, the BPF copy alone (first to last page), over the
+//!   - `checkpoint_gbps`, a detail: the BPF copy alone, from a second run
+//!     of the same cycles with `--dirty-tracking off` (with re-arming
+//!     tracking every checkpoint is held, and a dirty set larger than the
+//!     store's free slots, as here where every page is rewritten, is read
+//!     from user space: no BPF copy to time). Saved bytes / `kernel_ns` of
+//!     the `checkpoint` event (first to last page), over that run's
 //!     measured checkpoints with `pages_user == 0` (the probe copied the
 //!     whole image; `checkpoints_pure_bpf` counts them). Such a checkpoint
 //!     may still be `held` (the probe holds the target when some page of
 //!     the region table was not present; user space then records those
 //!     pages as zero ranges): that work is not in `kernel_ns`.
-//!     `checkpoints_held` counts the held ones.
+//!     `checkpoints_held` counts the held ones of the main run.
 //!   - `restore_gbps`, the headline for restores: restored bytes
 //!     ((pages_bpf + pages_user of the `restore` event) * 4096) / the
 //!     restore as the target sees it: from just before its `openat` of
@@ -51,7 +55,7 @@
 
 use super::events::{Events, Flat, bench_lines};
 use super::kmem::{self, MapMem};
-use super::proc::{Proc, TriggerDir, bpfckpt_run, deadline, tail};
+use super::proc::{Proc, TriggerDir, bpfckpt_run_with, deadline, tail};
 use super::stats::{Fig, gbps};
 use super::{Bins, MIB, PAGE, Size};
 use crate::util::Result;
@@ -74,7 +78,8 @@ pub struct SizeResult {
     pub cycles: u32,
     pub restore_path: String,
     pub base: Baselines,
-    /// Per measured checkpoint with pages_user == 0: bytes / kernel_ns.
+    /// Per measured checkpoint of the untracked run with pages_user == 0:
+    /// bytes / kernel_ns.
     pub ckpt_gbps: Vec<f64>,
     /// Per measured checkpoint: bytes / the target-observed latency.
     pub ckpt_e2e_gbps: Vec<f64>,
@@ -156,15 +161,9 @@ impl SizeResult {
     /// checkpoint and restore events.
     fn add_cycle(&mut self, i: usize, c: &Flat, ck: &Flat, rs: &Flat) -> Result<()> {
         let saved = ck.need_u("pages_bpf")? + ck.need_u("pages_user")?;
-        let kernel_ns = ck.need_u("kernel_ns")?;
         let t_ck = c.need_u("checkpoint_ns")?;
         let t_rs = c.need_u("restore_ns")?;
         let restored = rs.need_u("pages_bpf")? + rs.need_u("pages_user")?;
-        if ck.need_u("pages_user")? == 0 && saved > 0 {
-            self.ckpt_pure += 1;
-            self.ckpt_gbps.push(gbps(saved * PAGE, kernel_ns));
-            self.ckpt_kernel_ms.push(kernel_ns as f64 / 1e6);
-        }
         self.ckpt_held += u64::from(ck.b("held") == Some(true));
         self.restore_held += u64::from(rs.b("held") == Some(true));
         self.ckpt_e2e_gbps.push(gbps(saved * PAGE, t_ck));
@@ -183,6 +182,19 @@ impl SizeResult {
                 "cycle {i}: {saved} pages saved and {restored} restored, fewer than the {} touched",
                 self.bytes / PAGE
             ));
+        }
+        Ok(())
+    }
+
+    /// Adds a measured checkpoint of the untracked run: the BPF copy alone,
+    /// if the probe copied the whole image.
+    fn add_bpf_walk(&mut self, ck: &Flat) -> Result<()> {
+        let saved = ck.need_u("pages_bpf")? + ck.need_u("pages_user")?;
+        let kernel_ns = ck.need_u("kernel_ns")?;
+        if ck.need_u("pages_user")? == 0 && saved > 0 {
+            self.ckpt_pure += 1;
+            self.ckpt_gbps.push(gbps(saved * PAGE, kernel_ns));
+            self.ckpt_kernel_ms.push(kernel_ns as f64 / 1e6);
         }
         Ok(())
     }
@@ -221,16 +233,18 @@ fn baselines(bins: &Bins, size: &Size, reps: u32) -> Result<Baselines> {
     })
 }
 
-/// `bench-mem` under bpfckpt: the engine's events, the target's measured
-/// cycles (in order, checked for count), and bpfckpt's BPF maps read while
-/// the target waits after its last cycle (`--hold 1`).
+/// `bench-mem` under `bpfckpt run` (with `options` before the program):
+/// the engine's events, the target's measured cycles (in order, checked for
+/// count), and bpfckpt's BPF maps read while the target waits after its
+/// last cycle (`--hold 1`).
 fn served_cycles(
     bins: &Bins,
     size: &Size,
+    options: &[&str],
     warnings: &mut Vec<String>,
 ) -> Result<(Events, Vec<Flat>, Option<Vec<MapMem>>)> {
     let dir = TriggerDir::new(&format!("mem-{}", size.label))?;
-    let mut cmd = bpfckpt_run(&bins.bpfckpt, &dir, bins.bench("bench-mem"));
+    let mut cmd = bpfckpt_run_with(&bins.bpfckpt, &dir, options, bins.bench("bench-mem"));
     cmd.arg("--dir")
         .arg(&dir.0)
         .args(["--bytes", &size.bytes.to_string()])
@@ -295,7 +309,7 @@ pub fn mem_bench(
 ) -> Result<SizeResult> {
     // Baselines first, in the same run.
     let base = baselines(bins, size, reps)?;
-    let (ev, cycles, maps) = served_cycles(bins, size, warnings)?;
+    let (ev, cycles, maps) = served_cycles(bins, size, &[], warnings)?;
     let mut r = SizeResult {
         label: size.label,
         bytes: size.bytes,
@@ -322,9 +336,15 @@ pub fn mem_bench(
     for (i, c) in cycles.iter().enumerate() {
         r.add_cycle(i, c, &ev.checkpoints[w + i], &ev.restores[w + i])?;
     }
+    // The BPF copy alone: the same cycles untracked (its maps not wanted).
+    let mut ignored = Vec::new();
+    let (off, _, _) = served_cycles(bins, size, &["--dirty-tracking", "off"], &mut ignored)?;
+    for ck in &off.checkpoints[w..] {
+        r.add_bpf_walk(ck)?;
+    }
     if r.ckpt_pure == 0 {
         warnings.push(format!(
-            "{}: no measured checkpoint was copied entirely by BPF (pages_user == 0): checkpoint_gbps is null",
+            "{}: no measured checkpoint of the untracked run was copied entirely by BPF (pages_user == 0): checkpoint_gbps is null",
             size.label
         ));
     }

@@ -15,9 +15,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// `bpfckpt run --json --trigger-dir DIR -- PROGRAM`: the engine serving one
 /// target (arguments for PROGRAM may follow).
 pub fn bpfckpt_run(bpfckpt: &Path, dir: &TriggerDir, program: impl AsRef<OsStr>) -> Command {
+    bpfckpt_run_with(bpfckpt, dir, &[], program)
+}
+
+/// The same with `options` of `bpfckpt run` before the program.
+pub fn bpfckpt_run_with(
+    bpfckpt: &Path,
+    dir: &TriggerDir,
+    options: &[&str],
+    program: impl AsRef<OsStr>,
+) -> Command {
     let mut cmd = Command::new(bpfckpt);
     cmd.args(["run", "--json", "--trigger-dir"])
         .arg(&dir.0)
+        .args(options)
         .arg("--")
         .arg(program);
     cmd

@@ -133,13 +133,13 @@ fn size_rows(t: &mut Rows<'_>, out: &Outcome) {
             ("", "process_vm_writev_4k_gbps", b.vm_write_4k, "GB/s"),
             (
                 "  ",
-                "checkpoint_gbps (BPF only)",
+                "checkpoint_gbps (BPF, untracked)",
                 z.checkpoint_bpf(),
                 "GB/s",
             ),
             (
                 "  ",
-                "checkpoint_vs_memcpy (BPF only)",
+                "checkpoint_vs_memcpy (BPF, untracked)",
                 z.checkpoint_vs_memcpy(),
                 "ratio",
             ),
@@ -283,9 +283,9 @@ fn details(s: &mut String, out: &Outcome) {
     for z in &out.sizes {
         let _ = writeln!(
             s,
-            "{}: medians: checkpoint {} ms seen by the target ({} ms of BPF copy); restore {} ms \
-             seen by the target ({} ms in the probe); {} of {} checkpoints copied wholly by BPF, \
-             {} held; {} restores held",
+            "{}: medians: checkpoint {} ms seen by the target ({} ms of BPF copy untracked); restore {} ms \
+             seen by the target ({} ms in the probe); {} of {} untracked checkpoints copied wholly \
+             by BPF; {} checkpoints and {} restores held",
             z.label,
             fmt_num(median(&z.ckpt_latency_ms)),
             fmt_num(median(&z.ckpt_kernel_ms)),
