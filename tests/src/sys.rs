@@ -117,63 +117,43 @@ pub fn from_static(ptr: *mut u8, len: usize) -> Region {
 /// A `MAP_SHARED` mapping of a new temporary file: memory bpfckpt never
 /// captures (file-shared), so it keeps what was written after a restore.
 pub fn mmap_file_shared(len: usize) -> Region {
-    let path = std::env::temp_dir().join(format!("ckpt-target-shared-{}", std::process::id()));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .expect("create shared file");
-    let _ = std::fs::remove_file(&path);
-    f.set_len(len as u64).expect("size shared file");
-    use std::os::fd::AsRawFd;
-    // SAFETY: a new shared mapping of our own file; the mapping outlives
-    // the descriptor, which may be closed afterwards.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    Region {
-        ptr: check(p, "mmap shared file"),
-        len,
-    }
+    mmap_new_file(len, libc::MAP_SHARED, "ckpt-target-shared")
 }
 
 /// A `MAP_PRIVATE`, writable mapping of a new temporary file of `len`
 /// bytes: file-backed memory whose written pages become the process's own.
 pub fn mmap_file_private(len: usize) -> Region {
-    let path = std::env::temp_dir().join(format!("dirty-target-private-{}", std::process::id()));
+    mmap_new_file(len, libc::MAP_PRIVATE, "dirty-target-private")
+}
+
+/// A readable, writable `flags` mapping of a new temporary file of `len`
+/// bytes (named `tag-PID`, removed at once).
+fn mmap_new_file(len: usize, flags: i32, tag: &str) -> Region {
+    let path = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .open(&path)
-        .expect("create private file");
+        .expect("create mapped file");
     let _ = std::fs::remove_file(&path);
-    f.set_len(len as u64).expect("size private file");
+    f.set_len(len as u64).expect("size mapped file");
     use std::os::fd::AsRawFd;
-    // SAFETY: a new private mapping of our own file; the mapping outlives
-    // the descriptor, which may be closed afterwards.
+    // SAFETY: a new mapping of our own file; the mapping outlives the
+    // descriptor, which may be closed afterwards.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE,
+            flags,
             f.as_raw_fd(),
             0,
         )
     };
     Region {
-        ptr: check(p, "mmap private file"),
+        ptr: check(p, "mmap file"),
         len,
     }
 }
