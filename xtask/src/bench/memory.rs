@@ -235,12 +235,13 @@ fn baselines(bins: &Bins, size: &Size, reps: u32) -> Result<Baselines> {
 
 /// `bench-mem` under `bpfckpt run` (with `options` before the program):
 /// the engine's events, the target's measured cycles (in order, checked for
-/// count), and bpfckpt's BPF maps read while the target waits after its
-/// last cycle (`--hold 1`).
+/// count), and, if `maps`, bpfckpt's BPF maps read while the target waits
+/// after its last cycle (`--hold 1`).
 fn served_cycles(
     bins: &Bins,
     size: &Size,
     options: &[&str],
+    maps: bool,
     warnings: &mut Vec<String>,
 ) -> Result<(Events, Vec<Flat>, Option<Vec<MapMem>>)> {
     let dir = TriggerDir::new(&format!("mem-{}", size.label))?;
@@ -256,19 +257,20 @@ fn served_cycles(
     let mut p = Proc::start("bpfckpt run -- bench-mem", &mut cmd, true)?;
     p.wait_line(until, |l| l.contains("\"bench\":\"mem_hold\""))?;
     // Named while bpfckpt still holds them: the names are looked up by id.
-    let maps = match kmem::maps_of(p.pid()) {
-        Ok(mut m) if !m.is_empty() => {
+    let maps = match maps.then(|| kmem::maps_of(p.pid())) {
+        None => None,
+        Some(Ok(mut m)) if !m.is_empty() => {
             kmem::name_maps(bins, &mut m, warnings);
             Some(m)
         }
-        Ok(_) => {
+        Some(Ok(_)) => {
             warnings.push(format!(
                 "{}: bpfckpt held no BPF map descriptor after the last cycle: kernel_map_bytes is null",
                 size.label
             ));
             None
         }
-        Err(e) => {
+        Some(Err(e)) => {
             warnings.push(format!(
                 "{}: kernel memory of bpfckpt's maps: {e}",
                 size.label
@@ -309,7 +311,7 @@ pub fn mem_bench(
 ) -> Result<SizeResult> {
     // Baselines first, in the same run.
     let base = baselines(bins, size, reps)?;
-    let (ev, cycles, maps) = served_cycles(bins, size, &[], warnings)?;
+    let (ev, cycles, maps) = served_cycles(bins, size, &[], true, warnings)?;
     let mut r = SizeResult {
         label: size.label,
         bytes: size.bytes,
@@ -336,9 +338,8 @@ pub fn mem_bench(
     for (i, c) in cycles.iter().enumerate() {
         r.add_cycle(i, c, &ev.checkpoints[w + i], &ev.restores[w + i])?;
     }
-    // The BPF copy alone: the same cycles untracked (its maps not wanted).
-    let mut ignored = Vec::new();
-    let (off, _, _) = served_cycles(bins, size, &["--dirty-tracking", "off"], &mut ignored)?;
+    // The BPF copy alone: the same cycles untracked.
+    let (off, _, _) = served_cycles(bins, size, &["--dirty-tracking", "off"], false, warnings)?;
     for ck in &off.checkpoints[w..] {
         r.add_bpf_walk(ck)?;
     }
