@@ -209,7 +209,6 @@ fn syscall_stack_pointer() {
     assert_eq!(parse_syscall_sp("running"), None);
 }
 
-#[cfg(test)]
 mod root_tests {
     use crate::ckpt::procfs::*;
 
