@@ -1165,6 +1165,44 @@ fn file_precreated_at_checkpoint_complete_is_refused_not_reused() {
 }
 
 #[test]
+fn markers_link_a_file_of_bpfckpts_that_goes_when_it_exits() {
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .expect("pid_max")
+        .trim()
+        .parse()
+        .expect("pid_max");
+    // Left by a bpfckpt that was killed (no process can have that pid), and
+    // one of a process that runs (ours): only the first is removed.
+    let (stale, live) = (
+        format!(".bpfckpt-{}", pid_max + 1),
+        format!(".bpfckpt-{}", std::process::id()),
+    );
+    let (mut s, dir) = with_planted("spare", |d| {
+        std::fs::write(d.join(&stale), b"").expect("stale");
+        std::fs::write(d.join(&live), b"").expect("live");
+    });
+    assert!(status_of(&mut s).success(), "{}", s.dump());
+    assert!(
+        s.stdout().contains("PASS wait-go"),
+        "the cycle failed\n{}",
+        s.dump()
+    );
+    // Linked: the marker and bpfckpt's file are one inode.
+    assert!(
+        s.stdout().contains("MARKER nlink=2"),
+        "checkpoint_complete is not a second link\n{}",
+        s.dump()
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&dir.0)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec![live], "{}", s.dump());
+}
+
+#[test]
 fn another_process_opening_ready_to_checkpoint_triggers_nothing() {
     let dir = Dir::new("foreign");
     let mut s = Proc::bpfckpt(&[

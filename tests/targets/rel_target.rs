@@ -25,7 +25,8 @@
 //!   (MAP_SHARED) where one of them was, restore: the file's content must be
 //!   unchanged, the unmapped range must stay unmapped.
 //! - `exit-after-ckpt`: checkpoint, then exit with status 7.
-//! - `wait-go`: `READY`, wait for DIR/go, then one normal cycle.
+//! - `wait-go`: `READY`, wait for DIR/go, then one normal cycle (saying how
+//!   many links `checkpoint_complete` has: `MARKER nlink=N`).
 //! - `maps10k`: 10,000 one-page writable mappings alternating with
 //!   read-only ones (20,000 mappings, none merged), `--cycles` cycles.
 //! - `big`: `--mib` MiB (4096 for the 4 GiB test), every page touched,
@@ -319,6 +320,12 @@ fn wait_go(a: &Args, p: &Markers) {
         say("NO-MARKER checkpoint");
         std::process::exit(3);
     }
+    // What the marker is (a link to bpfckpt's own file, or a file of its own).
+    let nlink = std::fs::metadata(&p.ckpt_done).map_or(0, |m| {
+        use std::os::unix::fs::MetadataExt;
+        m.nlink()
+    });
+    say(&format!("MARKER nlink={nlink}"));
     damage.fill(r.bytes_mut());
     if p.try_restore().is_none() {
         say("NO-MARKER restore");
