@@ -113,6 +113,9 @@ pub(super) fn open_to_stop(
     wait_stopped_answering(hold, opens, pid, stat)
 }
 
+/// How long a request's open is waited for without sleeping.
+const OPEN_SPIN: Duration = Duration::from_micros(200);
+
 impl Engine {
     /// Moves the opens the target made in the trigger directory since the
     /// last look into `t.opens` (everyone else's go on at once).
@@ -139,6 +142,9 @@ impl Engine {
     /// asking, say), the target is stopped instead, late: `t.late_hold`.
     pub(super) fn hold_in_open(&mut self, t: &mut Target, tid: u32) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
+        // The open is on its way (the probe saw it begin): it comes within
+        // microseconds, sooner than a sleep and a wake-up.
+        let spin_until = Instant::now() + OPEN_SPIN;
         let mut running_since: Option<Instant> = None;
         loop {
             if let Some(o) = t.opens.pop_front() {
@@ -151,7 +157,12 @@ impl Engine {
                     h.as_fd(),
                     nix::poll::PollFlags::POLLIN,
                 )];
-                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1u8));
+                let wait = if Instant::now() < spin_until {
+                    nix::poll::PollTimeout::ZERO
+                } else {
+                    nix::poll::PollTimeout::from(1u8)
+                };
+                let _ = nix::poll::poll(&mut fds, wait);
             }
             self.take_opens(t)?;
             if !t.opens.is_empty() {
