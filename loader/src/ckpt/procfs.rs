@@ -313,6 +313,28 @@ pub fn main_stack_pointer(pid: i32) -> Option<u64> {
     parse_syscall_sp(&std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?)
 }
 
+/// `/proc/PID/syscall`, kept open: read at every restore for the live
+/// stack, where opening it each time cost more than reading it.
+pub struct SyscallFile {
+    file: File,
+}
+
+impl SyscallFile {
+    pub fn open(pid: i32) -> Option<Self> {
+        File::open(format!("/proc/{pid}/syscall"))
+            .ok()
+            .map(|file| Self { file })
+    }
+
+    /// The main thread's stack pointer if it is blocked in the kernel.
+    pub fn stack_pointer(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 256];
+        let n = self.file.read_at(&mut buf, 0).ok()?;
+        parse_syscall_sp(std::str::from_utf8(&buf[..n]).ok()?)
+    }
+}
+
 /// `nr a1 a2 a3 a4 a5 a6 sp pc`, or `-1 sp pc`, or `running`.
 pub fn parse_syscall_sp(s: &str) -> Option<u64> {
     let f: Vec<&str> = s.split_ascii_whitespace().collect();

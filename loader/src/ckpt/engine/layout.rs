@@ -77,7 +77,7 @@ impl Engine {
     pub(super) fn live_stacks(&self, t: &Target) -> procfs::LiveStacks {
         procfs::LiveStacks {
             created: t.thread_stacks.iter().map(|&(_, sp)| sp).collect(),
-            pointers: match (t.threads(), procfs::main_stack_pointer(t.pid)) {
+            pointers: match (t.threads(), t.main_stack_pointer()) {
                 // One thread, and it is the main one: no need to list tasks.
                 (Some(1), Some(sp)) => vec![sp],
                 _ => procfs::stack_pointers(t.pid),

@@ -6,7 +6,7 @@ use super::openhold::HeldOpen;
 use crate::Result;
 use crate::ckpt::dirty::Tracker;
 use crate::ckpt::memio::Mem;
-use crate::ckpt::procfs::{self, Mapping, PAGE, Region, Residency, StatFile};
+use crate::ckpt::procfs::{self, Mapping, PAGE, Region, Residency, StatFile, SyscallFile};
 use crate::ckpt::report::Stats;
 use crate::ckpt::storage::Storage;
 use std::collections::HashMap;
@@ -63,6 +63,7 @@ pub(crate) struct Target {
 /// opened on; an exec drops them).
 pub(crate) struct ProcFiles {
     pub stat: Option<StatFile>,
+    pub syscall: Option<SyscallFile>,
     mem: Option<Rc<Mem>>,
     pagemap: Option<Rc<File>>,
 }
@@ -71,6 +72,7 @@ impl ProcFiles {
     pub fn new(pid: i32) -> Self {
         Self {
             stat: StatFile::open(pid),
+            syscall: SyscallFile::open(pid),
             mem: None,
             pagemap: None,
         }
@@ -84,6 +86,14 @@ impl ProcFiles {
 }
 
 impl Target {
+    /// The main thread's stack pointer if it is blocked in the kernel.
+    pub fn main_stack_pointer(&self) -> Option<u64> {
+        match &self.files.syscall {
+            Some(f) => f.stack_pointer(),
+            None => procfs::main_stack_pointer(self.pid),
+        }
+    }
+
     pub fn mem(&mut self) -> Result<Rc<Mem>> {
         if self.files.mem.is_none() {
             self.files.mem = Some(Rc::new(Mem::open(self.pid)?));
