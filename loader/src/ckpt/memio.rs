@@ -274,6 +274,35 @@ impl<'a> Access<'a> {
         r.map_err(|e| Error::from(e).context(format!("read target memory at {:#x}", at(done))))
     }
 
+    /// Reads several ranges `(addr, buf)` with one system call, each as
+    /// `read` does if that call stops short.
+    pub fn read_many(&mut self, mut parts: Vec<(u64, &mut [u8])>) -> Result<()> {
+        for batch in parts.chunks_mut(IOV_MAX) {
+            let remote: Vec<RemoteIoVec> = batch
+                .iter()
+                .map(|(a, b)| RemoteIoVec {
+                    base: *a as usize,
+                    len: b.len(),
+                })
+                .collect();
+            let mut local: Vec<IoSliceMut> =
+                batch.iter_mut().map(|(_, b)| IoSliceMut::new(b)).collect();
+            let mut done =
+                process_vm_readv(Pid::from_raw(self.mem.pid), &mut local, &remote).unwrap_or(0);
+            drop(local);
+            for (addr, buf) in batch.iter_mut() {
+                if done >= buf.len() {
+                    done -= buf.len();
+                    continue;
+                }
+                let from = done;
+                done = 0;
+                self.read(*addr + from as u64, &mut buf[from..])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Detaches, if attached: the target is group-stopped again. Returns
     /// the pages written (or read) as the tracer.
     pub fn finish(mut self) -> Result<u64> {

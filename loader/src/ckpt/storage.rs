@@ -124,6 +124,34 @@ impl Storage {
         })
     }
 
+    /// The pages of several runs `(slot, n)` at once, writable, in the
+    /// order given; the runs must not overlap.
+    pub fn runs_mut(&mut self, runs: &[(u64, u64)]) -> Result<Vec<&mut [u8]>> {
+        let capacity = self.capacity;
+        let mut order: Vec<usize> = (0..runs.len()).collect();
+        order.sort_unstable_by_key(|&i| runs[i].0);
+        let mut rest = self.pages_mm.as_mut_slice()?;
+        let mut base = 0u64;
+        let mut out: Vec<Option<&mut [u8]>> = (0..runs.len()).map(|_| None).collect();
+        for i in order {
+            let (slot, n) = runs[i];
+            if slot < base || slot + n > capacity {
+                return Err(Error::new(format!(
+                    "page store overrun: slot {slot}+{n} of {capacity} (or overlapping runs)"
+                )));
+            }
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(((slot - base) * PAGE) as usize);
+            let (run, tail) = tail.split_at_mut((n * PAGE) as usize);
+            out[i] = Some(run);
+            rest = tail;
+            base = slot + n;
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every run placed"))
+            .collect())
+    }
+
     pub fn addr(&self, slot: u64) -> u64 {
         let at = (slot * 8) as usize;
         super::wire::u64_at(self.addrs_mm.as_slice(), at)

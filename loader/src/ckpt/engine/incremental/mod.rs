@@ -342,17 +342,18 @@ impl Engine {
         let mut mem = Access::new(mem, self.force, move || {
             open_to_stop(hold, open_held, opens, pid, stat)
         });
-        // Runs of consecutive pages in consecutive slots, as saved.
-        let mut i = 0;
-        while i < pages.len() {
-            let (a, s) = pages[i];
-            let mut n = 1;
-            while i + n < pages.len() && pages[i + n] == (a + n as u64 * PAGE, s + n as u64) {
-                n += 1;
+        // Runs of consecutive pages in consecutive slots, as saved: one
+        // call for all of them.
+        let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+        for &(a, s) in &pages {
+            match runs.last_mut() {
+                Some((ra, rs, n)) if (*ra + *n * PAGE, *rs + *n) == (a, s) => *n += 1,
+                _ => runs.push((a, s, 1)),
             }
-            mem.read(a, store.pages_mut(s, n as u64)?)?;
-            i += n;
         }
+        let slots: Vec<(u64, u64)> = runs.iter().map(|&(_, s, n)| (s, n)).collect();
+        let bufs = store.runs_mut(&slots)?;
+        mem.read_many(runs.iter().map(|&(a, _, _)| a).zip(bufs).collect())?;
         mem.finish().map(|_| ())
     }
 
