@@ -80,6 +80,30 @@ fn pages_dirtied_by_the_target_and_two_checkpoints_in_a_row() {
     assert_eq!(s.checkpoints, 40 + 40 / 5, "{s:?}");
 }
 
+/// A write the probes did not list (a test hook hides one page of long
+/// dirty lists, with a userfaultfd): the re-arm's scan finds it written,
+/// and the restore writes it back too. Before, it stayed as the target
+/// left it.
+#[test]
+fn a_dirty_page_missing_from_the_list_is_found_by_the_rearm() {
+    let dir = Dir::new("dirty-hidden-");
+    let r = run_env(
+        &dir,
+        &[("BPFCKPT_TEST_HIDE_DIRTY", "1")],
+        &[],
+        T,
+        &["steady", "--cycles", "40"],
+    );
+    assert_pass(&r, "steady", 40);
+    if expected_mechanism() == "uffd" {
+        assert!(
+            r.stdout.contains("\"event\":\"unseen_writes\""),
+            "no page was hidden and found\n{}",
+            r.stdout
+        );
+    }
+}
+
 #[test]
 fn read_into_present_and_absent_pages() {
     incremental("read", &[], 20);

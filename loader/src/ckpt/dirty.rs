@@ -128,6 +128,8 @@ pub struct Tracker {
     mechanism: Mechanism,
     /// The target's userfaultfd (fetched into bpfckpt), for `Uffd`.
     uffd: Option<OwnedFd>,
+    /// `/proc/PID/pagemap`, opened at the first scan.
+    pagemap: Option<File>,
 }
 
 impl Tracker {
@@ -136,6 +138,7 @@ impl Tracker {
             pid,
             mechanism: Mechanism::SoftDirty,
             uffd: None,
+            pagemap: None,
         }
     }
 
@@ -150,6 +153,7 @@ impl Tracker {
             pid,
             mechanism: Mechanism::Uffd,
             uffd: Some(uffd),
+            pagemap: None,
         })
     }
 
@@ -190,32 +194,75 @@ impl Tracker {
         }
     }
 
-    /// `pages` (ascending) are clean again: they hold what the image holds.
-    pub fn rearm(&mut self, pages: &[u64]) -> Result<()> {
-        match self.mechanism {
-            Mechanism::SoftDirty => self.clear_refs(),
-            Mechanism::Uffd => {
-                let fd = self.uffd_fd()?;
-                for (start, n) in page_runs(pages) {
-                    crate::os::uffd_writeprotect(fd, start, n * PAGE)
-                        .map_err(|e| e.context(format!("write-protect {start:#x}+{n} pages")))?;
+    /// `pages` (ascending, in the tracked `regions`) are clean again: they
+    /// hold what the image holds. Returns the pages found written outside
+    /// `pages` and protected again too (written unseen: the caller must
+    /// take them as dirty).
+    ///
+    /// With a userfaultfd, each run is one ioctl, and each ioctl one TLB
+    /// flush on every CPU the target ran on; many runs close together are
+    /// instead protected by one `PAGEMAP_SCAN` of the span they lie in,
+    /// which protects again only what was written there, and says what.
+    pub fn rearm(&mut self, pages: &[u64], regions: &[Region]) -> Result<Vec<u64>> {
+        if self.mechanism == Mechanism::SoftDirty {
+            self.clear_refs()?;
+            return Ok(Vec::new());
+        }
+        let runs: Vec<(u64, u64)> = page_runs(pages).collect();
+        if runs.len() < SCAN_RUNS {
+            self.rearm_runs(&runs)?;
+            return Ok(Vec::new());
+        }
+        let mut found = Vec::new();
+        for (span, members) in spans(&runs, regions) {
+            match (span, members) {
+                (Some((start, end)), m) if m.len() > 1 => {
+                    let pagemap = self.pagemap()?;
+                    scan_written(pagemap, start, end, &mut found)?;
                 }
-                Ok(())
+                (_, m) => self.rearm_runs(m)?,
             }
         }
+        Ok(found
+            .into_iter()
+            .filter(|a| pages.binary_search(a).is_err())
+            .collect())
+    }
+
+    /// Each run `(start, pages)` is clean again: one ioctl each.
+    pub fn rearm_runs(&mut self, runs: &[(u64, u64)]) -> Result<()> {
+        if self.mechanism == Mechanism::SoftDirty {
+            return self.clear_refs();
+        }
+        let fd = self.uffd_fd()?;
+        for &(start, n) in runs {
+            crate::os::uffd_writeprotect(fd, start, n * PAGE)
+                .map_err(|e| e.context(format!("write-protect {start:#x}+{n} pages")))?;
+        }
+        Ok(())
+    }
+
+    /// The target's pagemap, opened once per program image.
+    fn pagemap(&mut self) -> Result<&File> {
+        if self.pagemap.is_none() {
+            let p = format!("/proc/{}/pagemap", self.pid);
+            let f = File::open(&p).map_err(|e| Error::from(e).context(format!("open {p}")))?;
+            self.pagemap = Some(f);
+        }
+        Ok(self.pagemap.as_ref().expect("just opened"))
     }
 
     /// The pages of the tracked `regions` written since they were armed,
     /// whoever wrote them (a write without a fault in the target's context
     /// too), ascending. Userfaultfd protects them again in the same pass.
     pub fn written(&mut self, regions: &[Region]) -> Result<Vec<u64>> {
-        let pagemap = File::open(format!("/proc/{}/pagemap", self.pid))
-            .map_err(|e| Error::from(e).context(format!("open /proc/{}/pagemap", self.pid)))?;
+        let mechanism = self.mechanism;
+        let pagemap = self.pagemap()?;
         let mut out = Vec::new();
         for r in regions.iter().filter(|r| r.tracked) {
-            match self.mechanism {
-                Mechanism::Uffd => scan_written(&pagemap, r.start, r.end, &mut out)?,
-                Mechanism::SoftDirty => read_soft_dirty(&pagemap, r.start, r.end, &mut out)?,
+            match mechanism {
+                Mechanism::Uffd => scan_written(pagemap, r.start, r.end, &mut out)?,
+                Mechanism::SoftDirty => read_soft_dirty(pagemap, r.start, r.end, &mut out)?,
             }
         }
         Ok(out)
@@ -281,6 +328,50 @@ fn read_soft_dirty(pagemap: &File, start: u64, end: u64, out: &mut Vec<u64>) -> 
     Ok(())
 }
 
+/// From this many runs on, `rearm` scans spans instead.
+const SCAN_RUNS: usize = 8;
+/// Runs at most this many pages apart share a scan: walking a page table
+/// entry costs a few nanoseconds, an ioctl with its TLB flush microseconds.
+pub const SCAN_GAP: u64 = 512;
+
+/// A span to scan (`None`: none, run by run) and the runs `(start, pages)`
+/// it covers.
+type Span<'a> = (Option<(u64, u64)>, &'a [(u64, u64)]);
+
+/// Groups ascending runs into spans to scan: runs in one tracked region and
+/// at most `SCAN_GAP` pages apart. A group without a region (`None`) is
+/// re-armed run by run.
+fn spans<'a>(runs: &'a [(u64, u64)], regions: &[Region]) -> Vec<Span<'a>> {
+    let region_of = |a: u64| {
+        let i = regions.partition_point(|r| r.end <= a);
+        regions
+            .get(i)
+            .filter(|r| r.tracked && r.contains(a))
+            .map(|r| (r.start, r.end))
+    };
+    let mut out: Vec<Span<'a>> = Vec::new();
+    let mut first = 0;
+    for i in 1..=runs.len() {
+        let split = i == runs.len() || {
+            let (ps, pn) = runs[i - 1];
+            let (s, _) = runs[i];
+            let region = region_of(s);
+            region.is_none()
+                || region != region_of(runs[first].0)
+                || (s - (ps + pn * PAGE)) / PAGE > SCAN_GAP
+        };
+        if split {
+            let group = &runs[first..i];
+            let (s, _) = group[0];
+            let (ls, ln) = group[group.len() - 1];
+            let span = region_of(s).map(|(_, end)| (s, (ls + ln * PAGE).min(end)));
+            out.push((span, group));
+            first = i;
+        }
+    }
+    out
+}
+
 /// Runs of consecutive pages of an ascending list, as `(start, pages)`.
 pub fn page_runs(pages: &[u64]) -> impl Iterator<Item = (u64, u64)> + '_ {
     let mut i = 0;
@@ -333,5 +424,46 @@ mod tests {
             vec![(p, 3), (7 * p, 1), (9 * p, 2)]
         );
         assert_eq!(page_runs(&[]).count(), 0);
+    }
+
+    #[test]
+    fn runs_close_together_in_one_region_share_a_span() {
+        let p = PAGE;
+        let region = |start: u64, end: u64, tracked: bool| Region {
+            start: start * p,
+            end: end * p,
+            kind: crate::ckpt::procfs::Kind::Anon,
+            tracked,
+            file: None,
+        };
+        let regions = [
+            region(0, 2000, true),
+            region(2000, 3000, true),
+            region(3000, 4000, false),
+        ];
+        let runs = [
+            (10 * p, 2),
+            (100 * p, 1),
+            // More than SCAN_GAP pages after the last: a span of its own.
+            (700 * p, 3),
+            (800 * p, 1),
+            // Next region: never scanned together with the one before.
+            (2001 * p, 1),
+            // Untracked: no span, run by run.
+            (3500 * p, 1),
+        ];
+        let got: Vec<(Option<(u64, u64)>, usize)> = spans(&runs, &regions)
+            .into_iter()
+            .map(|(s, m)| (s, m.len()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some((10 * p, 101 * p)), 2),
+                (Some((700 * p, 801 * p)), 2),
+                (Some((2001 * p, 2002 * p)), 1),
+                (None, 1),
+            ]
+        );
     }
 }

@@ -195,11 +195,15 @@ impl Engine {
             && r.zero_failed == 0
             && r.written + r.zeroed > 0
         {
-            self.rearm_after_restore(t, d)?;
-            return Ok(UserWrites {
+            let unseen = self.rearm_after_restore(t, d)?;
+            let mut done = UserWrites {
                 incremental: true,
                 ..Default::default()
-            });
+            };
+            if !unseen.is_empty() {
+                self.restore_unseen(t, image, &unseen, &mut done)?;
+            }
+            return Ok(done);
         }
         // Kept open for the program image (an exec drops them).
         let mem = t.mem()?;
@@ -232,7 +236,10 @@ impl Engine {
             let blank = present_blanks(&res, &d.blank)?;
             self.rewrite_blanks(pid, &now, &mut w, &res, &blank, &mut done)?;
             done.ptrace = w.finish()?;
-            self.rearm_after_restore(t, &d)?;
+            let unseen = self.rearm_after_restore(t, &d)?;
+            if !unseen.is_empty() {
+                self.restore_unseen(t, image, &unseen, &mut done)?;
+            }
             done.incremental = true;
             return Ok(done);
         }
@@ -261,6 +268,53 @@ impl Engine {
             self.rearm_after_full_restore(t, image, pre)?;
         }
         Ok(done)
+    }
+
+    /// Pages the re-arm after an incremental restore found written unseen
+    /// (`unseen`, ascending; protected again already): written back too,
+    /// then clean again.
+    fn restore_unseen(
+        &mut self,
+        t: &mut Target,
+        image: &Image,
+        unseen: &[u64],
+        done: &mut UserWrites,
+    ) -> Result<()> {
+        let (saved, blank) = Self::split_dirty(image, unseen);
+        let mem = t.mem()?;
+        let res = t.residency(self.zero_pfn)?;
+        let fresh;
+        let maps = if self.probes.state(StateField::LayoutSeq)? == t.applied_seq {
+            &t.maps
+        } else {
+            fresh = procfs::read_maps(t.pid)?;
+            &fresh
+        };
+        let now = Now {
+            maps,
+            stacks: self.live_stacks(t),
+            image,
+            // Not faulted: not marked written either.
+            dirty_only: false,
+        };
+        let (hold, pid, stat) = (self.open_hold.as_ref(), t.pid, t.files.stat.as_ref());
+        let (open_held, opens) = (&mut t.open_held, &mut t.opens);
+        let mut w = Access::new(&mem, self.force, move || {
+            open_to_stop(hold, open_held, opens, pid, stat)
+        });
+        let mut part = self.write_slots(pid, &mut t.store, &now, &mut w, &res, saved)?;
+        let blank = present_blanks(&res, &blank)?;
+        self.rewrite_blanks(pid, &now, &mut w, &res, &blank, &mut part)?;
+        part.ptrace = w.finish()?;
+        self.clean_unseen(t, unseen)?;
+        done.written += part.written;
+        done.zeroed += part.zeroed;
+        done.reverted += part.reverted;
+        done.gone += part.gone;
+        done.live_stack += part.live_stack;
+        done.guarded += part.guarded;
+        done.ptrace += part.ptrace;
+        Ok(())
     }
 
     /// Writes the saved pages `candidates` (`(slot, address)`) back.
