@@ -54,6 +54,8 @@ pub(crate) struct Target {
     /// ran on and was stopped late, so nothing copied at the trigger is to
     /// be trusted.
     pub late_hold: bool,
+    /// The last wait for events returned some (see `next_events`).
+    pub busy: bool,
     pub stats: Stats,
 }
 
