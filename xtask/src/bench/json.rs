@@ -40,7 +40,11 @@
 //!              cost_per_dirty_page_vs_process_vm_writev: {written: ratio},
 //!              cells: { "64MiB_4KiB": { written_bytes, dirtied_bytes,
 //!                         dirtied_pages, rate, forkserver_rate,
-//!                         handshake_rate, vs_forkserver, vs_handshake,
+//!                         handshake_rate, vs_forkserver, vs_handshake
+//!                         (each way's best run), repetitions,
+//!                         rate_median, forkserver_rate_median,
+//!                         handshake_rate_median, vs_forkserver_median,
+//!                         vs_handshake_median,
 //!                         bpfckpt: {cycles, seconds, rate,
 //!                                   checkpoint_latency_us_avg,
 //!                                   restore_latency_us_avg,
@@ -404,6 +408,12 @@ struct DirtyCellJson {
     handshake_rate: Num,
     vs_forkserver: Num,
     vs_handshake: Num,
+    repetitions: usize,
+    rate_median: Num,
+    forkserver_rate_median: Num,
+    handshake_rate_median: Num,
+    vs_forkserver_median: Num,
+    vs_handshake_median: Num,
     bpfckpt: DirtyEngineJson,
     forkserver: ForkServerJson,
     handshake: CycleRunJson,
@@ -473,6 +483,12 @@ impl From<&Cell> for DirtyCellJson {
             handshake_rate: Num(c.handshake.rate()),
             vs_forkserver: Num(c.vs_forkserver()),
             vs_handshake: Num(c.vs_handshake()),
+            repetitions: c.rates.len(),
+            rate_median: Num(c.median_rate(0)),
+            forkserver_rate_median: Num(c.median_rate(1)),
+            handshake_rate_median: Num(c.median_rate(2)),
+            vs_forkserver_median: Num(c.vs_forkserver_median()),
+            vs_handshake_median: Num(c.vs_handshake_median()),
             bpfckpt: DirtyEngineJson {
                 run: CycleRunJson::from(&c.bpfckpt),
                 pages_saved_median: Num(c.pages_saved),
@@ -745,6 +761,8 @@ mod tests {
         assert_eq!(cell["bpfckpt"]["restore_latency_us_avg"], 200);
         assert_eq!(cell["dirtied_pages"], 1);
         assert_eq!(cell["vs_forkserver"], serde_json::Value::Null);
+        assert_eq!(cell["repetitions"], 0);
+        assert_eq!(cell["vs_handshake_median"], serde_json::Value::Null);
         assert_eq!(cell["forkserver"]["cycles"], 0);
         assert_eq!(d["written"][0], "16MiB");
         // One dirtied size: no cost per page to tell.

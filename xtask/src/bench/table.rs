@@ -203,6 +203,16 @@ fn dirty_rows(t: &mut Rows<'_>, d: &DirtyResult) {
             c.vs_handshake(),
             "ratio",
         );
+        t.row(
+            &format!("  dirty.{l}.vs_forkserver_median"),
+            c.vs_forkserver_median(),
+            "ratio",
+        );
+        t.row(
+            &format!("  dirty.{l}.vs_handshake_median"),
+            c.vs_handshake_median(),
+            "ratio",
+        );
     }
     for w in d.written() {
         t.row(
@@ -229,7 +239,8 @@ fn dirty_details(s: &mut String, d: &DirtyResult) {
             s,
             "dirty {}: bpfckpt {} cycles: checkpoint {} us avg, restore {} us avg seen by the target, \
              medians {} pages saved / {} restored, {} checkpoints and {} restores held; \
-             fork server {} cycles: fork {} us, wait {} us; handshake {} cycles",
+             fork server {} cycles: fork {} us, wait {} us; handshake {} cycles (best runs); \
+             rates of the {} repetitions (bpfckpt / fork server / handshake): {}",
             c.label(),
             b.cycles,
             fmt_num(b.avg_us(b.ckpt_ns)),
@@ -242,6 +253,12 @@ fn dirty_details(s: &mut String, d: &DirtyResult) {
             fmt_num(f.avg_us(f.ckpt_ns)),
             fmt_num(f.avg_us(f.restore_ns)),
             h.cycles,
+            c.rates.len(),
+            c.rates
+                .iter()
+                .map(|r| r.map(fmt_num).join(" / "))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
     }
 }
