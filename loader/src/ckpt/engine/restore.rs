@@ -208,16 +208,9 @@ impl Engine {
         // Kept open for the program image (an exec drops them).
         let mem = t.mem()?;
         let res = t.residency(self.zero_pfn)?;
-        // The mappings as last read, unless they changed since.
-        let fresh;
-        let maps = if self.probes.state(StateField::LayoutSeq)? == t.applied_seq {
-            &t.maps
-        } else {
-            fresh = procfs::read_maps(t.pid)?;
-            &fresh
-        };
+        let fresh = self.maps_if_moved(t)?;
         let now = Now {
-            maps,
+            maps: fresh.as_deref().unwrap_or(&t.maps),
             stacks: self.live_stacks(t),
             image,
             dirty_only: dirty.is_some(),
@@ -270,6 +263,15 @@ impl Engine {
         Ok(done)
     }
 
+    /// The target's mappings read anew if they changed since they were
+    /// last read (`None`: `t.maps` holds them).
+    fn maps_if_moved(&self, t: &Target) -> Result<Option<Vec<Mapping>>> {
+        if self.probes.state(StateField::LayoutSeq)? == t.applied_seq {
+            return Ok(None);
+        }
+        procfs::read_maps(t.pid).map(Some)
+    }
+
     /// Pages the re-arm after an incremental restore found written unseen
     /// (`unseen`, ascending; protected again already): written back too,
     /// then clean again.
@@ -283,15 +285,9 @@ impl Engine {
         let (saved, blank) = Self::split_dirty(image, unseen);
         let mem = t.mem()?;
         let res = t.residency(self.zero_pfn)?;
-        let fresh;
-        let maps = if self.probes.state(StateField::LayoutSeq)? == t.applied_seq {
-            &t.maps
-        } else {
-            fresh = procfs::read_maps(t.pid)?;
-            &fresh
-        };
+        let fresh = self.maps_if_moved(t)?;
         let now = Now {
-            maps,
+            maps: fresh.as_deref().unwrap_or(&t.maps),
             stacks: self.live_stacks(t),
             image,
             // Not faulted: not marked written either.
