@@ -1177,10 +1177,28 @@ fn markers_link_a_file_of_bpfckpts_that_goes_when_it_exits() {
         format!(".bpfckpt-{}", pid_max + 1),
         format!(".bpfckpt-{}", std::process::id()),
     );
-    let (mut s, dir) = with_planted("spare", |d| {
-        std::fs::write(d.join(&stale), b"").expect("stale");
-        std::fs::write(d.join(&live), b"").expect("live");
+    // Planted before bpfckpt starts: it makes its own file at start.
+    let dir = Dir::new("spare");
+    std::fs::write(dir.join(&stale), b"").expect("stale");
+    std::fs::write(dir.join(&live), b"").expect("live");
+    let mut s = Proc::bpfckpt(&[
+        "run",
+        "--json",
+        "--trigger-dir",
+        &dir.s(),
+        "--",
+        REL,
+        "wait-go",
+        "--dir",
+        &dir.s(),
+        "--wait",
+        "10",
+    ]);
+    s.wait_line("READY", Duration::from_secs(60), |l| {
+        l.starts_with("READY pid=")
     });
+    std::fs::write(dir.join("go"), b"").expect("go");
+    s.finish(Duration::from_secs(60));
     assert!(status_of(&mut s).success(), "{}", s.dump());
     assert!(
         s.stdout().contains("PASS wait-go"),

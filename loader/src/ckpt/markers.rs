@@ -3,7 +3,7 @@
 //! and never reuse a file someone else put there.
 //!
 //! A marker is a new link to one file of bpfckpt's kept in the directory
-//! under a hidden name (`.bpfckpt-<pid>`): on a file system that scans for
+//! under a hidden name (`.bpfckpt-<pid>`, made at start): on a file system that scans for
 //! recently freed inodes when it allocates one (ext4), creating a file cost
 //! several times a link, and the target removes each marker again.
 
@@ -22,9 +22,9 @@ pub struct Triggers {
     /// Create markers without opening them (`mknod`): bpfckpt holds the
     /// opens in the directory, its own would wait for itself.
     pub no_open: bool,
-    /// The file every marker links to, once made; `Err` when it cannot be
-    /// (then markers are created one by one).
-    spare: Option<std::result::Result<Spare, ()>>,
+    /// The file every marker links to, made at start; `Err` when it cannot
+    /// be (then markers are created one by one).
+    spare: std::result::Result<Spare, ()>,
 }
 
 /// bpfckpt's own file in the trigger directory, held by an `O_PATH`
@@ -128,10 +128,10 @@ impl Drop for Spare {
 
 impl Triggers {
     pub fn new(dir: &Path, max_path: usize) -> Result<Self> {
-        let t = Self {
+        let mut t = Self {
             dir: dir.to_path_buf(),
             no_open: false,
-            spare: None,
+            spare: Err(()),
         };
         if !dir.is_absolute() {
             return Err(Error::new(format!(
@@ -148,6 +148,10 @@ impl Triggers {
                 )));
             }
         }
+        // Now, before bpfckpt holds the opens in the directory: making the
+        // spare opens it (O_PATH) and lists the directory, and an open of
+        // bpfckpt's there would then wait for itself (it did on Linux 6.12).
+        t.spare = Spare::make(dir).ok_or(());
         Ok(t)
     }
 
@@ -155,14 +159,13 @@ impl Triggers {
         self.dir.join(name)
     }
 
-    /// Creates a completion marker with `O_CREAT|O_EXCL|O_NOFOLLOW`: a file
-    /// or symlink already at that path is refused, not followed or reused.
-    /// With `no_open`, `mknod` does the same (it never follows a symlink).
+    /// Creates a completion marker: a new link to the spare, else a file
+    /// created with `O_CREAT|O_EXCL|O_NOFOLLOW` (with `no_open`, `mknod`,
+    /// which never follows a symlink either). A file or symlink already at
+    /// that path is refused, not followed or reused.
     pub fn create(&mut self, name: &str) -> Result<()> {
         let p = self.path(name);
-        let dir = &self.dir;
-        let spare = self.spare.get_or_insert_with(|| Spare::make(dir).ok_or(()));
-        let linked = match spare.as_ref().map(|s| s.link(&p)) {
+        let linked = match self.spare.as_ref().map(|s| s.link(&p)) {
             Ok(Ok(())) => Some(Ok(())),
             Ok(Err(nix::errno::Errno::EEXIST)) => {
                 Some(Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists)))
@@ -170,7 +173,7 @@ impl Triggers {
             Ok(Err(_)) => {
                 // Removed by someone else, or links refused here: one
                 // file per marker from now on.
-                *spare = Err(());
+                self.spare = Err(());
                 None
             }
             Err(()) => None,
