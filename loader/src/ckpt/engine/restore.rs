@@ -205,6 +205,16 @@ impl Engine {
             }
             return Ok(done);
         }
+        if let Some(d) = dirty {
+            // Only what changed since the checkpoint, then clean again.
+            let mut done = self.write_listed(t, image, d.saved.clone(), &d.blank, true)?;
+            let unseen = self.rearm_after_restore(t, &d)?;
+            if !unseen.is_empty() {
+                self.restore_unseen(t, image, &unseen, &mut done)?;
+            }
+            done.incremental = true;
+            return Ok(done);
+        }
         // Kept open for the program image (an exec drops them).
         let mem = t.mem()?;
         let res = t.residency(self.zero_pfn)?;
@@ -213,7 +223,7 @@ impl Engine {
             maps: fresh.as_deref().unwrap_or(&t.maps),
             stacks: self.live_stacks(t),
             image,
-            dirty_only: dirty.is_some(),
+            dirty_only: false,
         };
         // Attached only if a page needs it; a target held in its open is
         // stopped first (ptrace cannot trap a thread waiting there).
@@ -222,20 +232,6 @@ impl Engine {
         let mut w = Access::new(&mem, self.force, move || {
             open_to_stop(hold, open_held, opens, pid, stat)
         });
-        if let Some(d) = dirty {
-            // Only what changed since the checkpoint, then clean again.
-            let mut done =
-                self.write_slots(pid, &mut t.store, &now, &mut w, &res, d.saved.clone())?;
-            let blank = present_blanks(&res, &d.blank)?;
-            self.rewrite_blanks(pid, &now, &mut w, &res, &blank, &mut done)?;
-            done.ptrace = w.finish()?;
-            let unseen = self.rearm_after_restore(t, &d)?;
-            if !unseen.is_empty() {
-                self.restore_unseen(t, image, &unseen, &mut done)?;
-            }
-            done.incremental = true;
-            return Ok(done);
-        }
         // Everything: every saved page, every blank page that holds data.
         let all = r.partial || !self.bpf_write || tracked;
         let slots = t
@@ -283,25 +279,8 @@ impl Engine {
         done: &mut UserWrites,
     ) -> Result<()> {
         let (saved, blank) = Self::split_dirty(image, unseen);
-        let mem = t.mem()?;
-        let res = t.residency(self.zero_pfn)?;
-        let fresh = self.maps_if_moved(t)?;
-        let now = Now {
-            maps: fresh.as_deref().unwrap_or(&t.maps),
-            stacks: self.live_stacks(t),
-            image,
-            // Not faulted: not marked written either.
-            dirty_only: false,
-        };
-        let (hold, pid, stat) = (self.open_hold.as_ref(), t.pid, t.files.stat.as_ref());
-        let (open_held, opens) = (&mut t.open_held, &mut t.opens);
-        let mut w = Access::new(&mem, self.force, move || {
-            open_to_stop(hold, open_held, opens, pid, stat)
-        });
-        let mut part = self.write_slots(pid, &mut t.store, &now, &mut w, &res, saved)?;
-        let blank = present_blanks(&res, &blank)?;
-        self.rewrite_blanks(pid, &now, &mut w, &res, &blank, &mut part)?;
-        part.ptrace = w.finish()?;
+        // Not faulted: not marked written either.
+        let part = self.write_listed(t, image, saved, &blank, false)?;
         self.clean_unseen(t, unseen)?;
         done.written += part.written;
         done.zeroed += part.zeroed;
@@ -311,6 +290,39 @@ impl Engine {
         done.guarded += part.guarded;
         done.ptrace += part.ptrace;
         Ok(())
+    }
+
+    /// Writes back the listed saved pages `(slot, addr)` and blanks the
+    /// listed blank pages `(addr, file)` that hold something now, the
+    /// target held. `dirty_only`: see `Now`.
+    fn write_listed(
+        &mut self,
+        t: &mut Target,
+        image: &Image,
+        saved: Vec<(u64, u64)>,
+        blank: &[(u64, bool)],
+        dirty_only: bool,
+    ) -> Result<UserWrites> {
+        // Kept open for the program image (an exec drops them).
+        let mem = t.mem()?;
+        let res = t.residency(self.zero_pfn)?;
+        let fresh = self.maps_if_moved(t)?;
+        let now = Now {
+            maps: fresh.as_deref().unwrap_or(&t.maps),
+            stacks: self.live_stacks(t),
+            image,
+            dirty_only,
+        };
+        let (hold, pid, stat) = (self.open_hold.as_ref(), t.pid, t.files.stat.as_ref());
+        let (open_held, opens) = (&mut t.open_held, &mut t.opens);
+        let mut w = Access::new(&mem, self.force, move || {
+            open_to_stop(hold, open_held, opens, pid, stat)
+        });
+        let mut done = self.write_slots(pid, &mut t.store, &now, &mut w, &res, saved)?;
+        let blank = present_blanks(&res, blank)?;
+        self.rewrite_blanks(pid, &now, &mut w, &res, &blank, &mut done)?;
+        done.ptrace = w.finish()?;
+        Ok(done)
     }
 
     /// Writes the saved pages `candidates` (`(slot, address)`) back.
