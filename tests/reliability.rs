@@ -1086,7 +1086,11 @@ impl Victim {
 /// Runs `wait-go`, lets `plant` act once the target is ready, then lets the
 /// target ask for its checkpoint. Returns the finished session.
 fn with_planted(name: &str, plant: impl FnOnce(&Dir)) -> (Proc, Dir) {
-    let dir = Dir::new(name);
+    wait_go_in(Dir::new(name), plant)
+}
+
+/// `with_planted` in a directory the caller prepared.
+fn wait_go_in(dir: Dir, plant: impl FnOnce(&Dir)) -> (Proc, Dir) {
     let mut s = Proc::bpfckpt(&[
         "run",
         "--json",
@@ -1181,24 +1185,7 @@ fn markers_link_a_file_of_bpfckpts_that_goes_when_it_exits() {
     let dir = Dir::new("spare");
     std::fs::write(dir.join(&stale), b"").expect("stale");
     std::fs::write(dir.join(&live), b"").expect("live");
-    let mut s = Proc::bpfckpt(&[
-        "run",
-        "--json",
-        "--trigger-dir",
-        &dir.s(),
-        "--",
-        REL,
-        "wait-go",
-        "--dir",
-        &dir.s(),
-        "--wait",
-        "10",
-    ]);
-    s.wait_line("READY", Duration::from_secs(60), |l| {
-        l.starts_with("READY pid=")
-    });
-    std::fs::write(dir.join("go"), b"").expect("go");
-    s.finish(Duration::from_secs(60));
+    let (mut s, dir) = wait_go_in(dir, |_| {});
     assert!(status_of(&mut s).success(), "{}", s.dump());
     assert!(
         s.stdout().contains("PASS wait-go"),
