@@ -1507,6 +1507,39 @@ fn root_without_cap_bpf_one_line_says_what_is_missing() {
     assert_one_line_naming(code, &err, &["CAP_BPF"]);
 }
 
+/// On a machine where tracefs is not mounted (a fresh boot without systemd,
+/// an initramfs), bpfckpt mounts it itself. Its tracepoints attach in
+/// parallel, so several of them find it missing at once: all but the first
+/// mount get EBUSY and must take the tracefs the first one mounted. Each run
+/// is in a mount namespace of its own, tracefs unmounted there first.
+#[test]
+fn tracefs_missing_is_mounted_once_for_all_attachments() {
+    need_root();
+    let dir = Dir::new("no-tracefs");
+    for i in 0..6 {
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(
+                "umount /sys/kernel/debug/tracing 2>/dev/null; \
+                 umount /sys/kernel/tracing 2>/dev/null; \
+                 if test -d /sys/kernel/tracing/events; then echo still mounted; exit 9; fi; \
+                 exec \"$0\" run --trigger-dir \"$1\" -- /bin/true",
+            )
+            .arg(bpfckpt())
+            .arg(dir.s())
+            .output()
+            .expect("unshare");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "run {i}: {}\nstdout: {}\nstderr: {err}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(!err.contains("error"), "run {i}: {err}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // 6. A short soak (the long one is `cargo xtask soak`).
 

@@ -25,11 +25,16 @@ pub fn tracefs_root() -> Result<PathBuf> {
              and {TRACEFS} is missing too (is sysfs mounted at /sys? is CONFIG_FTRACE enabled?)"
         );
     }
-    sys::mount_fs("tracefs", root).map_err(|e| {
-        e.context(format!(
-            "tracefs not found: neither {TRACEFS}/events nor {DEBUGFS_TRACING}/events exists, and mounting it failed"
-        ))
-    })?;
+    if let Err(e) = sys::mount_fs("tracefs", root) {
+        // Attachments run in parallel (and other loaders may start with
+        // us): whoever mounts it first wins, the rest get EBUSY and find it
+        // there now.
+        if !root.join("events").is_dir() {
+            return Err(e.context(format!(
+                "tracefs not found: neither {TRACEFS}/events nor {DEBUGFS_TRACING}/events exists, and mounting it failed"
+            )));
+        }
+    }
     if !root.join("events").is_dir() {
         crate::bail!(
             "mounted tracefs at {TRACEFS} but it has no events/ directory (kernel without trace events?)"
