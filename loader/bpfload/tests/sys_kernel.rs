@@ -88,6 +88,66 @@ fn sys_hash_map_update_lookup_delete_iterate() {
     assert!(sys::map_get_next_key(m.as_fd(), None, &mut next).unwrap());
 }
 
+/// Batched updates and lookups: more entries than one batch buffer holds
+/// (the reader goes on from its cursor), keys of 16 bytes (the cursor of a
+/// hash map is a bucket index, not a key), values as the last update left
+/// them, and buffers that do not hold whole entries refused.
+#[test]
+fn sys_hash_map_batches() {
+    need_root();
+    let m = Map::hash(
+        "sys_test_batch",
+        16,
+        24,
+        4096,
+        1, /* BPF_F_NO_PREALLOC, as TOUCHED */
+    )
+    .unwrap();
+    assert!(m.entries().unwrap().unwrap().is_empty());
+    let n = 1000u64;
+    let key = |i: u64| [i.to_ne_bytes(), (!i).to_ne_bytes()].concat();
+    let val = |i: u64, g: u8| {
+        let mut v = vec![g; 24];
+        v[..8].copy_from_slice(&(i * 7).to_ne_bytes());
+        v
+    };
+    let keys: Vec<u8> = (0..n).flat_map(key).collect();
+    let vals: Vec<u8> = (0..n).flat_map(|i| val(i, 1)).collect();
+    assert!(m.update_batch(&keys, &vals).unwrap());
+    // Some again, with other values.
+    let some: Vec<u8> = (0..n).step_by(3).flat_map(key).collect();
+    let again: Vec<u8> = (0..n).step_by(3).flat_map(|i| val(i, 2)).collect();
+    assert!(m.update_batch(&some, &again).unwrap());
+
+    let e = m.entries().unwrap().unwrap();
+    assert_eq!(e.len() as u64, n);
+    let mut seen = std::collections::BTreeMap::new();
+    for (k, v) in e.iter() {
+        let i = u64::from_ne_bytes(k[..8].try_into().unwrap());
+        assert_eq!(k, key(i).as_slice());
+        assert!(seen.insert(i, v.to_vec()).is_none(), "key {i} twice");
+    }
+    for i in 0..n {
+        let g = if i % 3 == 0 { 2 } else { 1 };
+        assert_eq!(seen[&i], val(i, g), "entry {i}");
+        let mut v = [0u8; 24];
+        assert!(m.lookup(&key(i), &mut v).unwrap());
+        assert_eq!(v.as_slice(), val(i, g).as_slice());
+    }
+
+    let err = m.update_batch(&keys[..32], &vals[..47]).unwrap_err();
+    assert!(err.msg.contains("not the same number"), "{err}");
+    let err = m.update_batch(&keys[..31], &vals[..24]).unwrap_err();
+    assert!(err.msg.contains("whole 16-byte keys"), "{err}");
+    // A full map: the kernel's error, with the count done.
+    let small = Map::hash("sys_test_batch2", 16, 24, 4, 1).unwrap();
+    let err = small
+        .update_batch(&keys[..16 * 8], &vals[..24 * 8])
+        .unwrap_err();
+    assert_eq!(err.errno, Some(libc::E2BIG), "{err}");
+    assert!(err.msg.contains("after 4 of 8"), "{err}");
+}
+
 #[test]
 fn sys_array_map_and_freeze() {
     need_root();

@@ -76,6 +76,49 @@ struct MapElemRaw {
 }
 const _: () = assert!(size_of::<MapElemRaw>() == 32);
 
+/// `bpf_attr.batch`.
+#[repr(C)]
+#[derive(Default)]
+struct MapBatchRaw {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+const _: () = assert!(size_of::<MapBatchRaw>() == 56);
+
+/// The cursor of a batched lookup: where the next call goes on. The kernel
+/// writes a bucket index (hash maps) or a key (others); 8 bytes hold either
+/// for the keys of up to 8 bytes, and longer keys get a longer cursor.
+pub struct BatchCursor {
+    buf: Vec<u8>,
+    started: bool,
+}
+
+impl BatchCursor {
+    fn new(key_size: usize) -> Self {
+        Self {
+            buf: vec![0; key_size.max(8)],
+            started: false,
+        }
+    }
+}
+
+/// What one batched lookup returned.
+pub enum Batch {
+    /// `n` entries; more may follow.
+    More(usize),
+    /// `n` entries, the last ones.
+    Done(usize),
+    /// The next bucket holds more entries than the buffers: call again with
+    /// larger ones.
+    TooSmall,
+}
+
 #[repr(C)]
 #[derive(Default)]
 struct MapFdRaw {
@@ -134,6 +177,21 @@ impl ElemSizes {
             key: info.key_size as usize,
             value,
         })
+    }
+
+    /// The number of entries in batch buffers of `keys` and `values` bytes:
+    /// whole keys and values, as many of each.
+    fn batch(&self, what: &str, keys: usize, values: usize) -> Result<u32> {
+        let whole = |len: usize, size: usize| size > 0 && len.is_multiple_of(size);
+        let n = keys.checked_div(self.key).unwrap_or(0);
+        if !whole(keys, self.key) || !whole(values, self.value) || values / self.value != n {
+            return Err(Error::new(format!(
+                "{what}: {keys} key bytes and {values} value bytes are not the same number \
+                 of whole {}-byte keys and {}-byte values",
+                self.key, self.value
+            )));
+        }
+        u32::try_from(n).map_err(|_| Error::new(format!("{what}: {n} entries is too many")))
     }
 
     fn check(&self, what: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<()> {
@@ -215,6 +273,84 @@ impl MapFd {
     /// BPF_MAP_GET_NEXT_KEY; `key: None` gives the first key; `Ok(false)` at the end.
     pub fn next_key(&self, key: Option<&[u8]>, next: &mut [u8]) -> Result<bool> {
         self.elems().next_key(key, next)
+    }
+
+    /// A cursor at the start of the map, for [`lookup_batch`](Self::lookup_batch).
+    pub fn batch_cursor(&self) -> BatchCursor {
+        BatchCursor::new(self.sizes.key)
+    }
+
+    /// BPF_MAP_LOOKUP_BATCH (Linux 5.6): the next entries from `cursor`,
+    /// as many as `keys` and `values` hold (whole keys and values, the same
+    /// number of each).
+    pub fn lookup_batch(
+        &self,
+        cursor: &mut BatchCursor,
+        keys: &mut [u8],
+        values: &mut [u8],
+    ) -> Result<Batch> {
+        let n = self
+            .sizes
+            .batch("map lookup batch", keys.len(), values.len())?;
+        if n == 0 {
+            return Ok(Batch::TooSmall);
+        }
+        let mut next = vec![0u8; cursor.buf.len()];
+        let mut a = MapBatchRaw {
+            in_batch: if cursor.started {
+                ptr_u64(cursor.buf.as_ptr())
+            } else {
+                0
+            },
+            out_batch: ptr_u64(next.as_mut_ptr()),
+            keys: ptr_u64(keys.as_mut_ptr()),
+            values: ptr_u64(values.as_mut_ptr()),
+            count: n,
+            map_fd: self.fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut a);
+        // The kernel says how many it copied even when it stops.
+        let got = (a.count as usize).min(n as usize);
+        match r {
+            Ok(_) => {
+                cursor.buf = next;
+                cursor.started = true;
+                Ok(Batch::More(got))
+            }
+            Err(libc::ENOENT) => Ok(Batch::Done(got)),
+            Err(libc::ENOSPC) if got == 0 => Ok(Batch::TooSmall),
+            Err(e) => Err(Error::sys("BPF_MAP_LOOKUP_BATCH", e)),
+        }
+    }
+
+    /// BPF_MAP_UPDATE_BATCH (Linux 5.6): each key of `keys` set to the value
+    /// at the same place in `values` (as BPF_ANY).
+    pub fn update_batch(&self, keys: &[u8], values: &[u8]) -> Result<()> {
+        let n = self
+            .sizes
+            .batch("map update batch", keys.len(), values.len())?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut a = MapBatchRaw {
+            keys: ptr_u64(keys.as_ptr()),
+            values: ptr_u64(values.as_ptr()),
+            count: n,
+            map_fd: self.fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_UPDATE_BATCH, &mut a) {
+            Ok(_) if a.count == n => Ok(()),
+            Ok(_) => Err(Error::new(format!(
+                "BPF_MAP_UPDATE_BATCH: the kernel updated {} of {n} entries",
+                a.count
+            ))),
+            Err(e) => Err(Error::sys(
+                format!("BPF_MAP_UPDATE_BATCH (after {} of {n} entries)", a.count),
+                e,
+            )),
+        }
     }
 }
 
