@@ -7,7 +7,7 @@ use super::procfs::PAGE;
 use super::wire;
 use crate::Result;
 use bpfload::maps::Map;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Bit `(addr / PAGE) % CHUNK_PAGES` of chunk `addr >> CHUNK_SHIFT`, as
 /// (chunk, word index, mask).
@@ -32,21 +32,17 @@ impl Bitmaps {
     /// The `ever` bitmaps of `pid`'s program image `image` (cost follows
     /// the number of touched chunks, not the size of the mappings).
     pub fn written(&self, pid: i32, image: u32) -> Result<Written> {
-        let mut chunks = HashMap::new();
-        let mut val = [0u8; size_of::<abi::Touched>()];
-        for key in self.map.keys() {
-            let key = key?;
-            if key_owner(&key) != Some((pid as u32, image)) {
-                continue;
-            }
-            if self.map.lookup(&key, &mut val)? {
+        let chunks = self
+            .values(pid, image, None)?
+            .into_iter()
+            .map(|(chunk, val)| {
                 let mut ever = [0u64; 8];
                 for (w, e) in ever.iter_mut().enumerate() {
                     *e = wire::u64_at(&val, w * 8);
                 }
-                chunks.insert(wire::u64_at(&key, 8), ever);
-            }
-        }
+                (chunk, ever)
+            })
+            .collect();
         Ok(Written(Some(chunks)))
     }
 
@@ -76,50 +72,103 @@ impl Bitmaps {
             let (chunk, w, m) = bit_of(a);
             chunks.entry(chunk).or_default()[w] |= m;
         }
-        let mut val = [0u8; size_of::<abi::Touched>()];
+        let want: BTreeSet<u64> = chunks.keys().copied().collect();
+        let mut vals = self.values(pid, image, Some(&want))?;
         for (chunk, bits) in chunks {
-            let key = wire::chunk_key(pid as u32, image, chunk);
-            if !self.map.lookup(&key, &mut val)? {
-                val = [0; size_of::<abi::Touched>()];
-            }
+            let val = vals.entry(chunk).or_insert([0; VALUE]);
             for (w, b) in bits.iter().enumerate() {
-                let old = wire::u64_at(&val, at + w * 8);
+                let old = wire::u64_at(val, at + w * 8);
                 val[at + w * 8..at + w * 8 + 8].copy_from_slice(&(old | b).to_ne_bytes());
             }
-            self.map.update(&key, &val, 0)?;
         }
-        Ok(())
+        self.store(pid, image, &vals)
     }
 
     /// Clears the `since` bits of `pages` (ascending): they are clean again.
     pub fn clear_since(&self, pid: i32, image: u32, pages: &[u64]) -> Result<()> {
-        let mut val = [0u8; size_of::<abi::Touched>()];
-        for chunk in pages.chunk_by(|a, b| a >> abi::CHUNK_SHIFT == b >> abi::CHUNK_SHIFT) {
-            let key = wire::chunk_key(pid as u32, image, chunk[0] >> abi::CHUNK_SHIFT);
-            if !self.map.lookup(&key, &mut val)? {
-                continue;
-            }
-            for &a in chunk {
-                let (_, w, m) = bit_of(a);
+        let want: BTreeSet<u64> = pages.iter().map(|&a| a >> abi::CHUNK_SHIFT).collect();
+        let mut vals = self.values(pid, image, Some(&want))?;
+        for &a in pages {
+            let (chunk, w, m) = bit_of(a);
+            if let Some(val) = vals.get_mut(&chunk) {
                 let at = SINCE + w * 8;
-                let old = wire::u64_at(&val, at);
+                let old = wire::u64_at(val, at);
                 val[at..at + 8].copy_from_slice(&(old & !m).to_ne_bytes());
             }
-            self.map.update(&key, &val, 0)?;
         }
-        Ok(())
+        self.store(pid, image, &vals)
     }
 
     /// Clears every `since` bit of `pid`'s image `image`.
     pub fn clear_since_all(&self, pid: i32, image: u32) -> Result<()> {
-        let mut val = [0u8; size_of::<abi::Touched>()];
-        let keys: Vec<Vec<u8>> = self.map.keys().filter_map(|k| k.ok()).collect();
-        for key in keys {
-            if key_owner(&key) != Some((pid as u32, image)) || !self.map.lookup(&key, &mut val)? {
-                continue;
-            }
+        let mut vals = self.values(pid, image, None)?;
+        for val in vals.values_mut() {
             val[SINCE..SINCE + 64].fill(0);
-            self.map.update(&key, &val, 0)?;
+        }
+        self.store(pid, image, &vals)
+    }
+
+    /// The values of `pid`'s image `image` by chunk: every chunk, or those
+    /// of `want` that exist. A few are looked up one by one (about 1 µs
+    /// each); many are read with the whole map in batches (its empty
+    /// buckets cost about 50 µs).
+    fn values(
+        &self,
+        pid: i32,
+        image: u32,
+        want: Option<&BTreeSet<u64>>,
+    ) -> Result<BTreeMap<u64, [u8; VALUE]>> {
+        let mut out = BTreeMap::new();
+        let mut val = [0u8; VALUE];
+        if let Some(want) = want.filter(|w| w.len() < READ_ALL_FROM) {
+            for &chunk in want {
+                if self
+                    .map
+                    .lookup(&wire::chunk_key(pid as u32, image, chunk), &mut val)?
+                {
+                    out.insert(chunk, val);
+                }
+            }
+            return Ok(out);
+        }
+        let ours = |key: &[u8]| {
+            let chunk = wire::u64_at(key, 8);
+            (key_owner(key) == Some((pid as u32, image)) && want.is_none_or(|w| w.contains(&chunk)))
+                .then_some(chunk)
+        };
+        if let Some(entries) = self.map.entries()? {
+            for (key, v) in entries.iter() {
+                if let (Some(chunk), Ok(v)) = (ours(key), v.try_into()) {
+                    out.insert(chunk, v);
+                }
+            }
+            return Ok(out);
+        }
+        // A kernel without batches (before 5.6).
+        let keys: Vec<Vec<u8>> = self.map.keys().collect::<Result<_>>()?;
+        for key in keys {
+            if let Some(chunk) = ours(&key)
+                && self.map.lookup(&key, &mut val)?
+            {
+                out.insert(chunk, val);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `vals` (by chunk) back: in one system call where the kernel
+    /// has batches.
+    fn store(&self, pid: i32, image: u32, vals: &BTreeMap<u64, [u8; VALUE]>) -> Result<()> {
+        let key = |chunk: u64| wire::chunk_key(pid as u32, image, chunk);
+        if vals.len() > 1 {
+            let keys: Vec<u8> = vals.keys().flat_map(|&c| key(c)).collect();
+            let values: Vec<u8> = vals.values().flatten().copied().collect();
+            if self.map.update_batch(&keys, &values)? {
+                return Ok(());
+            }
+        }
+        for (&chunk, val) in vals {
+            self.map.update(&key(chunk), val, 0)?;
         }
         Ok(())
     }
@@ -138,6 +187,13 @@ impl Bitmaps {
         Ok(())
     }
 }
+
+/// Bytes of a `Touched` value.
+const VALUE: usize = size_of::<abi::Touched>();
+
+/// From this many chunks wanted on, every entry of the map is read in
+/// batches rather than each wanted one looked up.
+const READ_ALL_FROM: usize = 48;
 
 /// Where the `since` words start in a `Touched` value.
 const SINCE: usize = std::mem::offset_of!(abi::Touched, since);
