@@ -529,7 +529,8 @@ fn c2_madv_dontneed_refused_with_a_misaligned_start() {
 /// is observable is each checkpoint's `table_seq` (the region table the
 /// probe walked) and `applied_seq` (the table after completion). With a new
 /// mapping before every checkpoint, they must increase from checkpoint to
-/// checkpoint, and a checkpoint that was not stale walked the current table.
+/// checkpoint (a stale walk may repeat the table before it), and a
+/// checkpoint that was not stale walked the current table.
 #[test]
 fn c3_layout_sequence_numbers_increase() {
     let _g = shared();
@@ -560,13 +561,19 @@ fn c3_layout_sequence_numbers_increase() {
                 );
             }
         }
-        let fresh: Vec<u64> = seqs
+        // A walk never goes back to an older table. A stale one may walk
+        // the same table as the checkpoint before it: the target asked
+        // before bpfckpt had applied its new mapping (seen under load),
+        // which is what `stale` reports, and user space redoes that walk.
+        let walked: Vec<(u64, u64)> = seqs
             .iter()
             .filter(|s| s.0 != u64::MAX)
-            .map(|s| s.0)
+            .map(|s| (s.0, s.2))
             .collect();
         assert!(
-            fresh.windows(2).all(|w| w[1] > w[0]),
+            walked
+                .windows(2)
+                .all(|w| w[1].0 > w[0].0 || (w[1].1 == 1 && w[1].0 == w[0].0)),
             "{mode}: table_seq did not increase: {seqs:?}"
         );
     }
