@@ -53,6 +53,15 @@ pub fn step(what: &str) {
     eprintln!("\n==> {what}");
 }
 
+/// Whether the CPU lists `flag` in /proc/cpuinfo.
+pub fn cpu_has_flag(flag: &str) -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .is_some_and(|l| l.split_whitespace().any(|f| f == flag))
+}
+
 pub fn is_root() -> bool {
     // The effective uid is the 3rd number of the `Uid:` line.
     std::fs::read_to_string("/proc/self/status")

@@ -78,14 +78,16 @@ pub const BSS400: &str = "bss400";
 /// change, without kernel-wide settings (THP, hugetlb) or big costs under
 /// TCG (`maps04` holds 1 GiB at its first checkpoint, which with its page
 /// store does not fit a guest; `maps06`'s 20,000 mappings take 4-5 minutes
-/// per path).
-pub const ADV_SCENARIOS: [(&str, bool); 8] = [
+/// per path). `pkey` runs here too because a host CPU may lack protection
+/// keys, which QEMU's `-cpu max` has.
+pub const ADV_SCENARIOS: [(&str, bool); 9] = [
     ("baseline", false),
     ("maps00", false),
     ("maps05", false),
     ("maps05-rev", false),
     ("maps07-between", true),
     ("mprotect00", false),
+    ("pkey", false),
     ("shm", false),
     ("zero-ranges-16k", false),
 ];
