@@ -127,6 +127,64 @@ pub fn vm_write_pages(pid: i32, local: &[u8], remote: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// `process_vm_writev` of pages scattered on both sides: each `(local,
+/// remote)` a 4 KiB page of ours to the page at `remote` in process `pid`,
+/// one iovec per page, up to 1024 per call (as the engine's incremental
+/// restore writes a dirty set).
+pub fn vm_write_page_list(pid: i32, pages: &[(&[u8], usize)]) -> io::Result<()> {
+    const PAGE: usize = 4096;
+    const IOV_MAX: usize = 1024;
+    let mut l: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX);
+    let mut r: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX);
+    for chunk in pages.chunks(IOV_MAX) {
+        l.clear();
+        r.clear();
+        for &(page, remote) in chunk {
+            if page.len() != PAGE {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a local page is not 4096 bytes",
+                ));
+            }
+            l.push(libc::iovec {
+                iov_base: page.as_ptr() as *mut libc::c_void,
+                iov_len: PAGE,
+            });
+            r.push(libc::iovec {
+                iov_base: remote as *mut libc::c_void,
+                iov_len: PAGE,
+            });
+        }
+        // SAFETY: every local iovec describes a 4 KiB page we borrow and the
+        // kernel only reads; the remote iovecs are addresses in the other
+        // process, checked by the kernel. Both vectors hold `l.len() <=
+        // IOV_MAX` valid entries.
+        let n = unsafe {
+            libc::process_vm_writev(
+                pid,
+                l.as_ptr(),
+                l.len() as libc::c_ulong,
+                r.as_ptr(),
+                r.len() as libc::c_ulong,
+                0,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize != chunk.len() * PAGE {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!(
+                    "process_vm_writev wrote {n} of {} bytes",
+                    chunk.len() * PAGE
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The kernel's name of BPF map `id` (`bpf_map_info.name`), for the bench's
 /// per-map breakdown of kernel memory: /proc/PID/fdinfo shows a map's id and
 /// memory but not its name. Needs CAP_SYS_ADMIN (BPF_MAP_GET_FD_BY_ID).

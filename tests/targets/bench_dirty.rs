@@ -1,6 +1,6 @@
 //! Bench target: the cycle rate of a target that wrote a large area once and
 //! dirties a few pages of it per cycle.
-//! `bench-dirty --dir DIR --written-mib W --dirty-kib D --mode protocol|forkserver
+//! `bench-dirty --dir DIR --written-mib W --dirty-kib D --mode protocol|forkserver|pvw
 //!  [--millis T] [--warmup N] [--min-cycles A] [--max-cycles B] [--verify 0|1]`
 //!
 //! Maps W MiB of private anonymous memory and writes every page of it once
@@ -14,18 +14,26 @@
 //!   nothing, the same check runs but a difference is not an error);
 //! - `forkserver`: no markers, no bpfckpt: fork, the child dirties the same
 //!   pages and `_exit(0)`s, the parent waits for it and then makes the same
-//!   check of its own pages (a fork server's reset is its child's exit).
+//!   check of its own pages (a fork server's reset is its child's exit);
+//! - `pvw`: no markers, no bpfckpt: the dirtied pages are put back with
+//!   `process_vm_writev` (into this process, one 4 KiB iovec per page, as
+//!   bpfckpt's incremental restore issues it) from a copy of the area made
+//!   at the start (W MiB more, cold as a page store is), then the same
+//!   check: what the bare write of these pages costs.
 //!
 //! After N warm-up cycles it runs cycles for T milliseconds (at least A, at
 //! most B). Prints
 //! `{"bench":"dirty","mode":M,"written_bytes":..,"pages":P,"cycles":n,"ns":total,"checkpoint_ns":sum,"restore_ns":sum}`
-//! (M: 0 protocol, 1 forkserver; P pages dirtied per cycle). The sums are
-//! over the measured cycles: in protocol mode the target-observed request
-//! latencies; in forkserver mode the parent's `fork()` and its `waitpid()`
-//! (which covers the child's writes and exit).
+//! (M: 0 protocol, 1 forkserver, 2 pvw; P pages dirtied per cycle). The
+//! sums are over the measured cycles: in protocol mode the target-observed
+//! request latencies; in forkserver mode the parent's `fork()` and its
+//! `waitpid()` (which covers the child's writes and exit); in pvw mode the
+//! dirtying and the `process_vm_writev`.
 
 #[path = "bench_common.rs"]
 mod bench_common;
+#[path = "../src/bench_sys.rs"]
+mod bench_sys;
 #[path = "../src/proto.rs"]
 mod proto;
 #[path = "../src/sys.rs"]
@@ -120,10 +128,13 @@ fn main() {
     ]);
     let written_mib: usize = a.get("written-mib", 64);
     let dirty_kib: usize = a.get("dirty-kib", 4);
-    let fork_mode = match a.get("mode", String::new()).as_str() {
-        "protocol" => false,
-        "forkserver" => true,
-        m => fail(&format!("--mode must be protocol or forkserver, not `{m}`")),
+    let mode: u64 = match a.get("mode", String::new()).as_str() {
+        "protocol" => 0,
+        "forkserver" => 1,
+        "pvw" => 2,
+        m => fail(&format!(
+            "--mode must be protocol, forkserver or pvw, not `{m}`"
+        )),
     };
     let warmup: u64 = a.get("warmup", 2);
     let limit = Duration::from_millis(a.get("millis", 2000));
@@ -161,7 +172,7 @@ fn main() {
         }
     };
 
-    let [n, ns, first, second] = if fork_mode {
+    let [n, ns, first, second] = if mode == 1 {
         measure(warmup, limit, min_cycles, max_cycles, |c| {
             let t0 = Instant::now();
             let pid = sys::fork();
@@ -178,6 +189,29 @@ fn main() {
             verdict(&mem, c, "the child's exit");
             (t_fork, t_wait)
         })
+    } else if mode == 2 {
+        // The checkpoint's copy, made once.
+        let mut saved = sys::mmap_anon(total * PAGE, false, None);
+        saved.bytes_mut().copy_from_slice(mem.bytes());
+        let pid = std::process::id() as i32;
+        let base = mem.bytes().as_ptr() as usize;
+        measure(warmup, limit, min_cycles, max_cycles, |c| {
+            let t0 = Instant::now();
+            d.dirty(&mut mem, c);
+            let t_dirty = t0.elapsed().as_nanos() as u64;
+            let list: Vec<(&[u8], usize)> = (0..d.pages)
+                .map(|j| {
+                    let p = d.page(c, j);
+                    (&saved.bytes()[p * PAGE..(p + 1) * PAGE], base + p * PAGE)
+                })
+                .collect();
+            if let Err(e) = bench_sys::vm_write_page_list(pid, &list) {
+                fail(&format!("cycle {c}: process_vm_writev: {e}"));
+            }
+            let t_write = t0.elapsed().as_nanos() as u64 - t_dirty;
+            verdict(&mem, c, "process_vm_writev");
+            (t_dirty, t_write)
+        })
     } else {
         let p = proto::Markers::new(&a.dir()).spinning();
         measure(warmup, limit, min_cycles, max_cycles, |c| {
@@ -191,7 +225,7 @@ fn main() {
     emit(
         "dirty",
         &[
-            ("mode", u64::from(fork_mode)),
+            ("mode", mode),
             ("written_bytes", (total * PAGE) as u64),
             ("pages", pages as u64),
             ("cycles", n),

@@ -3,7 +3,7 @@
 //! process. `bench-dirty` writes W MiB once (64 MiB and 1 GiB; smoke:
 //! 16 MiB), then dirties D KiB per cycle (4 KiB and 1 MiB; smoke: 4 KiB and
 //! 256 KiB): the first word of D/4 pages spread over the area, other pages
-//! every cycle. Each cell (W, D) runs three ways, each for 2.5 s (smoke:
+//! every cycle. Each cell (W, D) runs four ways, each for 2.5 s (smoke:
 //! 0.2 s) after 2 warm-up cycles (smoke: 1), at least 3 measured cycles:
 //! - `bpfckpt`: `bpfckpt run` serving the target in a private trigger
 //!   directory; each cycle checkpoints, dirties, restores, then checks that
@@ -13,9 +13,13 @@
 //!   child dirties the same pages and exits, the parent waits and makes the
 //!   same check of its own pages;
 //! - `handshake`: the protocol answered by the handshake-only server of
-//!   [`super::cycle`], which copies nothing (`--verify 0`): the ceiling.
+//!   [`super::cycle`], which copies nothing (`--verify 0`): the ceiling;
+//! - `pvw` (a floor, not a way of resetting): the same target puts the
+//!   dirtied pages back itself with one `process_vm_writev` from a copy of
+//!   the area (cold, as a page store is), one 4 KiB iovec per page as the
+//!   engine writes a dirty set, then makes the same check.
 //!
-//! Each cell repeats the three, in turn, 3 times (smoke: once): the
+//! Each cell repeats the four, in turn, 3 times (smoke: once): the
 //! baselines move with the machine (the handshake's file churn on ext4
 //! most). Each rate is one run's cycles over its time; the cell keeps each
 //! way's best run (`rate`, `forkserver_rate`, `handshake_rate`, and
@@ -27,11 +31,14 @@
 //!
 //! `cost_per_dirty_page_ns`, per written size: bpfckpt's average cycle time
 //! with the most pages dirtied minus that with the fewest, over their
-//! difference in pages (1 MiB vs 4 KiB: 255 pages). Beside it,
+//! difference in pages (1 MiB vs 4 KiB: 255 pages);
+//! `same_pages_process_vm_writev_ns`: the same for `pvw` (best runs), what
+//! writing those pages back alone costs. Beside them,
 //! `process_vm_writev_page_ns`: `bench-base --bytes 1MiB` repeated 51 times
 //! (smoke: 5), its `process_vm_writev` into a child in 4 KiB iovecs (as the
 //! engine's user-space restore issues it) per page, the lowest and the
-//! median of the repetitions; the ratio between them uses the median.
+//! median of the repetitions; the ratio between them uses the median. That
+//! one writes 1 MiB of contiguous, cache-warm pages.
 
 use super::cycle::{CycleRun, handshake_serve};
 use super::events::{Events, Flat, bench_line, bench_lines};
@@ -94,6 +101,9 @@ pub struct Cell {
     /// `checkpoint_ns` is the parent's `fork()`, `restore_ns` its `waitpid()`.
     pub forkserver: CycleRun,
     pub handshake: CycleRun,
+    /// The same pages put back by a bare `process_vm_writev`
+    /// (`checkpoint_ns` the dirtying, `restore_ns` the write).
+    pub pvw: CycleRun,
     /// Medians over bpfckpt's measured checkpoints and restores.
     pub pages_saved: Option<f64>,
     pub pages_restored: Option<f64>,
@@ -113,6 +123,7 @@ impl Cell {
             bpfckpt: CycleRun::default(),
             forkserver: CycleRun::default(),
             handshake: CycleRun::default(),
+            pvw: CycleRun::default(),
             pages_saved: None,
             pages_restored: None,
             checkpoints_held: 0,
@@ -195,11 +206,25 @@ impl DirtyResult {
     /// bpfckpt's extra cycle time per extra dirtied page at `written`: from
     /// the cell with the fewest pages dirtied to the one with the most.
     pub fn cost_per_dirty_page_ns(&self, written: &str) -> Option<f64> {
+        self.per_extra_page(written, |c| &c.bpfckpt)
+    }
+
+    /// The same for the bare `process_vm_writev` of the same pages.
+    pub fn same_pages_pvw_ns(&self, written: &str) -> Option<f64> {
+        self.per_extra_page(written, |c| &c.pvw)
+    }
+
+    /// `cost_per_dirty_page_ns` over `same_pages_pvw_ns`.
+    pub fn cost_vs_same_pages_pvw(&self, written: &str) -> Option<f64> {
+        Some(self.cost_per_dirty_page_ns(written)? / self.same_pages_pvw_ns(written)?)
+    }
+
+    fn per_extra_page(&self, written: &str, way: fn(&Cell) -> &CycleRun) -> Option<f64> {
         let row = || self.cells.iter().filter(|c| c.written == written);
         let lo = row().min_by_key(|c| c.dirtied_bytes)?;
         let hi = row().max_by_key(|c| c.dirtied_bytes)?;
         let pages = hi.pages().checked_sub(lo.pages()).filter(|&p| p > 0)?;
-        Some((hi.bpfckpt.ns_per_cycle()? - lo.bpfckpt.ns_per_cycle()?) / pages as f64)
+        Some((way(hi).ns_per_cycle()? - way(lo).ns_per_cycle()?) / pages as f64)
     }
 
     /// `cost_per_dirty_page_ns` over the median `process_vm_writev` page.
@@ -267,15 +292,16 @@ fn dirty_args(cmd: &mut Command, plan: &DirtyPlan, c: &Cell, mode: &str) {
         .args(["--min-cycles", &plan.min_cycles.to_string()]);
 }
 
-/// The target's result line, checked against what was asked of it.
-fn result(out: &[String], c: &Cell, fork: bool) -> Result<CycleRun> {
+/// The target's result line, checked against what was asked of it (`mode`:
+/// 0 protocol, 1 fork server, 2 `process_vm_writev`).
+fn result(out: &[String], c: &Cell, want: u64) -> Result<CycleRun> {
     let l: Flat = bench_line(out, "dirty")?;
     let (mode, written, pages) = (
         l.need_u("mode")?,
         l.need_u("written_bytes")?,
         l.need_u("pages")?,
     );
-    if mode != u64::from(fork) || written != c.written_bytes || pages != c.pages() {
+    if mode != want || written != c.written_bytes || pages != c.pages() {
         return Err(format!(
             "bench-dirty ran mode {mode}, {written} bytes written, {pages} pages dirtied: \
              not what was asked\n{}",
@@ -306,6 +332,9 @@ fn run_cell(bins: &Bins, plan: &DirtyPlan, c: &mut Cell) -> Result<()> {
         if better(&r.handshake, &c.handshake) {
             c.handshake = r.handshake;
         }
+        if better(&r.pvw, &c.pvw) {
+            c.pvw = r.pvw;
+        }
     }
     Ok(())
 }
@@ -322,13 +351,19 @@ fn run_once(bins: &Bins, plan: &DirtyPlan, c: &mut Cell) -> Result<()> {
     dirty_args(&mut cmd, plan, c, "protocol");
     let mut p = Proc::start("bench-dirty (handshake server)", &mut cmd, false)?;
     handshake_serve(&mut p, &dir.0, deadline(limit))?;
-    c.handshake = result(&p.finish(deadline(10))?, c, false)?;
+    c.handshake = result(&p.finish(deadline(10))?, c, 0)?;
     drop(dir);
 
     let mut cmd = Command::new(&target);
     dirty_args(&mut cmd, plan, c, "forkserver");
     let out = Proc::start("bench-dirty (fork server)", &mut cmd, false)?.finish(deadline(limit))?;
-    c.forkserver = result(&out, c, true)?;
+    c.forkserver = result(&out, c, 1)?;
+
+    let mut cmd = Command::new(&target);
+    dirty_args(&mut cmd, plan, c, "pvw");
+    let out =
+        Proc::start("bench-dirty (process_vm_writev)", &mut cmd, false)?.finish(deadline(limit))?;
+    c.pvw = result(&out, c, 2)?;
 
     // Today's engine copies all W bytes both ways every cycle: allow for it.
     let dir = TriggerDir::new(&format!("dirty-{}", c.label()))?;
@@ -337,7 +372,7 @@ fn run_once(bins: &Bins, plan: &DirtyPlan, c: &mut Cell) -> Result<()> {
     dirty_args(&mut cmd, plan, c, "protocol");
     let out = Proc::start("bpfckpt run -- bench-dirty", &mut cmd, false)?
         .finish(deadline(limit + 60 * gib))?;
-    c.bpfckpt = result(&out, c, false)?;
+    c.bpfckpt = result(&out, c, 0)?;
     let ev = Events::parse(&out)?;
     let w = plan.warmup as usize;
     let n = w as u64 + c.bpfckpt.cycles;
@@ -386,11 +421,22 @@ mod tests {
 
     #[test]
     fn ratios_and_cost_per_dirty_page() {
+        let with_pvw = |mut c: Cell, pvw: CycleRun| {
+            c.pvw = pvw;
+            c
+        };
         let r = DirtyResult {
             cells: vec![
-                // 100 cycles/s: 10 ms a cycle; 50/s: 20 ms.
-                cell("64MiB", "4KiB", 4096, run(100, 1_000_000_000)),
-                cell("64MiB", "1MiB", MIB, run(50, 1_000_000_000)),
+                // 100 cycles/s: 10 ms a cycle; 50/s: 20 ms. The bare write:
+                // 1 ms and 3.55 ms.
+                with_pvw(
+                    cell("64MiB", "4KiB", 4096, run(100, 1_000_000_000)),
+                    run(1000, 1_000_000_000),
+                ),
+                with_pvw(
+                    cell("64MiB", "1MiB", MIB, run(50, 1_000_000_000)),
+                    run(200, 710_000_000),
+                ),
                 cell("1GiB", "4KiB", 4096, run(0, 0)),
             ],
             pvw_page_ns: Fig::lowest(&[500.0, 1000.0, 2000.0]),
@@ -406,6 +452,11 @@ mod tests {
         let cost = r.cost_per_dirty_page_ns("64MiB").unwrap();
         assert!((cost - 1e7 / 255.0).abs() < 1e-6);
         assert!((r.cost_vs_process_vm_writev("64MiB").unwrap() - cost / 1000.0).abs() < 1e-9);
+        // (3.55 ms - 1 ms) / 255 pages: 10,000 ns; bpfckpt's is 3.92 x that.
+        let same = r.same_pages_pvw_ns("64MiB").unwrap();
+        assert!((same - 10_000.0).abs() < 1e-6, "{same}");
+        assert!((r.cost_vs_same_pages_pvw("64MiB").unwrap() - cost / same).abs() < 1e-9);
+        assert_eq!(r.same_pages_pvw_ns("1GiB"), None);
         // One cell, and no measured cycles: nothing to tell.
         assert_eq!(r.cost_per_dirty_page_ns("1GiB"), None);
         assert_eq!(r.cell("1GiB", "4KiB").unwrap().vs_forkserver(), None);

@@ -38,6 +38,8 @@
 //!              process_vm_writev_reps,
 //!              cost_per_dirty_page_ns: {written: ns},
 //!              cost_per_dirty_page_vs_process_vm_writev: {written: ratio},
+//!              same_pages_process_vm_writev_ns: {written: ns},
+//!              cost_per_dirty_page_vs_same_pages: {written: ratio},
 //!              cells: { "64MiB_4KiB": { written_bytes, dirtied_bytes,
 //!                         dirtied_pages, rate, forkserver_rate,
 //!                         handshake_rate, vs_forkserver, vs_handshake
@@ -395,6 +397,8 @@ struct DirtyJson {
     process_vm_writev_reps: u32,
     cost_per_dirty_page_ns: Keyed<Num>,
     cost_per_dirty_page_vs_process_vm_writev: Keyed<Num>,
+    same_pages_process_vm_writev_ns: Keyed<Num>,
+    cost_per_dirty_page_vs_same_pages: Keyed<Num>,
     cells: Keyed<DirtyCellJson>,
 }
 
@@ -417,6 +421,17 @@ struct DirtyCellJson {
     bpfckpt: DirtyEngineJson,
     forkserver: ForkServerJson,
     handshake: CycleRunJson,
+    process_vm_writev: PvwJson,
+}
+
+/// The bare `process_vm_writev` of the dirtied pages (best run).
+#[derive(Serialize)]
+struct PvwJson {
+    cycles: u64,
+    seconds: Num,
+    rate: Num,
+    dirty_us_avg: Num,
+    write_us_avg: Num,
 }
 
 #[derive(Serialize)]
@@ -461,6 +476,8 @@ impl From<&DirtyResult> for DirtyJson {
             cost_per_dirty_page_vs_process_vm_writev: per_written(
                 DirtyResult::cost_vs_process_vm_writev,
             ),
+            same_pages_process_vm_writev_ns: per_written(DirtyResult::same_pages_pvw_ns),
+            cost_per_dirty_page_vs_same_pages: per_written(DirtyResult::cost_vs_same_pages_pvw),
             cells: Keyed(
                 d.cells
                     .iter()
@@ -504,6 +521,13 @@ impl From<&Cell> for DirtyCellJson {
                 wait_us_avg: Num(f.avg_us(f.restore_ns)),
             },
             handshake: CycleRunJson::from(&c.handshake),
+            process_vm_writev: PvwJson {
+                cycles: c.pvw.cycles,
+                seconds: num(c.pvw.ns as f64 / 1e9),
+                rate: Num(c.pvw.rate()),
+                dirty_us_avg: Num(c.pvw.avg_us(c.pvw.ckpt_ns)),
+                write_us_avg: Num(c.pvw.avg_us(c.pvw.restore_ns)),
+            },
         }
     }
 }
@@ -752,6 +776,8 @@ mod tests {
                 "process_vm_writev_reps",
                 "cost_per_dirty_page_ns",
                 "cost_per_dirty_page_vs_process_vm_writev",
+                "same_pages_process_vm_writev_ns",
+                "cost_per_dirty_page_vs_same_pages",
                 "cells",
             ]
         );

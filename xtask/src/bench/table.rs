@@ -225,6 +225,16 @@ fn dirty_rows(t: &mut Rows<'_>, d: &DirtyResult) {
             d.cost_vs_process_vm_writev(w),
             "ratio",
         );
+        t.row(
+            &format!("  dirty.{w}.same_pages_process_vm_writev_ns"),
+            d.same_pages_pvw_ns(w),
+            "ns",
+        );
+        t.row(
+            &format!("  dirty.{w}.cost_vs_same_pages"),
+            d.cost_vs_same_pages_pvw(w),
+            "ratio",
+        );
     }
     if !d.cells.is_empty() {
         t.fig("process_vm_writev_page_ns", d.pvw_page_ns, "ns");
@@ -239,7 +249,8 @@ fn dirty_details(s: &mut String, d: &DirtyResult) {
             s,
             "dirty {}: bpfckpt {} cycles: checkpoint {} us avg, restore {} us avg seen by the target, \
              medians {} pages saved / {} restored, {} checkpoints and {} restores held; \
-             fork server {} cycles: fork {} us, wait {} us; handshake {} cycles (best runs); \
+             fork server {} cycles: fork {} us, wait {} us; handshake {} cycles; \
+             process_vm_writev of the same pages {} cycles: write {} us avg (best runs); \
              rates of the {} repetitions (bpfckpt / fork server / handshake): {}",
             c.label(),
             b.cycles,
@@ -253,6 +264,8 @@ fn dirty_details(s: &mut String, d: &DirtyResult) {
             fmt_num(f.avg_us(f.ckpt_ns)),
             fmt_num(f.avg_us(f.restore_ns)),
             h.cycles,
+            c.pvw.cycles,
+            fmt_num(c.pvw.avg_us(c.pvw.restore_ns)),
             c.rates.len(),
             c.rates
                 .iter()
