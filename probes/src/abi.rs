@@ -300,6 +300,11 @@ pub struct RestoreEvent {
     /// config, another layout than the image's, too many pages for one
     /// loop: user space restores every page and scans the zero ranges.
     pub partial: u64,
+    /// The first `DIRTY` entries whose `since` bits the probe cleared, for
+    /// user space about to write them back and re-arm them. Only where BPF
+    /// writes nothing back: there a `since` bit only keeps a page from
+    /// being listed twice.
+    pub since_cleared: u64,
 }
 
 /// `EV_CLONE`: the served process started a thread (or a child sharing its

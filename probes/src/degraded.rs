@@ -53,6 +53,7 @@ pub unsafe fn restore(cfg: *mut Config) {
             zero_todo: u64::MAX,
             ns: h::ktime_get_ns() - t0,
             partial: 1,
+            since_cleared: 0,
         };
         emit(&ev, true);
     }

@@ -11,6 +11,7 @@ use crate::maps::*;
 use crate::target::*;
 use crate::track::{reset_chunk_cache, untouched_run};
 use core::ffi::c_void;
+use core::intrinsics::{AtomicOrdering, atomic_and};
 use core::ptr::{read_volatile, write_volatile};
 
 #[repr(C)]
@@ -218,6 +219,61 @@ unsafe fn list_zero_todo(cfg: *mut Config, zeros: &mut WriteCtx) -> u64 {
     }
 }
 
+#[repr(C)]
+struct SinceCtx {
+    n: u64,
+    key: ChunkKey,
+}
+
+/// Clears the `since` bit of the `i`-th `DIRTY` page.
+extern "C" fn clear_since(i: u64, ctx: *mut SinceCtx) -> i64 {
+    // SAFETY: `ctx` is the caller's stack object; map values are null
+    // checked; the word index is masked to the value's 8 words.
+    unsafe {
+        let c = &mut *ctx;
+        if i >= c.n {
+            return 1;
+        }
+        let addr: *const u64 = lookup(map(&DIRTY), i as u32);
+        if addr.is_null() {
+            return 1;
+        }
+        let addr = read_volatile(addr);
+        c.key.chunk = addr >> CHUNK_SHIFT;
+        let v = h::map_lookup_elem(map(&TOUCHED), &c.key as *const ChunkKey as *const c_void)
+            as *mut Touched;
+        if !v.is_null() {
+            let bit = (addr / PAGE_SIZE) & (CHUNK_PAGES - 1);
+            atomic_and::<u64, u64, { AtomicOrdering::Relaxed }>(
+                (&raw mut (*v).since as *mut u64).add(((bit >> 6) & 7) as usize),
+                !(1u64 << (bit & 63)),
+            );
+        }
+    }
+    0
+}
+
+/// Clears the `since` bits of the listed pages, which user space is about
+/// to write back and re-arm (a system call per 2 MiB chunk there); returns
+/// how many entries, from the first. Not when the list overflowed: user
+/// space then clears everything.
+#[inline(always)]
+unsafe fn clear_listed_since(st: *const State, key: ChunkKey) -> u64 {
+    // SAFETY: `st` is a live map value; the callback gets our stack object.
+    unsafe {
+        let n = read_volatile(&(*st).ndirty);
+        if n == 0 || n > DIRTY_MAX as u64 || read_volatile(&(*st).scan) != 0 {
+            return 0;
+        }
+        let mut c = SinceCtx { n, key };
+        let cb = clear_since as *const c_void;
+        if h::bpf_loop(n as u32, cb, &mut c as *mut SinceCtx as *mut c_void, 0) < 0 {
+            return 0;
+        }
+        n
+    }
+}
+
 #[inline(never)]
 pub unsafe fn restore<const W: bool>(cfg: *mut Config) {
     // SAFETY: `cfg` is a live map value; other pointers are null checked.
@@ -322,6 +378,17 @@ pub unsafe fn restore<const W: bool>(cfg: *mut Config) {
                 todo: u64::MAX,
             };
         }
+        // Where BPF never writes back, the dirty set user space restores
+        // starts with the listed pages.
+        let since_cleared = if done.held != 0
+            && done.partial == 0
+            && incremental
+            && !(W && flags & F_BPF_WRITE != 0)
+        {
+            clear_listed_since(st, key)
+        } else {
+            0
+        };
         let held = if done.held != 0 { hold(cfg) } else { 0 };
         let ev = RestoreEvent {
             hdr: header(EV_RESTORE, held),
@@ -332,6 +399,7 @@ pub unsafe fn restore<const W: bool>(cfg: *mut Config) {
             zero_todo: done.todo,
             ns: h::ktime_get_ns() - t0,
             partial: done.partial,
+            since_cleared,
         };
         emit(&ev, true);
     }

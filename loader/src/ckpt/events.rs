@@ -74,6 +74,8 @@ pub struct Restore {
     /// The probe did not (completely) do its part: user space writes every
     /// saved page and scans the zero ranges.
     pub partial: bool,
+    /// The first `DIRTY` entries whose `since` bits the probe cleared.
+    pub since_cleared: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +136,8 @@ const _: () = {
     assert!(offset_of!(abi::RestoreEvent, zero_todo) == HDR + 32);
     assert!(offset_of!(abi::RestoreEvent, ns) == HDR + 40);
     assert!(offset_of!(abi::RestoreEvent, partial) == HDR + 48);
-    assert!(size_of::<abi::RestoreEvent>() == HDR + 56);
+    assert!(offset_of!(abi::RestoreEvent, since_cleared) == HDR + 56);
+    assert!(size_of::<abi::RestoreEvent>() == HDR + 64);
     assert!(offset_of!(abi::CloneEvent, stack) == HDR);
     assert!(offset_of!(abi::CloneEvent, tid) == HDR + 8);
     assert!(size_of::<abi::CloneEvent>() == HDR + 16);
@@ -193,6 +196,7 @@ pub fn decode(b: &[u8]) -> Option<Event> {
             },
             ns: field(5),
             partial: field(6) != 0,
+            since_cleared: field(7),
         })),
         abi::EV_CLONE if fits(size_of::<abi::CloneEvent>()) => Some(Event::Clone {
             tgid,
@@ -249,7 +253,7 @@ mod tests {
             abi::EV_RESTORE,
             7,
             0,
-            &[10, 1, 3, 0, u64::MAX, 9, 1],
+            &[10, 1, 3, 0, u64::MAX, 9, 1, 4],
         ))
         .unwrap();
         assert_eq!(
@@ -266,6 +270,7 @@ mod tests {
                 zero_todo: ZeroTodo::Scan,
                 ns: 9,
                 partial: true,
+                since_cleared: 4,
             })
         );
         let l = decode(&record(abi::EV_LAYOUT, 8, 0, &[12, 0])).unwrap();

@@ -181,7 +181,7 @@ impl Engine {
         // set, so writing the set again covers the failures without
         // rewriting the whole image.
         let dirty = if tracked {
-            self.restore_dirty(t, image, r.partial)?
+            self.restore_dirty(t, image, r)?
         } else {
             None
         };

@@ -25,7 +25,7 @@ use super::hold::open_to_stop;
 use super::target::{Image, Index, Target, blank_contains};
 use crate::ckpt::abi;
 use crate::ckpt::dirty::{Mechanism, Tracker};
-use crate::ckpt::events::{Checkpoint, Stale};
+use crate::ckpt::events::{Checkpoint, Restore, Stale};
 use crate::ckpt::inject;
 use crate::ckpt::memio::{Access, Mem};
 use crate::ckpt::probes::StateField;
@@ -561,8 +561,9 @@ impl Engine {
         &mut self,
         t: &mut Target,
         image: &Image,
-        partial: bool,
+        r: &Restore,
     ) -> Result<Option<RestoredDirty>> {
+        let partial = r.partial;
         let Some(index) = image.index.as_ref() else {
             return Ok(None);
         };
@@ -595,6 +596,9 @@ impl Engine {
         );
         saved.sort_unstable_by_key(|&(_, a)| a);
         saved.dedup();
+        // The first entries of the list as the probe saw it at the trigger.
+        let mut since_cleared = self.probes.dirty_list(r.since_cleared);
+        since_cleared.sort_unstable();
         Ok(Some(RestoredDirty {
             dirty,
             saved,
@@ -602,6 +606,7 @@ impl Engine {
             pre,
             scanned: short.then(|| image.regions.clone()),
             regions: image.regions.clone(),
+            since_cleared,
         }))
     }
 
@@ -620,9 +625,19 @@ impl Engine {
             unseen = tr.rearm(&d.dirty, &d.regions)?;
         }
         let quiet = self.quiet(d.pre)?;
+        let left: Vec<u64>;
         let rearmed = match &d.scanned {
             Some(r) => Rearmed::Scanned(r),
-            None => Rearmed::Pages(&d.dirty),
+            None if d.since_cleared.is_empty() => Rearmed::Pages(&d.dirty),
+            None => {
+                left = d
+                    .dirty
+                    .iter()
+                    .filter(|a| d.since_cleared.binary_search(a).is_err())
+                    .copied()
+                    .collect();
+                Rearmed::Pages(&left)
+            }
         };
         self.settle(t, d.pre, quiet, rearmed, true)?;
         if !unseen.is_empty() {
@@ -741,6 +756,8 @@ pub(super) struct RestoredDirty {
     scanned: Option<std::rc::Rc<Vec<Region>>>,
     /// The image's regions (those armed).
     regions: std::rc::Rc<Vec<Region>>,
+    /// Pages whose `since` bits the probe cleared already (ascending).
+    since_cleared: Vec<u64>,
 }
 
 /// Whether `addr` lies in one of the tracked `regions` (ascending).
