@@ -377,6 +377,33 @@ impl StatFile {
     }
 }
 
+/// `/proc/PID/task`, held open to count the process's threads: its link
+/// count is 2 plus one per thread, a stat away (reading `/proc/PID/stat`
+/// has the kernel format fifty fields, several microseconds).
+pub struct TaskDir {
+    dir: File,
+}
+
+impl TaskDir {
+    pub fn open(pid: i32) -> Option<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(format!("/proc/{pid}/task"))
+            .ok()
+            .map(|dir| Self { dir })
+    }
+
+    /// The number of threads; `None` once the process is gone (or its pid
+    /// is another process's now: the open directory stays its own).
+    pub fn threads(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let links = self.dir.metadata().ok()?.nlink();
+        links.checked_sub(2).filter(|&n| n > 0)
+    }
+}
+
 /// State letter (field 3) and `num_threads` (field 20) of a stat line.
 pub fn parse_stat_state_threads(s: &str) -> Option<(char, u64)> {
     // The command name may contain spaces and parentheses: skip past the last ')'.

@@ -6,7 +6,7 @@ use super::openhold::HeldOpen;
 use crate::Result;
 use crate::ckpt::dirty::Tracker;
 use crate::ckpt::memio::Mem;
-use crate::ckpt::procfs::{self, Mapping, PAGE, Region, Residency, StatFile, SyscallFile};
+use crate::ckpt::procfs::{self, Mapping, PAGE, Region, Residency, StatFile, SyscallFile, TaskDir};
 use crate::ckpt::report::Stats;
 use crate::ckpt::storage::Storage;
 use std::collections::HashMap;
@@ -65,6 +65,7 @@ pub(crate) struct Target {
 /// opened on; an exec drops them).
 pub(crate) struct ProcFiles {
     pub stat: Option<StatFile>,
+    task: Option<TaskDir>,
     pub syscall: Option<SyscallFile>,
     mem: Option<Rc<Mem>>,
     pagemap: Option<Rc<File>>,
@@ -74,6 +75,7 @@ impl ProcFiles {
     pub fn new(pid: i32) -> Self {
         Self {
             stat: StatFile::open(pid),
+            task: TaskDir::open(pid),
             syscall: SyscallFile::open(pid),
             mem: None,
             pagemap: None,
@@ -113,6 +115,9 @@ impl Target {
 
     /// Threads of the target now (`None` if unknown).
     pub fn threads(&self) -> Option<u64> {
+        if let Some(t) = &self.files.task {
+            return t.threads();
+        }
         match &self.files.stat {
             Some(s) => s.read().map(|(_, n)| n),
             None => procfs::thread_count(self.pid).map(|n| n as u64),

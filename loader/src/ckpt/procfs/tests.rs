@@ -196,6 +196,35 @@ fn stat_state_and_threads() {
     assert_eq!(stat.read(), None);
 }
 
+/// The task directory's link count follows threads as they come and go,
+/// and says nothing once the process is gone.
+#[test]
+fn task_dir_counts_threads() {
+    let dir = TaskDir::open(std::process::id() as i32).unwrap();
+    let before = dir.threads().unwrap();
+    assert!(before >= 1);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let th = std::thread::spawn(move || rx.recv().ok());
+    assert_eq!(dir.threads(), Some(before + 1));
+    tx.send(()).unwrap();
+    th.join().unwrap();
+    // The kernel counts a thread out a moment after its join returns.
+    let t0 = std::time::Instant::now();
+    while dir.threads() != Some(before) && t0.elapsed().as_secs() < 5 {
+        std::thread::yield_now();
+    }
+    assert_eq!(dir.threads(), Some(before));
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let dir = TaskDir::open(child.id() as i32).unwrap();
+    assert_eq!(dir.threads(), Some(1));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(dir.threads(), None);
+}
+
 #[test]
 fn syscall_stack_pointer() {
     assert_eq!(
