@@ -152,20 +152,26 @@ impl Engine {
                 t.open_held = Some(o);
                 return Ok(());
             }
-            if let Some(h) = &self.open_hold {
+            // While spinning, a read of the (non-blocking) fanotify queue
+            // alone: the open comes within microseconds, and reading /proc
+            // for the thread's system call (an open, a read and a close)
+            // would only delay noticing it.
+            let spinning = Instant::now() < spin_until;
+            if let Some(h) = &self.open_hold
+                && !spinning
+            {
                 let mut fds = [nix::poll::PollFd::new(
                     h.as_fd(),
                     nix::poll::PollFlags::POLLIN,
                 )];
-                let wait = if Instant::now() < spin_until {
-                    nix::poll::PollTimeout::ZERO
-                } else {
-                    nix::poll::PollTimeout::from(1u8)
-                };
-                let _ = nix::poll::poll(&mut fds, wait);
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1u8));
             }
             self.take_opens(t)?;
             if !t.opens.is_empty() {
+                continue;
+            }
+            if spinning {
+                std::hint::spin_loop();
                 continue;
             }
             // Out of the open already, or stuck running: it will not come.
