@@ -78,53 +78,18 @@ pub fn vm_write(pid: i32, local: &[u8], remote: usize) -> io::Result<()> {
 /// of 4096.
 pub fn vm_write_pages(pid: i32, local: &[u8], remote: usize) -> io::Result<()> {
     const PAGE: usize = 4096;
-    const IOV_MAX: usize = 1024;
     if !local.len().is_multiple_of(PAGE) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "length is not a multiple of 4096",
         ));
     }
-    let mut l: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX);
-    let mut r: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX);
-    for (i, chunk) in local.chunks(PAGE * IOV_MAX).enumerate() {
-        l.clear();
-        r.clear();
-        for (j, page) in chunk.chunks(PAGE).enumerate() {
-            l.push(libc::iovec {
-                iov_base: page.as_ptr() as *mut libc::c_void,
-                iov_len: PAGE,
-            });
-            r.push(libc::iovec {
-                iov_base: (remote + (i * IOV_MAX + j) * PAGE) as *mut libc::c_void,
-                iov_len: PAGE,
-            });
-        }
-        // SAFETY: every local iovec describes a 4 KiB piece of `local`,
-        // memory we own and the kernel only reads; the remote iovecs are
-        // addresses in the other process, checked by the kernel. Both
-        // vectors hold `l.len() <= IOV_MAX` valid entries.
-        let n = unsafe {
-            libc::process_vm_writev(
-                pid,
-                l.as_ptr(),
-                l.len() as libc::c_ulong,
-                r.as_ptr(),
-                r.len() as libc::c_ulong,
-                0,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n as usize != chunk.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("process_vm_writev wrote {n} of {} bytes", chunk.len()),
-            ));
-        }
-    }
-    Ok(())
+    let pages: Vec<(&[u8], usize)> = local
+        .chunks(PAGE)
+        .enumerate()
+        .map(|(k, page)| (page, remote + k * PAGE))
+        .collect();
+    vm_write_page_list(pid, &pages)
 }
 
 /// `process_vm_writev` of pages scattered on both sides: each `(local,
