@@ -1169,6 +1169,71 @@ PASS heap-small cycles=2 bytes=4096
         assert!(e.ends_with("stderr: some warning"), "{e}");
     }
 
+    /// The 7.3 guest's run of 2026-12-01: khugepaged collapsed the 16 MiB
+    /// buffer into huge pages during cycle 3, soft-dirty then saw all of it
+    /// written and that restore wrote 4,101 pages. With the collapse
+    /// reported the bound allows it; without, it does not.
+    #[test]
+    fn a_collapse_by_khugepaged_widens_that_restores_bound() {
+        const RUN: &str = r#"{"event":"start","restore_path":"user","degraded":false,"trigger_dir":"/tmp/user-dirty-mprotect-file","hold":"open"}
+{"event":"target","pid":4108,"exe":"/bin/bpfckpt"}
+dirty-target mprotect-file
+{"event":"tracking","pid":4108,"mechanism":"soft-dirty"}
+{"event":"checkpoint","pid":4108,"pages_bpf":0,"pages_user":4168,"ptrace_reads":0,"pages_absent":118,"pages_unmarked_data":0,"kernel_ns":233397,"held":true,"stale":1,"table_seq":0,"applied_seq":51}
+{"event":"restore","pid":4108,"pages_bpf":0,"zeroed_bpf":0,"failed_bpf":0,"pages_user":6,"zeroed_user":0,"reverted_user":0,"skipped_unmapped":0,"skipped_live_stack":0,"skipped_guard":0,"ptrace_writes":0,"kernel_ns":168330,"held":true,"partial":false,"incremental":true}
+DIRTIED pages=2 blocks=1
+{"event":"checkpoint","pid":4108,"incremental":true,"pages_bpf":0,"pages_user":1,"pages_blanked":0,"kernel_ns":155841,"held":true}
+{"event":"restore","pid":4108,"pages_bpf":0,"zeroed_bpf":0,"failed_bpf":0,"pages_user":6,"zeroed_user":0,"reverted_user":0,"skipped_unmapped":0,"skipped_live_stack":0,"skipped_guard":0,"ptrace_writes":0,"kernel_ns":4187,"held":true,"partial":false,"incremental":true}
+DIRTIED pages=2 blocks=1
+{"event":"checkpoint","pid":4108,"incremental":true,"pages_bpf":0,"pages_user":1,"pages_blanked":0,"kernel_ns":4567,"held":true}
+{"event":"restore","pid":4108,"pages_bpf":0,"zeroed_bpf":0,"failed_bpf":0,"pages_user":6,"zeroed_user":0,"reverted_user":0,"skipped_unmapped":0,"skipped_live_stack":0,"skipped_guard":0,"ptrace_writes":0,"kernel_ns":5208,"held":true,"partial":false,"incremental":true}
+DIRTIED pages=2 blocks=1
+{"event":"checkpoint","pid":4108,"incremental":true,"pages_bpf":0,"pages_user":1,"pages_blanked":0,"kernel_ns":4787,"held":true}
+{"event":"restore","pid":4108,"pages_bpf":0,"zeroed_bpf":0,"failed_bpf":0,"pages_user":4101,"zeroed_user":0,"reverted_user":0,"skipped_unmapped":0,"skipped_live_stack":0,"skipped_guard":0,"ptrace_writes":0,"kernel_ns":4867,"held":true,"partial":false,"incremental":true}
+DIRTIED pages=2 blocks=1
+{"event":"checkpoint","pid":4108,"incremental":true,"pages_bpf":0,"pages_user":1,"pages_blanked":0,"kernel_ns":4707,"held":true}
+{"event":"restore","pid":4108,"pages_bpf":0,"zeroed_bpf":0,"failed_bpf":0,"pages_user":517,"zeroed_user":0,"reverted_user":0,"skipped_unmapped":0,"skipped_live_stack":0,"skipped_guard":0,"ptrace_writes":0,"kernel_ns":5699,"held":true,"partial":false,"incremental":true}
+DIRTIED pages=2 blocks=1
+{"event":"checkpoint","pid":4108,"incremental":true,"pages_bpf":0,"pages_user":1,"pages_blanked":0,"kernel_ns":4006,"held":true}
+{"event":"restore","pid":4108,"pages_bpf":0,"zeroed_bpf":0,"failed_bpf":0,"pages_user":517,"zeroed_user":0,"reverted_user":0,"skipped_unmapped":0,"skipped_live_stack":0,"skipped_guard":0,"ptrace_writes":0,"kernel_ns":4586,"held":true,"partial":false,"incremental":true}
+DIRTIED pages=2 blocks=1
+PASS mprotect-file cycles=6 pages=4160"#;
+        let with = RUN.replacen(
+            "DIRTIED pages=2 blocks=1",
+            "DIRTIED pages=2 blocks=1 collapsed=0",
+            3,
+        );
+        let with = with.replacen(
+            "DIRTIED pages=2 blocks=1\n",
+            "DIRTIED pages=2 blocks=1 collapsed=8\n",
+            1,
+        );
+        let s = dirty_expect::seen(with.lines());
+        assert_eq!(s.collapsed, [0, 0, 0, 8, 0, 0]);
+        let check = |s: &dirty_expect::Seen, mechanism| {
+            dirty_expect::check(
+                s,
+                "mprotect-file",
+                false,
+                6,
+                mechanism,
+                dirty_expect::Thp::Always,
+                dirty_expect::Path::User,
+            )
+        };
+        check(&s, "soft-dirty").unwrap();
+        // A userfaultfd's protection keeps khugepaged away: no allowance.
+        let e = check(&s, "uffd").unwrap_err();
+        assert!(e.contains("restore 3 wrote 4101 pages"), "{e}");
+        let e = check(&dirty_expect::seen(RUN.lines()), "soft-dirty").unwrap_err();
+        assert!(
+            e.contains(
+                "restore 3 wrote 4101 pages for 2 dirtied in 1 2 MiB blocks, 0 collapsed (bound 912"
+            ),
+            "{e}"
+        );
+    }
+
     #[test]
     fn adv_and_soak_verdicts() {
         let t = Duration::from_secs(5);
