@@ -108,9 +108,6 @@ pub struct Seen {
     /// What the target dirtied for each restore to undo, in order:
     /// `(pages, 2 MiB blocks)` (its `DIRTIED` lines).
     pub dirtied: Vec<(u64, u64)>,
-    /// 2 MiB of the target's memory that khugepaged collapsed into huge
-    /// pages during each cycle (its `DIRTIED` lines).
-    pub collapsed: Vec<u64>,
     /// Pages all incremental checkpoints copied.
     pub pages_checkpointed: u64,
     pub warnings: Vec<String>,
@@ -170,7 +167,6 @@ pub fn seen<'a>(lines: impl IntoIterator<Item = &'a str>) -> Seen {
                     .unwrap_or(0)
             };
             s.dirtied.push((n("pages="), n("blocks=")));
-            s.collapsed.push(n("collapsed="));
         } else if l.contains("\"event\":\"warning\"") {
             s.warnings
                 .push(field(l, "message").unwrap_or("").to_string());
@@ -292,19 +288,11 @@ pub fn check(
             ),
         );
         for (i, (&wrote, &(pages, blocks))) in s.restored.iter().zip(&s.dirtied).enumerate() {
-            // A collapse makes soft-dirty huge page table entries: those
-            // blocks look written all over.
-            let collapsed = s.collapsed.get(i).copied().unwrap_or(0);
-            let bound = restore_bound(mechanism, thp, scenario, blocks)
-                + if mechanism == "soft-dirty" {
-                    HUGE_PAGES * collapsed
-                } else {
-                    0
-                };
+            let bound = restore_bound(mechanism, thp, scenario, blocks);
             want(
                 wrote < bound,
                 format!(
-                    "restore {i} wrote {wrote} pages for {pages} dirtied in {blocks} 2 MiB blocks, {collapsed} collapsed (bound {bound}, {mechanism}, huge pages {thp:?})"
+                    "restore {i} wrote {wrote} pages for {pages} dirtied in {blocks} 2 MiB blocks (bound {bound}, {mechanism}, huge pages {thp:?})"
                 ),
             );
         }

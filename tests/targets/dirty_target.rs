@@ -34,13 +34,10 @@
 //!   page, writable all over: the others do not fault).
 //!
 //! After the changes of each cycle that its restore must undo (before the
-//! restore) it prints `DIRTIED pages=P blocks=B collapsed=K`: the pages
-//! that differ from the checkpoint, the 2 MiB-aligned blocks (wholly inside
-//! a region, so that a transparent huge page may back them) that hold them,
-//! and how many 2 MiB of its anonymous memory became huge pages from before
-//! the checkpoint to after the restore (khugepaged; not counted in `thp`,
-//! whose huge pages are its own faults), for the expectations to bound what
-//! the restore may write.
+//! restore) it prints `DIRTIED pages=P blocks=B`: the pages that differ
+//! from the checkpoint, and the 2 MiB-aligned blocks (wholly inside a
+//! region, so that a transparent huge page may back them) that hold them,
+//! for the expectations to bound what the restore may write.
 //!
 //! With the word `traced`, a child attaches to the target with ptrace
 //! first (as a debugger would) and stays attached.
@@ -175,25 +172,8 @@ fn dirtied(mem: &Mem, want: &[u64; MAX_PAGES]) -> (usize, usize) {
 }
 
 /// Printed after the restore: nothing is allocated between the requests.
-/// `huge_before`: [`anon_huge_kib`] before the checkpoint, where the
-/// scenario has no huge pages of its own to fault in.
-fn report_dirtied((pages, blocks): (usize, usize), huge_before: Option<u64>) {
-    // khugepaged may collapse a range into a huge page at any moment; the
-    // new huge page table entry is soft-dirty, so the tracker then sees its
-    // 512 pages written (and a restore writes them back).
-    let collapsed = huge_before.map_or(0, |b| anon_huge_kib().saturating_sub(b).div_ceil(2048));
-    println!("DIRTIED pages={pages} blocks={blocks} collapsed={collapsed}");
-}
-
-/// The process's anonymous memory in transparent huge pages, in KiB
-/// (`AnonHugePages` of /proc/self/smaps_rollup; 0 if unknown).
-fn anon_huge_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/smaps_rollup")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("AnonHugePages:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+fn report_dirtied((pages, blocks): (usize, usize)) {
+    println!("DIRTIED pages={pages} blocks={blocks}");
 }
 
 fn hash_page(page: &[u8]) -> u64 {
@@ -214,7 +194,6 @@ fn dirty_page(mut r: Region, p: usize, seed: u64) {
 /// One checkpoint/restore cycle: `between` runs between the requests,
 /// `after` between the restore and the next cycle's checkpoint.
 fn cycle(m: &Markers, mem: &Mem, c: u32, between: &mut dyn FnMut(), after: &mut dyn FnMut()) {
-    let huge = anon_huge_kib();
     let mut want = [0u64; MAX_PAGES];
     mem.hash(&mut want);
     m.checkpoint();
@@ -222,7 +201,7 @@ fn cycle(m: &Markers, mem: &Mem, c: u32, between: &mut dyn FnMut(), after: &mut 
     let d = dirtied(mem, &want);
     m.restore();
     mem.verify(&want, "restore", c);
-    report_dirtied(d, Some(huge));
+    report_dirtied(d);
     after();
 }
 
@@ -424,7 +403,6 @@ fn foreign(m: &Markers, cycles: u32) -> usize {
             writer.write(rb.addr() + pb * PAGE, s ^ before as u64);
             writer.write(rz.addr() + pz * PAGE, !s ^ before as u64);
         };
-        let huge = anon_huge_kib();
         let mut want = [0u64; MAX_PAGES];
         mem.hash(&mut want);
         m.checkpoint();
@@ -432,7 +410,7 @@ fn foreign(m: &Markers, cycles: u32) -> usize {
         let d = dirtied(&mem, &want);
         m.restore();
         mem.verify(&want, "restore", c);
-        report_dirtied(d, Some(huge));
+        report_dirtied(d);
         // Written by the other process after the restore: the next
         // checkpoint must take these pages in.
         ops(false);
@@ -648,8 +626,7 @@ fn thp(m: &Markers, cycles: u32) -> usize {
         let d = dirtied(&mem, &want);
         m.restore();
         mem.verify(&want, "restore", c);
-        // Its fresh block's huge page is a fault it counts in `blocks`.
-        report_dirtied(d, None);
+        report_dirtied(d);
     }
     total_pages(&mem)
 }
