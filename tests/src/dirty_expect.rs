@@ -189,7 +189,9 @@ pub fn pass_line(scenario: &str, cycles: u32) -> String {
 /// on a machine whose huge pages are `thp`: every checkpoint after the
 /// first of each program image copied only what was dirtied and every
 /// restore wrote only that (at the tracker's granularity:
-/// [`restore_bound`]); except where the scenario makes that impossible
+/// [`restore_bound`]; under soft-dirty with huge pages always, one restore
+/// of a run may write more: the kernel's own soft-dirty huge pages); except
+/// where the scenario makes that impossible
 /// (`grow`: a new layout every cycle; a traced target cannot be injected a
 /// userfaultfd).
 pub fn check(
@@ -287,14 +289,31 @@ pub fn check(
                 s.restored.len()
             ),
         );
-        for (i, (&wrote, &(pages, blocks))) in s.restored.iter().zip(&s.dirtied).enumerate() {
-            let bound = restore_bound(mechanism, thp, scenario, blocks);
-            want(
-                wrote < bound,
-                format!(
-                    "restore {i} wrote {wrote} pages for {pages} dirtied in {blocks} 2 MiB blocks (bound {bound}, {mechanism}, huge pages {thp:?})"
-                ),
-            );
+        let over: Vec<String> = s
+            .restored
+            .iter()
+            .zip(&s.dirtied)
+            .enumerate()
+            .filter_map(|(i, (&wrote, &(pages, blocks)))| {
+                let bound = restore_bound(mechanism, thp, scenario, blocks);
+                (wrote >= bound).then(|| {
+                    format!(
+                        "restore {i} wrote {wrote} pages for {pages} dirtied in {blocks} 2 MiB blocks (bound {bound}, {mechanism}, huge pages {thp:?})"
+                    )
+                })
+            })
+            .collect();
+        // Under soft-dirty the kernel itself may mark huge pages written
+        // that the target never touched: a khugepaged collapse makes a
+        // soft-dirty huge entry at any moment. The 7.3 guest showed it in
+        // three runs, always one restore (1,028 to 4,101 pages, every byte
+        // right). Once in a run is such an event; a tracker that lost
+        // track writes too much at every restore.
+        let once = mechanism == "soft-dirty" && thp == Thp::Always && s.restored.len() > 2;
+        if !(once && over.len() == 1) {
+            for o in over {
+                want(false, o);
+            }
         }
     }
     if problems.is_empty() {
